@@ -1,0 +1,142 @@
+//! Command-line interface. `hakube-build --profile ROLE` builds images;
+//! `render` and `summary` are the data-only verbs.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hakube_node_profile::Role;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hakube-build",
+    version,
+    about = "Bake bootable, immutable qcow2 images for a highly-available kubeadm cluster",
+    long_about = "Bake one bootable qcow2 per node of a role. Each image holds an immutable Debian root \
+(A/B slots), kubeadm/kubelet/kubectl, the container runtime, CNI plugins, the cluster's PKI and the \
+node's profile; the cluster forms itself at first boot.\n\nWith no --cluster, the embedded default \
+cluster is used (3 masters with stacked etcd behind a VIP, 1 worker, on libvirt's default network).",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub build: BuildArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write every node's file tree and Ignition config, without building images.
+    Render(RenderArgs),
+    /// Print the resolved cluster configuration (nodes, roles, endpoint, topology).
+    Summary(SummaryArgs),
+}
+
+/// Which cluster and where its secrets live.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Cluster spec (YAML). Without it, the embedded default cluster is used.
+    #[arg(long, value_name = "FILE")]
+    pub cluster: Option<PathBuf>,
+
+    /// State directory holding the cluster's CAs, keys and join credentials
+    /// (created 0700 on first use, reused by every later build) [default: .hakube/<cluster>]
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    Master,
+    Worker,
+    Etcd,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Master => Role::Master,
+            RoleArg::Worker => Role::Worker,
+            RoleArg::Etcd => Role::Etcd,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BuildArgs {
+    /// Build the images of every node with this role.
+    #[arg(long, value_enum, value_name = "ROLE", required = true)]
+    pub profile: Option<RoleArg>,
+
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
+    /// Build only this node (it must have the --profile role).
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+
+    /// Output directory; images land in <DIR>/<cluster>/.
+    #[arg(long, value_name = "DIR", default_value = "images")]
+    pub out: PathBuf,
+
+    /// Artifact mirror (a directory or an http(s) URL) laid out like the upstream
+    /// download hosts: <mirror>/<host>/<path>, e.g. <mirror>/dl.k8s.io/release/v1.31.4/bin/linux/amd64/kubeadm.
+    /// Without it, artifacts come from their upstream release locations.
+    #[arg(long, value_name = "DIR_OR_URL")]
+    pub artifacts: Option<String>,
+
+    /// Lock file pinning every artifact's SHA-256 [default: hakube.lock next to
+    /// --cluster, or in the current directory for the embedded cluster]
+    #[arg(long, value_name = "FILE")]
+    pub lock: Option<PathBuf>,
+
+    /// Cache directory for downloads and base root filesystems
+    /// [default: $XDG_CACHE_HOME/hakube or ~/.cache/hakube]
+    #[arg(long, value_name = "DIR", env = "HAKUBE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// The hakube-firstboot binary to put in the images [default: next to this executable]
+    #[arg(long, value_name = "FILE")]
+    pub firstboot_bin: Option<PathBuf>,
+
+    /// Print a machine-readable JSON result on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RenderArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
+    /// Directory to write <out>/<node>/ trees and <out>/<node>.ign into.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// Render only this node.
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SummaryArgs {
+    /// Cluster spec (YAML). Without it, the embedded default cluster is shown.
+    #[arg(long, value_name = "FILE")]
+    pub cluster: Option<PathBuf>,
+
+    /// Print the resolved configuration as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,1 @@
+//! hakube-firstboot: forms the cluster at first boot. (Skeleton.)

@@ -1,0 +1,2 @@
+//! TEST DOUBLE. (Skeleton.)
+fn main() {}
