@@ -9,11 +9,17 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-/// One file: contents and Unix mode bits.
+/// One entry: a regular file with contents and Unix mode bits, or a symlink.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileEntry {
-    pub contents: Vec<u8>,
-    pub mode: u32,
+pub enum FileEntry {
+    File {
+        contents: Vec<u8>,
+        mode: u32,
+    },
+    /// A symbolic link (e.g. a systemd `*.wants/` enablement link).
+    Symlink {
+        target: String,
+    },
 }
 
 /// Files keyed by relative path; ordered, so iteration is deterministic.
@@ -37,10 +43,41 @@ impl FileTree {
         );
         self.files.insert(
             path.to_path_buf(),
-            FileEntry {
+            FileEntry::File {
                 contents: contents.into(),
                 mode,
             },
+        );
+    }
+
+    /// Adds a symbolic link at `path` pointing to `target`.
+    pub fn add_symlink(&mut self, path: impl AsRef<Path>, target: impl Into<String>) {
+        let path = path.as_ref();
+        assert!(
+            path.components().all(|c| matches!(c, Component::Normal(_))),
+            "tree path must be relative and normal: {}",
+            path.display()
+        );
+        self.files.insert(
+            path.to_path_buf(),
+            FileEntry::Symlink {
+                target: target.into(),
+            },
+        );
+    }
+
+    /// Enables a systemd unit the way `systemctl enable` would:
+    /// `etc/systemd/system/<target>.wants/<unit>` -> `/etc/systemd/system/<unit>`
+    /// (or `/lib/systemd/system/<unit>` when `vendor` is true).
+    pub fn enable_unit(&mut self, unit: &str, wanted_by: &str, vendor: bool) {
+        let dir = if vendor {
+            "/lib/systemd/system"
+        } else {
+            "/etc/systemd/system"
+        };
+        self.add_symlink(
+            format!("etc/systemd/system/{wanted_by}.wants/{unit}"),
+            format!("{dir}/{unit}"),
         );
     }
 
@@ -86,16 +123,24 @@ impl FileTree {
                 fs::create_dir_all(parent)
                     .with_context(|| format!("creating directory {}", parent.display()))?;
             }
+            let (contents, mode) = match entry {
+                FileEntry::File { contents, mode } => (contents, *mode),
+                FileEntry::Symlink { target } => {
+                    std::os::unix::fs::symlink(target, &path)
+                        .with_context(|| format!("creating symlink {}", path.display()))?;
+                    continue;
+                }
+            };
             let mut f = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .mode(entry.mode)
+                .mode(mode)
                 .open(&path)
                 .with_context(|| format!("creating {}", path.display()))?;
-            f.write_all(&entry.contents)
+            f.write_all(contents)
                 .with_context(|| format!("writing {}", path.display()))?;
             // The umask may have narrowed the mode; set it exactly.
-            fs::set_permissions(&path, fs::Permissions::from_mode(entry.mode))
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))
                 .with_context(|| format!("setting mode of {}", path.display()))?;
         }
         Ok(())
@@ -138,7 +183,13 @@ mod tests {
         let mut t = FileTree::new();
         t.add_secret("etc/kubernetes/pki/ca.key", "k");
         t.add_public("etc/hostname", "n\n");
+        t.enable_unit("kubelet.service", "multi-user.target", false);
         t.write_atomically(&dest).unwrap();
+        let link = dest.join("etc/systemd/system/multi-user.target.wants/kubelet.service");
+        assert_eq!(
+            fs::read_link(link).unwrap(),
+            Path::new("/etc/systemd/system/kubelet.service")
+        );
         let mode = fs::metadata(dest.join("etc/kubernetes/pki/ca.key"))
             .unwrap()
             .permissions()
