@@ -84,7 +84,7 @@ fn yaml_error(ctx: &Ctx, e: serde_yaml_ng::Error) -> SpecError {
         Some((p, m)) if is_path(p) => (p.to_string(), m.to_string()),
         _ => (String::new(), text.clone()),
     };
-    let named = ["unknown field `", "missing field `"]
+    let named = ["unknown field `", "missing field `", "duplicate field `"]
         .iter()
         .find_map(|prefix| message.strip_prefix(prefix))
         .and_then(|rest| rest.split_once('`'))
@@ -94,7 +94,16 @@ fn yaml_error(ctx: &Ctx, e: serde_yaml_ng::Error) -> SpecError {
         Some(name) => format!("{path}.{name}"),
         None => path,
     };
-    ctx.err(field, format!("{message}{location}"))
+    // serde says what it expected for wrong types and unknown fields; for
+    // missing and repeated fields, say it here.
+    let hint = if message.starts_with("missing field") {
+        ": the field is required (profiles/examples/annotated.yaml documents every field)"
+    } else if message.starts_with("duplicate field") {
+        ": each field once expected"
+    } else {
+        ""
+    };
+    ctx.err(field, format!("{message}{hint}{location}"))
 }
 
 fn resolve_raw(
