@@ -178,14 +178,14 @@ fn resolve_raw(
         .api_server_extra_sans
         .iter()
         .enumerate()
-        .map(|(i, s)| ctx.parse(format!("apiServerExtraSANs[{i}]"), s))
+        .map(|(i, s)| ctx.parse(format!("apiServerExtraSans[{i}]"), s))
         .collect::<Result<Vec<San>, _>>()?;
     for (i, san) in api_server_extra_sans.iter().enumerate() {
         if let Some(first) = api_server_extra_sans[..i].iter().position(|o| o == san) {
             return Err(ctx.err(
-                format!("apiServerExtraSANs[{i}]"),
+                format!("apiServerExtraSans[{i}]"),
                 format!(
-                    "repeats {san} (already apiServerExtraSANs[{first}]): each name once expected"
+                    "repeats {san} (already apiServerExtraSans[{first}]): each name once expected"
                 ),
             ));
         }
