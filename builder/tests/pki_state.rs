@@ -34,7 +34,10 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                out.insert(p.strip_prefix(dir).unwrap().display().to_string(), fs::read(&p).unwrap());
+                out.insert(
+                    p.strip_prefix(dir).unwrap().display().to_string(),
+                    fs::read(&p).unwrap(),
+                );
             }
         }
     }
@@ -68,7 +71,11 @@ fn state_dir_is_private_and_complete() {
         "nodes/master-2/apiserver.crt",
         "nodes/master-2/kubeconfig/admin.key",
     ] {
-        assert!(files.contains_key(want), "{want} missing from {:?}", files.keys());
+        assert!(
+            files.contains_key(want),
+            "{want} missing from {:?}",
+            files.keys()
+        );
     }
     let mut stack = vec![state.clone()];
     assert_eq!(mode_of(&dir.path().join(".hakube")), 0o700);
@@ -80,7 +87,11 @@ fn state_dir_is_private_and_complete() {
                 stack.push(p);
             } else {
                 assert_eq!(mode_of(&p), 0o600, "{}", p.display());
-                assert!(!p.file_name().unwrap().to_string_lossy().starts_with(".tmp"), "leftover {}", p.display());
+                assert!(
+                    !p.file_name().unwrap().to_string_lossy().starts_with(".tmp"),
+                    "leftover {}",
+                    p.display()
+                );
             }
         }
     }
@@ -88,7 +99,10 @@ fn state_dir_is_private_and_complete() {
     assert_eq!(marker["cluster"], "hakube");
     let token = String::from_utf8(files["bootstrap-token"].clone()).unwrap();
     assert_eq!(token.trim(), secrets.bootstrap_token());
-    assert!(token.trim().parse::<hakube_build::pki::BootstrapToken>().is_ok());
+    assert!(token
+        .trim()
+        .parse::<hakube_build::pki::BootstrapToken>()
+        .is_ok());
 }
 
 #[test]
@@ -113,8 +127,14 @@ fn changed_sans_reissue_only_the_affected_certificates() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("s");
     let before_cluster = default_cluster();
-    let before = trees(&before_cluster, &ClusterSecrets::load_or_create(&before_cluster, &state).unwrap());
-    let after_cluster = default_cluster_with("nodes:\n", "apiServerExtraSans: [api.example.test]\nnodes:\n");
+    let before = trees(
+        &before_cluster,
+        &ClusterSecrets::load_or_create(&before_cluster, &state).unwrap(),
+    );
+    let after_cluster = default_cluster_with(
+        "nodes:\n",
+        "apiServerExtraSans: [api.example.test]\nnodes:\n",
+    );
     let secrets = ClusterSecrets::load_or_create(&after_cluster, &state).unwrap();
     let after = trees(&after_cluster, &secrets);
     for (node, t_after) in &after {
@@ -122,11 +142,20 @@ fn changed_sans_reissue_only_the_affected_certificates() {
         assert_eq!(paths(t_before), paths(t_after), "{node}");
         for p in paths(t_after) {
             let same = contents(t_before, &p) == contents(t_after, &p);
-            let apiserver = p.starts_with(&format!("{PKI_DIR}/apiserver.")) && !p.contains("client");
+            let apiserver =
+                p.starts_with(&format!("{PKI_DIR}/apiserver.")) && !p.contains("client");
             assert_eq!(same, !apiserver, "{node}: {p} changed={}", !same);
         }
-        if let Some(crt) = t_after.get(format!("{PKI_DIR}/apiserver.crt")).map(|_| contents(t_after, &format!("{PKI_DIR}/apiserver.crt"))) {
-            assert!(cert_info(&crt).dns.contains(&"api.example.test".to_string()), "{node}");
+        if let Some(crt) = t_after
+            .get(format!("{PKI_DIR}/apiserver.crt"))
+            .map(|_| contents(t_after, &format!("{PKI_DIR}/apiserver.crt")))
+        {
+            assert!(
+                cert_info(&crt)
+                    .dns
+                    .contains(&"api.example.test".to_string()),
+                "{node}"
+            );
         }
     }
 }
@@ -153,12 +182,23 @@ fn leaves_near_expiry_are_renewed_but_cas_are_kept() {
     let new_trees = trees(&cluster, &fresh);
     let m1_old = &old_trees["master-1"];
     let m1_new = &new_trees["master-1"];
-    for unchanged in ["ca.crt", "ca.key", "etcd/ca.key", "front-proxy-ca.crt", "sa.key", "sa.pub"] {
+    for unchanged in [
+        "ca.crt",
+        "ca.key",
+        "etcd/ca.key",
+        "front-proxy-ca.crt",
+        "sa.key",
+        "sa.pub",
+    ] {
         let p = format!("{PKI_DIR}/{unchanged}");
         assert_eq!(contents(m1_old, &p), contents(m1_new, &p), "{p}");
     }
     let p = format!("{PKI_DIR}/apiserver.crt");
-    assert_ne!(contents(m1_old, &p), contents(m1_new, &p), "apiserver not renewed");
+    assert_ne!(
+        contents(m1_old, &p),
+        contents(m1_new, &p),
+        "apiserver not renewed"
+    );
     let renewed = cert_info(&contents(m1_new, &p));
     assert!(renewed.not_after - now.unix_timestamp() > 360 * 86400);
     let ca = contents(m1_new, &format!("{PKI_DIR}/ca.crt"));
@@ -173,17 +213,24 @@ fn state_dir_of_another_cluster_is_refused() {
     ClusterSecrets::load_or_create(&cluster, &state).unwrap();
     let before = snapshot(&state);
     let other = default_cluster_with("name: hakube", "name: other");
-    let err = ClusterSecrets::load_or_create(&other, &state).err().expect("accepted another cluster's state");
+    let err = ClusterSecrets::load_or_create(&other, &state)
+        .err()
+        .expect("accepted another cluster's state");
     assert_eq!(exit_code(&err), 2, "{err:#}");
     let msg = format!("{err:#}");
-    assert!(msg.contains("\"hakube\"") && msg.contains("\"other\""), "{msg}");
+    assert!(
+        msg.contains("\"hakube\"") && msg.contains("\"other\""),
+        "{msg}"
+    );
     assert_eq!(snapshot(&state), before, "refusal wrote something");
 
     // A non-empty directory without state.json is not ours either.
     let foreign = dir.path().join("foreign");
     fs::create_dir(&foreign).unwrap();
     fs::write(foreign.join("notes.txt"), "x").unwrap();
-    let err = ClusterSecrets::load_or_create(&cluster, &foreign).err().expect("accepted a foreign dir");
+    let err = ClusterSecrets::load_or_create(&cluster, &foreign)
+        .err()
+        .expect("accepted a foreign dir");
     assert_eq!(exit_code(&err), 2, "{err:#}");
     assert!(!foreign.join("ca.key").exists());
 }
@@ -211,8 +258,13 @@ fn a_missing_ca_key_is_an_error_not_a_new_ca() {
     ClusterSecrets::load_or_create(&cluster, &state).unwrap();
     let ca = fs::read(state.join("ca.crt")).unwrap();
     fs::remove_file(state.join("ca.key")).unwrap();
-    let err = ClusterSecrets::load_or_create(&cluster, &state).err().expect("re-created a CA");
-    assert!(format!("{err:#}").contains("refusing to re-create"), "{err:#}");
+    let err = ClusterSecrets::load_or_create(&cluster, &state)
+        .err()
+        .expect("re-created a CA");
+    assert!(
+        format!("{err:#}").contains("refusing to re-create"),
+        "{err:#}"
+    );
     assert_eq!(fs::read(state.join("ca.crt")).unwrap(), ca);
 }
 
@@ -223,14 +275,28 @@ fn rsa_mode_makes_rsa_keys() {
     let cluster = default_cluster_with("keyAlgorithm: ecdsa-p256", "keyAlgorithm: rsa-2048");
     let secrets = ClusterSecrets::load_or_create(&cluster, &state).unwrap();
     let m1 = node_files(&cluster, &secrets, cluster.node("master-1").unwrap()).unwrap();
-    for crt in ["ca.crt", "apiserver.crt", "etcd/ca.crt", "etcd/peer.crt", "front-proxy-client.crt"] {
+    for crt in [
+        "ca.crt",
+        "apiserver.crt",
+        "etcd/ca.crt",
+        "etcd/peer.crt",
+        "front-proxy-client.crt",
+    ] {
         let bytes = contents(&m1, &format!("{PKI_DIR}/{crt}"));
         assert!(cert_info(&bytes).key_is_rsa, "{crt}");
     }
     let ca = contents(&m1, &format!("{PKI_DIR}/ca.crt"));
-    openssl_verify(&ca, &contents(&m1, &format!("{PKI_DIR}/apiserver.crt")), Some("sslserver")).unwrap();
+    openssl_verify(
+        &ca,
+        &contents(&m1, &format!("{PKI_DIR}/apiserver.crt")),
+        Some("sslserver"),
+    )
+    .unwrap();
     let sa = state.join("sa.key");
-    let text = sh(&format!("openssl pkey -in {} -noout -text | head -1", sa.display()));
+    let text = sh(&format!(
+        "openssl pkey -in {} -noout -text | head -1",
+        sa.display()
+    ));
     assert!(text.contains("2048 bit"), "sa.key: {text}");
     // The public key file matches the private key.
     let derived = sh(&format!("openssl pkey -in {} -pubout", sa.display()));

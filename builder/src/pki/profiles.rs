@@ -150,7 +150,8 @@ pub fn leaf_profiles(cluster: &Cluster, node: &Node) -> Result<Vec<LeafProfile>>
             let local = format!("https://{ip}:{APISERVER_PORT}");
             let mut kubeconfig = |file: &'static str, cn: &str, org: Option<&str>, server: &str| {
                 let stem = file.trim_end_matches(".conf");
-                let mut p = LeafProfile::client(&format!("kubeconfig/{stem}"), CaKind::Kubernetes, cn, org);
+                let mut p =
+                    LeafProfile::client(&format!("kubeconfig/{stem}"), CaKind::Kubernetes, cn, org);
                 p.output = Output::Kubeconfig {
                     file,
                     server: server.to_string(),
@@ -160,9 +161,15 @@ pub fn leaf_profiles(cluster: &Cluster, node: &Node) -> Result<Vec<LeafProfile>>
             // admin.conf and super-admin.conf use the control-plane endpoint;
             // controller-manager.conf and scheduler.conf the local API server
             // (kubeadm's getKubeConfigSpecsBase).
-            kubeconfig("admin.conf", "kubernetes-admin", Some(CLUSTER_ADMINS_GROUP), &endpoint);
+            kubeconfig(
+                "admin.conf",
+                "kubernetes-admin",
+                Some(CLUSTER_ADMINS_GROUP),
+                &endpoint,
+            );
             // kubeadm writes super-admin.conf on `kubeadm init` only, never on join.
-            if cluster.kubernetes_version.has_super_admin() && cluster.init_node().name == node.name {
+            if cluster.kubernetes_version.has_super_admin() && cluster.init_node().name == node.name
+            {
                 kubeconfig(
                     "super-admin.conf",
                     "kubernetes-super-admin",
@@ -170,7 +177,12 @@ pub fn leaf_profiles(cluster: &Cluster, node: &Node) -> Result<Vec<LeafProfile>>
                     &endpoint,
                 );
             }
-            kubeconfig("controller-manager.conf", "system:kube-controller-manager", None, &local);
+            kubeconfig(
+                "controller-manager.conf",
+                "system:kube-controller-manager",
+                None,
+                &local,
+            );
             kubeconfig("scheduler.conf", "system:kube-scheduler", None, &local);
         }
     }
@@ -231,7 +243,8 @@ pub fn apiserver_dns_names(cluster: &Cluster, node: &Node) -> Vec<String> {
         "kubernetes.default.svc".to_string(),
         format!("kubernetes.default.svc.{domain}"),
     ];
-    let extra = std::iter::once(cluster.endpoint.san()).chain(cluster.api_server_extra_sans.iter().cloned());
+    let extra = std::iter::once(cluster.endpoint.san())
+        .chain(cluster.api_server_extra_sans.iter().cloned());
     for san in extra {
         if let San::Dns(d) = san {
             push_unique(&mut names, d);

@@ -45,7 +45,8 @@ impl StateDir {
                 create_private_dir_all(root)?;
             }
             Err(e) => {
-                return Err(e).with_context(|| format!("inspecting state directory {}", root.display()))
+                return Err(e)
+                    .with_context(|| format!("inspecting state directory {}", root.display()))
             }
             Ok(meta) => {
                 if !meta.is_dir() {
@@ -182,13 +183,15 @@ impl StateDir {
 
     /// Removes group/other bits everywhere under the root (0700 dirs, 0600 files).
     fn tighten_tree(&self, dir: &Path) -> Result<()> {
-        let meta = fs::symlink_metadata(dir).with_context(|| format!("inspecting {}", dir.display()))?;
+        let meta =
+            fs::symlink_metadata(dir).with_context(|| format!("inspecting {}", dir.display()))?;
         self.check_owner_and_tighten(dir, &meta)?;
         tighten(dir, &meta, 0o700)?;
         for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
             let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
             let p = entry.path();
-            let meta = fs::symlink_metadata(&p).with_context(|| format!("inspecting {}", p.display()))?;
+            let meta =
+                fs::symlink_metadata(&p).with_context(|| format!("inspecting {}", p.display()))?;
             if meta.file_type().is_symlink() {
                 return Err(bad_input(format!(
                     "{} is a symbolic link: the state directory must hold only regular files",

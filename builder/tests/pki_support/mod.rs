@@ -36,7 +36,8 @@ nodes:
 
 /// The external-etcd example from profiles/examples when it exists, else the inline one.
 pub fn external_cluster() -> Cluster {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/examples/external-etcd.yaml");
+    let example =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/examples/external-etcd.yaml");
     if example.exists() {
         return spec::load(Some(&example)).expect("profiles/examples/external-etcd.yaml");
     }
@@ -47,7 +48,8 @@ pub fn external_cluster() -> Cluster {
 pub fn default_cluster_with(from: &str, to: &str) -> Cluster {
     let text = spec::DEFAULT_CLUSTER_YAML;
     assert!(text.contains(from), "default cluster has no {from:?}");
-    spec::parse(&text.replacen(from, to, 1), SpecSource::Embedded).expect("modified default cluster")
+    spec::parse(&text.replacen(from, to, 1), SpecSource::Embedded)
+        .expect("modified default cluster")
 }
 
 pub fn contents(tree: &FileTree, path: &str) -> Vec<u8> {
@@ -65,7 +67,9 @@ pub fn mode(tree: &FileTree, path: &str) -> u32 {
 }
 
 pub fn paths(tree: &FileTree) -> BTreeSet<String> {
-    tree.iter().map(|(p, _)| p.to_string_lossy().into_owned()).collect()
+    tree.iter()
+        .map(|(p, _)| p.to_string_lossy().into_owned())
+        .collect()
 }
 
 /// `openssl verify -CAfile ca cert`, with an optional `-purpose`.
@@ -76,7 +80,10 @@ pub fn openssl_verify(ca_pem: &[u8], cert_pem: &[u8], purpose: Option<&str>) -> 
     std::fs::write(&ca, ca_pem).unwrap();
     std::fs::write(&cert, cert_pem).unwrap();
     let mut cmd = Command::new("openssl");
-    cmd.arg("verify").arg("-x509_strict").arg("-CAfile").arg(&ca);
+    cmd.arg("verify")
+        .arg("-x509_strict")
+        .arg("-CAfile")
+        .arg(&ca);
     if let Some(p) = purpose {
         cmd.arg("-purpose").arg(p);
     }
@@ -117,7 +124,8 @@ pub fn cert_info(pem: &[u8]) -> CertInfo {
     let (_, p) = x509_parser::pem::parse_x509_pem(pem).expect("PEM");
     let c = p.parse_x509().expect("X.509");
     let first = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| {
-        it.map(|a| a.as_str().unwrap().to_string()).collect::<Vec<_>>()
+        it.map(|a| a.as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
     };
     let mut dns = Vec::new();
     let mut ips = Vec::new();
@@ -135,7 +143,7 @@ pub fn cert_info(pem: &[u8]) -> CertInfo {
         }
     }
     let eku = c.extended_key_usage().unwrap().map(|e| e.value.clone());
-    let ku = c.key_usage().unwrap().expect("key usage present").value.clone();
+    let ku = c.key_usage().unwrap().expect("key usage present").value;
     let cn = first(&mut c.subject().iter_common_name()).join(",");
     let orgs = first(&mut c.subject().iter_organization());
     let issuer_cn = first(&mut c.issuer().iter_common_name()).join(",");
@@ -163,7 +171,11 @@ pub fn cert_info(pem: &[u8]) -> CertInfo {
 
 /// Runs a shell pipeline and returns its stdout.
 pub fn sh(script: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(script).output().expect("sh");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("sh");
     assert!(
         out.status.success(),
         "{script}: {}",
