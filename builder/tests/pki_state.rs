@@ -302,3 +302,78 @@ fn rsa_mode_makes_rsa_keys() {
     let derived = sh(&format!("openssl pkey -in {} -pubout", sa.display()));
     assert_eq!(derived, fs::read_to_string(state.join("sa.pub")).unwrap());
 }
+
+#[test]
+fn short_validities_stay_stable_and_leaves_never_outlive_their_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s");
+    // CA 100 days, leaves 1 year: leaves are capped at the CA's expiry.
+    let cluster = default_cluster_with(
+        "caValidity: 10y\n  leafValidity: 1y",
+        "caValidity: 100d\n  leafValidity: 1y",
+    );
+    let secrets = ClusterSecrets::load_or_create(&cluster, &state).unwrap();
+    let m1 = node_files(&cluster, &secrets, cluster.node("master-1").unwrap()).unwrap();
+    let ca = cert_info(&contents(&m1, &format!("{PKI_DIR}/ca.crt")));
+    let api = cert_info(&contents(&m1, &format!("{PKI_DIR}/apiserver.crt")));
+    assert_eq!(api.not_after, ca.not_after);
+    drop(secrets);
+
+    // 20-day leaves renew 1/3 before expiry, not 30 days before: a second
+    // build right away must not re-issue them.
+    let state2 = dir.path().join("s2");
+    let short = default_cluster_with("leafValidity: 1y", "leafValidity: 20d");
+    let a = trees(
+        &short,
+        &ClusterSecrets::load_or_create(&short, &state2).unwrap(),
+    );
+    let b = trees(
+        &short,
+        &ClusterSecrets::load_or_create(&short, &state2).unwrap(),
+    );
+    assert_eq!(a, b);
+    let api = cert_info(&contents(
+        &a["master-1"],
+        &format!("{PKI_DIR}/apiserver.crt"),
+    ));
+    assert_eq!(api.not_after - api.not_before, 20 * 86400 + 300);
+}
+
+#[test]
+fn a_dhcp_master_is_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = default_cluster_with(
+        "network: {address: 192.168.122.13/24, gateway: 192.168.122.1, dns: [192.168.122.1]}",
+        "network: {dhcp: true}",
+    );
+    let err = ClusterSecrets::load_or_create(&cluster, &dir.path().join("s"))
+        .err()
+        .expect("issued an apiserver certificate without an address");
+    assert_eq!(exit_code(&err), 2, "{err:#}");
+    assert!(format!("{err:#}").contains("master-3"), "{err:#}");
+}
+
+#[test]
+fn a_second_user_of_the_state_dir_waits_for_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s");
+    let cluster = default_cluster();
+    let first = ClusterSecrets::load_or_create(&cluster, &state).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (c2, s2) = (cluster.clone(), state.clone());
+    let waiter = std::thread::spawn(move || {
+        let second = ClusterSecrets::load_or_create(&c2, &s2).unwrap();
+        tx.send(second.bootstrap_token()).unwrap();
+    });
+    // While `first` holds the lock the second load cannot finish.
+    assert!(rx
+        .recv_timeout(std::time::Duration::from_millis(500))
+        .is_err());
+    let token = first.bootstrap_token();
+    drop(first);
+    assert_eq!(
+        rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap(),
+        token
+    );
+    waiter.join().unwrap();
+}

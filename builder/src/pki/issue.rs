@@ -72,6 +72,11 @@ impl Ca {
         })
     }
 
+    /// When the CA certificate expires.
+    pub fn not_after(&self) -> Result<OffsetDateTime> {
+        Ok(self.parsed()?.validity().not_after.to_datetime())
+    }
+
     fn parsed(&self) -> Result<X509Certificate<'_>> {
         x509_parser::parse_x509_certificate(&self.cert_der)
             .map(|(_, c)| c)
@@ -165,6 +170,16 @@ pub fn issue_leaf(
             .push(ExtendedKeyUsagePurpose::ClientAuth);
     }
     p.use_authority_key_identifier_extension = true;
+    // A leaf outliving its CA would fail verification after the CA expires anyway.
+    let ca_not_after = ca.not_after()?;
+    if p.not_after > ca_not_after {
+        tracing::warn!(
+            "{}: the {} CA expires {ca_not_after}, before the leaf validity ends; capping",
+            profile.id,
+            ca.kind.base()
+        );
+        p.not_after = ca_not_after;
+    }
     let cert = p
         .signed_by(&key, &ca.issuer)
         .map_err(|e| anyhow!("signing the {} certificate: {e}", profile.id))?;

@@ -69,6 +69,8 @@ pub struct ClusterSecrets {
     sa_key_pem: String,
     sa_pub_pem: String,
     token: BootstrapToken,
+    /// `sha256:<hex>` of the Kubernetes CA's SubjectPublicKeyInfo.
+    ca_cert_hash: String,
     /// Issued leaves by `<node>/<id>`, as stored in the state directory.
     leaves: Mutex<BTreeMap<String, CertAndKey>>,
 }
@@ -143,8 +145,12 @@ impl ClusterSecrets {
             }
         };
 
+        let spki = issue::cert_spki_der(&cas[&CaKind::Kubernetes].cert_pem)
+            .context("reading the Kubernetes CA's public key")?;
+        let ca_cert_hash = format!("sha256:{}", hex::encode(Sha256::digest(&spki)));
         let secrets = ClusterSecrets {
             state: dir,
+            ca_cert_hash,
             clock,
             cas,
             sa_key_pem,
@@ -163,9 +169,7 @@ impl ClusterSecrets {
     /// kubeadm discovery hash of the Kubernetes CA: `sha256:<hex of SPKI digest>`
     /// (SHA-256 over the DER SubjectPublicKeyInfo, as kubeadm's pubkeypin does).
     pub fn ca_cert_hash(&self) -> String {
-        let spki = issue::cert_spki_der(&self.ca(CaKind::Kubernetes).cert_pem)
-            .expect("the CA certificate was parsed when loading");
-        format!("sha256:{}", hex::encode(Sha256::digest(&spki)))
+        self.ca_cert_hash.clone()
     }
 
     /// The join bootstrap token `abcdef.0123456789abcdef`.

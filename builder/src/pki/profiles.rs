@@ -5,7 +5,7 @@
 
 use crate::spec::types::San;
 use crate::spec::{Cluster, Node};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use hakube_node_profile::{EtcdTopology, Role};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -224,11 +224,11 @@ fn etcd_member_leaves(node: &Node) -> Result<Vec<LeafProfile>> {
 fn static_ip(node: &Node) -> Result<Ipv4Addr> {
     match node.address() {
         Some(ip) => Ok(ip),
-        None => bail!(
-            "node {} ({:?}) has no static address; its certificates need one",
+        None => Err(crate::errors::bad_input(format!(
+            "node {} (role {}) uses DHCP, but its certificates name its address: give it a static network.address",
             node.name,
-            node.role
-        ),
+            node.role.as_str()
+        ))),
     }
 }
 
