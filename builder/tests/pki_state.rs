@@ -6,7 +6,7 @@ mod pki_support;
 
 use hakube_build::errors::exit_code;
 use hakube_build::pki::{node_files, ClusterSecrets, FixedClock, PKI_DIR};
-use hakube_build::spec::Cluster;
+use hakube_build::spec::{self, Cluster, SpecSource};
 use hakube_build::tree::FileTree;
 use pki_support::*;
 use std::collections::BTreeMap;
@@ -306,18 +306,15 @@ fn rsa_mode_makes_rsa_keys() {
 #[test]
 fn short_validities_stay_stable_and_leaves_never_outlive_their_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("s");
-    // CA 100 days, leaves 1 year: leaves are capped at the CA's expiry.
-    let cluster = default_cluster_with(
+    // Leaves longer than the CA are refused by the spec itself, so the PKI
+    // never has to silently cap them.
+    let text = spec::DEFAULT_CLUSTER_YAML.replacen(
         "caValidity: 10y\n  leafValidity: 1y",
         "caValidity: 100d\n  leafValidity: 1y",
+        1,
     );
-    let secrets = ClusterSecrets::load_or_create(&cluster, &state).unwrap();
-    let m1 = node_files(&cluster, &secrets, cluster.node("master-1").unwrap()).unwrap();
-    let ca = cert_info(&contents(&m1, &format!("{PKI_DIR}/ca.crt")));
-    let api = cert_info(&contents(&m1, &format!("{PKI_DIR}/apiserver.crt")));
-    assert_eq!(api.not_after, ca.not_after);
-    drop(secrets);
+    let err = spec::parse(&text, SpecSource::Embedded).unwrap_err();
+    assert_eq!(err.field, "certificates.leafValidity", "{err}");
 
     // 20-day leaves renew 1/3 before expiry, not 30 days before: a second
     // build right away must not re-issue them.
@@ -341,16 +338,15 @@ fn short_validities_stay_stable_and_leaves_never_outlive_their_ca() {
 
 #[test]
 fn a_dhcp_master_is_bad_input() {
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = default_cluster_with(
+    // A master's certificates name its address, so the spec refuses DHCP
+    // masters before any PKI is issued.
+    let text = spec::DEFAULT_CLUSTER_YAML.replacen(
         "network: {address: 192.168.122.13/24, gateway: 192.168.122.1, dns: [192.168.122.1]}",
         "network: {dhcp: true}",
+        1,
     );
-    let err = ClusterSecrets::load_or_create(&cluster, &dir.path().join("s"))
-        .err()
-        .expect("issued an apiserver certificate without an address");
-    assert_eq!(exit_code(&err), 2, "{err:#}");
-    assert!(format!("{err:#}").contains("master-3"), "{err:#}");
+    let err = spec::parse(&text, SpecSource::Embedded).unwrap_err();
+    assert_eq!(err.field, "nodes[2].network.dhcp", "{err}");
 }
 
 #[test]
