@@ -48,14 +48,49 @@ impl Cache {
         self.dir.join(sha256)
     }
 
-    /// The cached file for `sha256`, if present (and of `size` bytes when known).
+    /// The cached file for `sha256`, if present, of `size` bytes when known,
+    /// and still hashing to its name. Entries only appear verified, but a disk
+    /// or a hand can change them later; a changed entry is removed (and so
+    /// downloaded again) rather than baked into an image. Hashing costs about
+    /// a second for a full Kubernetes set, small next to the rest of a build.
     pub fn lookup(&self, sha256: &str, size: Option<u64>) -> Option<PathBuf> {
         let p = self.path_for(sha256);
         let meta = std::fs::metadata(&p).ok()?;
         if !meta.is_file() || size.is_some_and(|s| s != meta.len()) {
             return None;
         }
-        Some(p)
+        match hash_file(&p) {
+            Ok(h) if h == sha256 => Some(p),
+            Ok(h) => {
+                tracing::warn!(
+                    "cache entry {} hashes to {h}; removing it and fetching the file again",
+                    p.display()
+                );
+                let _ = std::fs::remove_file(&p);
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Removes temporaries left by builds that were killed (older than a day,
+    /// so a concurrent build's download in progress is never touched).
+    pub fn sweep_stale_partials(&self) {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let day = std::time::Duration::from_secs(24 * 3600);
+        for e in rd.flatten() {
+            let stale = e.file_name().to_string_lossy().starts_with(".partial-")
+                && e.metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > day);
+            if stale {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     /// Streams `write` into a temporary file in the cache, hashing as it goes;
@@ -110,6 +145,22 @@ impl Cache {
     }
 }
 
+/// SHA-256 of a file, hex.
+pub fn hash_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
 struct HashingWriter<W: Write> {
     inner: W,
     hasher: Sha256,
@@ -146,6 +197,10 @@ mod tests {
         assert_eq!(std::fs::read(&stored.path).unwrap(), b"hello");
         assert_eq!(cache.lookup(HELLO, Some(5)), Some(stored.path.clone()));
         assert_eq!(cache.lookup(HELLO, Some(6)), None);
+        // A cache entry changed after the fact is dropped, not used.
+        std::fs::write(&stored.path, b"hellO").unwrap();
+        assert_eq!(cache.lookup(HELLO, None), None);
+        assert!(!stored.path.exists());
 
         let bad = cache
             .store(Some(&"0".repeat(64)), |w| Ok(w.write_all(b"hellO")?))
@@ -154,7 +209,7 @@ mod tests {
         assert_eq!(bad.size, 5);
         assert_ne!(bad.actual, HELLO);
         let names: Vec<_> = std::fs::read_dir(cache.dir()).unwrap().collect();
-        assert_eq!(names.len(), 1, "only the verified file remains");
+        assert!(names.is_empty(), "nothing but verified files is kept");
     }
 
     #[test]

@@ -87,10 +87,12 @@ pub fn resolve_specs(
     transport: &dyn Transport,
 ) -> Result<Resolved> {
     let lock = Lock::load(lock_path)?;
+    let cache = Cache::new(cache_dir);
+    cache.sweep_stale_partials();
     let mut r = Resolver {
         source,
         lock_path,
-        cache: Cache::new(cache_dir),
+        cache,
         transport,
         lock,
         learned: Lock::default(),
@@ -184,13 +186,13 @@ impl Resolver<'_> {
         entry: &str,
     ) -> Result<String> {
         let loc = self.locate(url)?;
-        let mut body = Vec::new();
+        let mut body = Capped(Vec::new());
         self.transport
             .get(&loc, &mut body, &mut |_, _| {})
             .map_err(|e| {
                 self.download_error(&format!("the checksum file of {}", spec.label()), &loc, e)
             })?;
-        let text = String::from_utf8_lossy(&body);
+        let text = String::from_utf8_lossy(&body.0);
         lock::parse_checksum_file(&text, entry)
             .with_context(|| format!("reading the checksum file of {} at {loc}", spec.label()))
     }
@@ -335,6 +337,25 @@ impl Resolved {
             .collect();
         lines.sort();
         lines.join("\n")
+    }
+}
+
+/// A buffer for checksum files: those are a few lines, so anything past
+/// 1 MiB is a wrong URL or a hostile server, not a checksum file.
+struct Capped(Vec<u8>);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > 1 << 20 {
+            return Err(std::io::Error::other(
+                "larger than 1 MiB: not a checksum file",
+            ));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
