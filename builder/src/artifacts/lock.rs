@@ -136,6 +136,17 @@ impl Lock {
     /// added entries since we read it; ours win for the same URL) and writes
     /// the result atomically. Skips the write when nothing would change.
     pub fn merge_and_save(&self, path: &Path) -> Result<()> {
+        // Serialise read-merge-write against other builds using the same lock
+        // file: flock(2) on its directory (no extra file next to hakube.lock).
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir_file = std::fs::File::open(dir)
+            .with_context(|| format!("opening {} to lock it", dir.display()))?;
+        let _guard = nix::fcntl::Flock::lock(dir_file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", dir.display()))?;
         let mut merged = Lock::load(path)?;
         let mut changed = false;
         for e in &self.entries {
@@ -280,6 +291,23 @@ mod tests {
                 .sha256,
             A
         );
+    }
+
+    #[test]
+    fn concurrent_savers_lose_no_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hakube.lock");
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let p = &p;
+                s.spawn(move || {
+                    let mut l = Lock::default();
+                    l.upsert(entry("etcd", &format!("3.5.{i}"), A));
+                    l.merge_and_save(p).unwrap();
+                });
+            }
+        });
+        assert_eq!(Lock::load(&p).unwrap().entries().len(), 8);
     }
 
     #[test]

@@ -304,7 +304,13 @@ impl Resolved {
 
     /// [`Resolved::install_into`], returning every path written (relative to root), sorted.
     pub fn install_listing(&self, root: &Path) -> Result<Vec<PathBuf>> {
-        let epoch = install::source_date_epoch()?;
+        self.install_listing_at(root, install::source_date_epoch()?)
+    }
+
+    /// [`Resolved::install_listing`] with an explicit epoch instead of
+    /// `SOURCE_DATE_EPOCH` (for a build that derives its own): plain files get
+    /// `epoch` (or 0), tarball members their archive mtime clamped to `epoch`.
+    pub fn install_listing_at(&self, root: &Path, epoch: Option<u64>) -> Result<Vec<PathBuf>> {
         let mut all = Vec::new();
         for a in &self.artifacts {
             let layout = catalog::layout_for(&a.name, &a.version)
