@@ -41,9 +41,14 @@ impl Env {
         }
     }
 
-    /// `path` (absolute as seen by the tool) under the root.
+    /// Where `path` (as the tool was given it) lives: absolute paths under
+    /// the root, relative ones from the working directory like the real tools.
     pub fn host(&self, path: &str) -> PathBuf {
-        self.root.join(path.trim_start_matches('/'))
+        if path.starts_with('/') {
+            self.root.join(path.trim_start_matches('/'))
+        } else {
+            PathBuf::from(path)
+        }
     }
 }
 
