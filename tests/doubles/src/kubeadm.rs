@@ -187,6 +187,10 @@ pub fn parse_config(text: &str) -> Result<Config, String> {
                     "JoinConfiguration" => {
                         cfg.join = Some(serde_yaml_ng::from_value(value).map_err(strict)?)
                     }
+                    // kubeadm init/join skip these with a warning (v1beta4 defines them).
+                    "ResetConfiguration" | "UpgradeConfiguration" if api == schema::V1BETA4 => {
+                        eprintln!("[config] WARNING: Ignored configuration document with GroupVersionKind {api}, Kind={k}");
+                    }
                     other => {
                         return Err(format!(
                             "no kind \"{other}\" is registered for version \"{api}\""
