@@ -325,11 +325,19 @@ fn trees_hold_what_each_role_needs_and_nothing_else() {
                 t.contains(paths::SSH_KEYS),
                 !c.ssh_authorized_keys.is_empty()
             );
-            assert_eq!(
-                text(&t, paths::FIRSTBOOT_UNIT)
-                    .contains("ExecStart=/usr/local/bin/hakube-firstboot run\n"),
-                true
-            );
+            let unit = text(&t, paths::FIRSTBOOT_UNIT);
+            for line in [
+                "Type=oneshot\n",
+                "RemainAfterExit=yes\n",
+                "After=network-online.target time-sync.target\n",
+                "Wants=network-online.target\n",
+                "ExecStart=/usr/local/bin/hakube-firstboot run\n",
+                "StandardOutput=journal+console\n",
+                "TimeoutStartSec=infinity\n",
+                "WantedBy=multi-user.target\n",
+            ] {
+                assert!(unit.contains(line), "{name}: unit lacks {line}");
+            }
             // The profile reads back, and every config path it names is in the tree.
             let p = NodeProfile::from_json(&text(&t, paths::NODE_PROFILE)).unwrap();
             assert_eq!(p.node_name, node.name.as_str());

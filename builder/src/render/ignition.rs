@@ -18,12 +18,13 @@ pub fn ignition(tree: &FileTree) -> String {
         match entry {
             FileEntry::File { contents, mode } => {
                 let mut f = ign::File::new(abs);
-                let mut res = ign::Resource::default();
-                res.source = Some(format!(
-                    "data:;base64,{}",
-                    base64::engine::general_purpose::STANDARD.encode(contents)
-                ));
-                f.contents = Some(res);
+                f.contents = Some(ign::Resource {
+                    source: Some(format!(
+                        "data:;base64,{}",
+                        base64::engine::general_purpose::STANDARD.encode(contents)
+                    )),
+                    ..Default::default()
+                });
                 f.mode = Some(i64::from(*mode));
                 f.overwrite = Some(true);
                 files.push(f);
@@ -36,9 +37,11 @@ pub fn ignition(tree: &FileTree) -> String {
             }
         }
     }
-    let mut storage = ign::Storage::default();
-    storage.files = (!files.is_empty()).then_some(files);
-    storage.links = (!links.is_empty()).then_some(links);
+    let storage = ign::Storage {
+        files: (!files.is_empty()).then_some(files),
+        links: (!links.is_empty()).then_some(links),
+        ..Default::default()
+    };
     let mut config = ign::Config::new(ign::Ignition::new(IGNITION_VERSION.to_string()));
     config.storage = Some(storage);
     let mut s = serde_json::to_string_pretty(&config).expect("an Ignition config serialises");
