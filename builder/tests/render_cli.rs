@@ -157,12 +157,35 @@ fn ignition_holds_exactly_the_written_tree() {
 
 #[test]
 fn every_file_a_profile_names_is_in_its_tree_and_roles_hold_no_foreign_keys() {
+    let ext = fixture("external-etcd.yaml");
+    check_profiles(&["--cluster", ext.to_str().unwrap()], 9);
+    check_profiles(&[], 4);
+}
+
+/// Every shipped example renders.
+#[test]
+fn every_example_cluster_renders() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/examples");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let spec = e.unwrap().path();
+        if spec.extension().is_some_and(|x| x == "yaml") {
+            let cwd = tempfile::tempdir().unwrap();
+            ok(&render(
+                cwd.path(),
+                &["--cluster", spec.to_str().unwrap(), "--out", "out"],
+            ));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "no examples found in {}", dir.display());
+}
+
+fn check_profiles(spec_args: &[&str], expected_nodes: usize) {
     let cwd = tempfile::tempdir().unwrap();
-    let spec = fixture("external-etcd.yaml");
-    ok(&render(
-        cwd.path(),
-        &["--cluster", spec.to_str().unwrap(), "--out", "out"],
-    ));
+    let mut args = spec_args.to_vec();
+    args.extend(["--out", "out"]);
+    ok(&render(cwd.path(), &args));
     let out = cwd.path().join("out");
     let mut roles = Vec::new();
     for e in std::fs::read_dir(&out).unwrap() {
@@ -220,8 +243,7 @@ fn every_file_a_profile_names_is_in_its_tree_and_roles_hold_no_foreign_keys() {
             }
         }
     }
-    roles.sort();
-    assert_eq!(roles.len(), 9);
+    assert_eq!(roles.len(), expected_nodes);
 }
 
 #[test]
