@@ -30,6 +30,11 @@ pub enum Command {
     /// Write every node's file tree and Ignition config, without building images.
     Render(RenderArgs),
     /// Print the resolved cluster configuration (nodes, roles, endpoint, topology).
+    ///
+    /// Loads and validates the spec exactly as a build would, applies the role
+    /// profiles and defaults, and prints the result without writing anything.
+    /// Warnings (e.g. an even etcd member count) go to stderr. Exit code 2 when
+    /// the spec is invalid; the error names the file and the field.
     Summary(SummaryArgs),
 }
 
@@ -125,7 +130,9 @@ pub struct SummaryArgs {
     #[arg(long, value_name = "FILE")]
     pub cluster: Option<PathBuf>,
 
-    /// Print the resolved configuration as JSON.
+    /// Print the resolved configuration as one JSON object instead of text:
+    /// the resolved spec plus initNode, etcdMembers, kubeadmApiVersion, source
+    /// and warnings, keys sorted.
     #[arg(long)]
     pub json: bool,
 }

@@ -72,6 +72,11 @@ impl Ca {
         })
     }
 
+    /// When the CA certificate expires.
+    pub fn not_after(&self) -> Result<OffsetDateTime> {
+        Ok(self.parsed()?.validity().not_after.to_datetime())
+    }
+
     fn parsed(&self) -> Result<X509Certificate<'_>> {
         x509_parser::parse_x509_certificate(&self.cert_der)
             .map(|(_, c)| c)
@@ -83,13 +88,20 @@ impl Ca {
 pub fn generate_key(alg: KeyAlgorithm) -> Result<KeyPair> {
     let key = match alg {
         KeyAlgorithm::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
-        KeyAlgorithm::Rsa2048 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048),
+        KeyAlgorithm::Rsa2048 => {
+            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        }
     };
     key.map_err(|e| anyhow!("generating a {} key: {e}", alg.kubeadm_name()))
 }
 
 /// A new self-signed CA of `kind`.
-pub fn new_ca(kind: CaKind, alg: KeyAlgorithm, validity: Validity, now: OffsetDateTime) -> Result<CertAndKey> {
+pub fn new_ca(
+    kind: CaKind,
+    alg: KeyAlgorithm,
+    validity: Validity,
+    now: OffsetDateTime,
+) -> Result<CertAndKey> {
     let key = generate_key(alg)?;
     let mut p = base_params(now, validity)?;
     p.distinguished_name = dn(kind.common_name(), &[]);
@@ -124,7 +136,12 @@ pub fn issue_leaf(
     now: OffsetDateTime,
 ) -> Result<CertAndKey> {
     if profile.ca != ca.kind {
-        bail!("{} must be signed by the {} CA, not {}", profile.id, profile.ca.base(), ca.kind.base());
+        bail!(
+            "{} must be signed by the {} CA, not {}",
+            profile.id,
+            profile.ca.base(),
+            ca.kind.base()
+        );
     }
     let key = generate_key(alg)?;
     let mut p = base_params(now, validity)?;
@@ -132,20 +149,37 @@ pub fn issue_leaf(
     let mut sans = Vec::new();
     for d in &profile.dns_names {
         sans.push(SanType::DnsName(
-            d.as_str().try_into().map_err(|e| anyhow!("SAN {d:?}: {e}"))?,
+            d.as_str()
+                .try_into()
+                .map_err(|e| anyhow!("SAN {d:?}: {e}"))?,
         ));
     }
     sans.extend(profile.ips.iter().map(|ip| SanType::IpAddress(*ip)));
     p.subject_alt_names = sans;
     p.is_ca = IsCa::ExplicitNoCa;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     if profile.usage.server_auth() {
-        p.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+        p.extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ServerAuth);
     }
     if profile.usage.client_auth() {
-        p.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+        p.extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ClientAuth);
     }
     p.use_authority_key_identifier_extension = true;
+    // A leaf outliving its CA would fail verification after the CA expires anyway.
+    let ca_not_after = ca.not_after()?;
+    if p.not_after > ca_not_after {
+        tracing::warn!(
+            "{}: the {} CA expires {ca_not_after}, before the leaf validity ends; capping",
+            profile.id,
+            ca.kind.base()
+        );
+        p.not_after = ca_not_after;
+    }
     let cert = p
         .signed_by(&key, &ca.issuer)
         .map_err(|e| anyhow!("signing the {} certificate: {e}", profile.id))?;
@@ -158,7 +192,9 @@ pub fn issue_leaf(
 /// Validity, serial and nothing else: every other field is set by the caller.
 fn base_params(now: OffsetDateTime, validity: Validity) -> Result<CertificateParams> {
     // X.509 times have whole seconds; truncate so what we write is what we read back.
-    let now = now.replace_nanosecond(0).context("truncating the issuing time")?;
+    let now = now
+        .replace_nanosecond(0)
+        .context("truncating the issuing time")?;
     let mut p = CertificateParams::default();
     p.not_before = now - BACKDATE;
     p.not_after = now + Duration::days(i64::from(validity.days));
@@ -240,11 +276,13 @@ pub fn reissue_reason(
     let ca_cert = ca.parsed()?;
 
     // Issuer: same subject and the authority key id of the current CA key.
-    if cert.issuer().as_raw() != ca_cert.subject().as_raw() || authority_key_id(&cert) != subject_key_id(&ca_cert)
+    if cert.issuer().as_raw() != ca_cert.subject().as_raw()
+        || authority_key_id(&cert) != subject_key_id(&ca_cert)
     {
         return Ok(Some("issued by a different CA".into()));
     }
-    let key = KeyPair::from_pem(&stored.key_pem).map_err(|e| anyhow!("reading stored key {}: {e}", profile.id))?;
+    let key = KeyPair::from_pem(&stored.key_pem)
+        .map_err(|e| anyhow!("reading stored key {}: {e}", profile.id))?;
     if cert.public_key().raw != key.subject_public_key_info().as_slice() {
         return Ok(Some("stored key does not match the certificate".into()));
     }
@@ -258,12 +296,17 @@ pub fn reissue_reason(
     let subject = Subject::of(&cert);
     let wanted = Subject::wanted(profile);
     if subject != wanted {
-        return Ok(Some(format!("subject/SANs/usages changed: have {subject:?}, want {wanted:?}")));
+        return Ok(Some(format!(
+            "subject/SANs/usages changed: have {subject:?}, want {wanted:?}"
+        )));
     }
     let not_after = cert.validity().not_after.to_datetime();
     let window = RENEW_BEFORE.min(Duration::days(i64::from(validity.days)) / 3);
     if not_after - now < window {
-        return Ok(Some(format!("expires {not_after}, within {} days", window.whole_days())));
+        return Ok(Some(format!(
+            "expires {not_after}, within {} days",
+            window.whole_days()
+        )));
     }
     Ok(None)
 }
@@ -299,9 +342,11 @@ impl Subject {
     }
 
     fn of(cert: &X509Certificate<'_>) -> Subject {
-        let strings = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| {
-            it.filter_map(|a| a.as_str().ok().map(str::to_string)).collect::<Vec<_>>()
-        };
+        let strings =
+            |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| {
+                it.filter_map(|a| a.as_str().ok().map(str::to_string))
+                    .collect::<Vec<_>>()
+            };
         let mut dns = BTreeSet::new();
         let mut ips = BTreeSet::new();
         if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -357,17 +402,21 @@ impl Subject {
 }
 
 fn subject_key_id(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
-    cert.iter_extensions().find_map(|e| match e.parsed_extension() {
-        ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
-        _ => None,
-    })
+    cert.iter_extensions()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+            _ => None,
+        })
 }
 
 fn authority_key_id(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
-    cert.iter_extensions().find_map(|e| match e.parsed_extension() {
-        ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0.to_vec()),
-        _ => None,
-    })
+    cert.iter_extensions()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(a) => {
+                a.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })
 }
 
 /// The PEM public key (SubjectPublicKeyInfo) of a private key: `sa.pub`.
@@ -379,6 +428,7 @@ pub fn public_key_pem(key_pem: &str) -> Result<String> {
 /// DER SubjectPublicKeyInfo of a PEM certificate.
 pub fn cert_spki_der(cert_pem: &str) -> Result<Vec<u8>> {
     let der = pem_to_der(cert_pem, "CERTIFICATE")?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| anyhow!("parsing a certificate: {e}"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| anyhow!("parsing a certificate: {e}"))?;
     Ok(cert.public_key().raw.to_vec())
 }

@@ -70,12 +70,30 @@ mod tests {
         .render();
         let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
         assert_eq!(v["kind"].as_str(), Some("Config"));
-        assert_eq!(v["current-context"].as_str(), Some("system:kube-scheduler@hakube"));
-        assert_eq!(v["clusters"][0]["cluster"]["server"].as_str(), Some("https://192.168.122.11:6443"));
-        assert_eq!(v["clusters"][0]["cluster"]["certificate-authority-data"].as_str(), Some("Q0E="));
-        assert_eq!(v["contexts"][0]["context"]["user"].as_str(), Some("system:kube-scheduler"));
-        assert_eq!(v["users"][0]["name"].as_str(), Some("system:kube-scheduler"));
-        assert_eq!(v["users"][0]["user"]["client-key-data"].as_str(), Some("S0VZ"));
+        assert_eq!(
+            v["current-context"].as_str(),
+            Some("system:kube-scheduler@hakube")
+        );
+        assert_eq!(
+            v["clusters"][0]["cluster"]["server"].as_str(),
+            Some("https://192.168.122.11:6443")
+        );
+        assert_eq!(
+            v["clusters"][0]["cluster"]["certificate-authority-data"].as_str(),
+            Some("Q0E=")
+        );
+        assert_eq!(
+            v["contexts"][0]["context"]["user"].as_str(),
+            Some("system:kube-scheduler")
+        );
+        assert_eq!(
+            v["users"][0]["name"].as_str(),
+            Some("system:kube-scheduler")
+        );
+        assert_eq!(
+            v["users"][0]["user"]["client-key-data"].as_str(),
+            Some("S0VZ")
+        );
         assert!(v["preferences"].as_mapping().is_some_and(|m| m.is_empty()));
     }
 }

@@ -27,8 +27,8 @@ mod token;
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use issue::{pem_encode, BACKDATE, RENEW_BEFORE};
 pub use profiles::{
-    apiserver_cert_sans, apiserver_dns_names, apiserver_ips, leaf_profiles, CaKind, LeafProfile, Output, Usage,
-    APISERVER_PORT, CLUSTER_ADMINS_GROUP, SYSTEM_MASTERS_GROUP,
+    apiserver_cert_sans, apiserver_dns_names, apiserver_ips, leaf_profiles, CaKind, LeafProfile,
+    Output, Usage, APISERVER_PORT, CLUSTER_ADMINS_GROUP, SYSTEM_MASTERS_GROUP,
 };
 pub use token::BootstrapToken;
 
@@ -69,6 +69,8 @@ pub struct ClusterSecrets {
     sa_key_pem: String,
     sa_pub_pem: String,
     token: BootstrapToken,
+    /// `sha256:<hex>` of the Kubernetes CA's SubjectPublicKeyInfo.
+    ca_cert_hash: String,
     /// Issued leaves by `<node>/<id>`, as stored in the state directory.
     leaves: Mutex<BTreeMap<String, CertAndKey>>,
 }
@@ -108,8 +110,13 @@ impl ClusterSecrets {
                     dir.root().display()
                 ),
             };
-            let ca = Ca::load(kind, &cert_pem, &key_pem)
-                .with_context(|| format!("loading the {} CA from {}", kind.base(), dir.root().display()))?;
+            let ca = Ca::load(kind, &cert_pem, &key_pem).with_context(|| {
+                format!(
+                    "loading the {} CA from {}",
+                    kind.base(),
+                    dir.root().display()
+                )
+            })?;
             cas.insert(kind, ca);
         }
 
@@ -138,8 +145,12 @@ impl ClusterSecrets {
             }
         };
 
+        let spki = issue::cert_spki_der(&cas[&CaKind::Kubernetes].cert_pem)
+            .context("reading the Kubernetes CA's public key")?;
+        let ca_cert_hash = format!("sha256:{}", hex::encode(Sha256::digest(&spki)));
         let secrets = ClusterSecrets {
             state: dir,
+            ca_cert_hash,
             clock,
             cas,
             sa_key_pem,
@@ -158,9 +169,7 @@ impl ClusterSecrets {
     /// kubeadm discovery hash of the Kubernetes CA: `sha256:<hex of SPKI digest>`
     /// (SHA-256 over the DER SubjectPublicKeyInfo, as kubeadm's pubkeypin does).
     pub fn ca_cert_hash(&self) -> String {
-        let spki = issue::cert_spki_der(&self.ca(CaKind::Kubernetes).cert_pem)
-            .expect("the CA certificate was parsed when loading");
-        format!("sha256:{}", hex::encode(Sha256::digest(&spki)))
+        self.ca_cert_hash.clone()
     }
 
     /// The join bootstrap token `abcdef.0123456789abcdef`.
@@ -197,11 +206,21 @@ impl ClusterSecrets {
     /// no longer fitting.
     fn leaf(&self, cluster: &Cluster, node: &Node, profile: &LeafProfile) -> Result<CertAndKey> {
         let key = format!("{}/{}", node.name, profile.id);
-        let mut leaves = self.leaves.lock().map_err(|_| anyhow!("leaf cache poisoned"))?;
+        let mut leaves = self
+            .leaves
+            .lock()
+            .map_err(|_| anyhow!("leaf cache poisoned"))?;
         if let Some(l) = leaves.get(&key) {
             // Already checked (or issued) against this cluster in this run.
-            if issue::reissue_reason(profile, l, self.ca(profile.ca), cluster.certificates.key_algorithm,
-                cluster.certificates.leaf_validity, self.clock.now())?.is_none()
+            if issue::reissue_reason(
+                profile,
+                l,
+                self.ca(profile.ca),
+                cluster.certificates.key_algorithm,
+                cluster.certificates.leaf_validity,
+                self.clock.now(),
+            )?
+            .is_none()
             {
                 return Ok(l.clone());
             }
@@ -212,7 +231,10 @@ impl ClusterSecrets {
         let alg = cluster.certificates.key_algorithm;
         let validity = cluster.certificates.leaf_validity;
         let ca = self.ca(profile.ca);
-        if let (Some(cert_pem), Some(key_pem)) = (self.state.read_string(&crt_rel)?, self.state.read_string(&key_rel)?) {
+        if let (Some(cert_pem), Some(key_pem)) = (
+            self.state.read_string(&crt_rel)?,
+            self.state.read_string(&key_rel)?,
+        ) {
             let stored = CertAndKey { cert_pem, key_pem };
             match issue::reissue_reason(profile, &stored, ca, alg, validity, now) {
                 Ok(None) => {
@@ -259,7 +281,10 @@ pub fn node_files(cluster: &Cluster, secrets: &ClusterSecrets, node: &Node) -> R
     };
     match node.role {
         Role::Worker => {
-            t.add_public(WORKER_CA_PATH, secrets.ca(CaKind::Kubernetes).cert_pem.as_bytes());
+            t.add_public(
+                WORKER_CA_PATH,
+                secrets.ca(CaKind::Kubernetes).cert_pem.as_bytes(),
+            );
             return Ok(t);
         }
         Role::Etcd => add_ca(&mut t, CaKind::Etcd, false),
@@ -268,7 +293,11 @@ pub fn node_files(cluster: &Cluster, secrets: &ClusterSecrets, node: &Node) -> R
             add_ca(&mut t, CaKind::FrontProxy, true);
             // Stacked: kubeadm signs this member's etcd certificates with the
             // etcd CA key. External: the API server only verifies etcd.
-            add_ca(&mut t, CaKind::Etcd, cluster.etcd_topology == EtcdTopology::Stacked);
+            add_ca(
+                &mut t,
+                CaKind::Etcd,
+                cluster.etcd_topology == EtcdTopology::Stacked,
+            );
             t.add_secret(pki(SA_KEY), secrets.sa_key_pem.as_bytes());
             t.add_public(pki(SA_PUB), secrets.sa_pub_pem.as_bytes());
         }
@@ -278,7 +307,10 @@ pub fn node_files(cluster: &Cluster, secrets: &ClusterSecrets, node: &Node) -> R
         let leaf = secrets.leaf(cluster, node, &profile)?;
         match &profile.output {
             Output::Pki => {
-                t.add_public(pki(&format!("{}.crt", profile.id)), leaf.cert_pem.as_bytes());
+                t.add_public(
+                    pki(&format!("{}.crt", profile.id)),
+                    leaf.cert_pem.as_bytes(),
+                );
                 t.add_secret(pki(&format!("{}.key", profile.id)), leaf.key_pem.as_bytes());
             }
             Output::Kubeconfig { file, server } => {

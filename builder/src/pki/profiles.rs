@@ -5,7 +5,7 @@
 
 use crate::spec::types::San;
 use crate::spec::{Cluster, Node};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use hakube_node_profile::{EtcdTopology, Role};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -150,7 +150,8 @@ pub fn leaf_profiles(cluster: &Cluster, node: &Node) -> Result<Vec<LeafProfile>>
             let local = format!("https://{ip}:{APISERVER_PORT}");
             let mut kubeconfig = |file: &'static str, cn: &str, org: Option<&str>, server: &str| {
                 let stem = file.trim_end_matches(".conf");
-                let mut p = LeafProfile::client(&format!("kubeconfig/{stem}"), CaKind::Kubernetes, cn, org);
+                let mut p =
+                    LeafProfile::client(&format!("kubeconfig/{stem}"), CaKind::Kubernetes, cn, org);
                 p.output = Output::Kubeconfig {
                     file,
                     server: server.to_string(),
@@ -160,9 +161,15 @@ pub fn leaf_profiles(cluster: &Cluster, node: &Node) -> Result<Vec<LeafProfile>>
             // admin.conf and super-admin.conf use the control-plane endpoint;
             // controller-manager.conf and scheduler.conf the local API server
             // (kubeadm's getKubeConfigSpecsBase).
-            kubeconfig("admin.conf", "kubernetes-admin", Some(CLUSTER_ADMINS_GROUP), &endpoint);
+            kubeconfig(
+                "admin.conf",
+                "kubernetes-admin",
+                Some(CLUSTER_ADMINS_GROUP),
+                &endpoint,
+            );
             // kubeadm writes super-admin.conf on `kubeadm init` only, never on join.
-            if cluster.kubernetes_version.has_super_admin() && cluster.init_node().name == node.name {
+            if cluster.kubernetes_version.has_super_admin() && cluster.init_node().name == node.name
+            {
                 kubeconfig(
                     "super-admin.conf",
                     "kubernetes-super-admin",
@@ -170,7 +177,12 @@ pub fn leaf_profiles(cluster: &Cluster, node: &Node) -> Result<Vec<LeafProfile>>
                     &endpoint,
                 );
             }
-            kubeconfig("controller-manager.conf", "system:kube-controller-manager", None, &local);
+            kubeconfig(
+                "controller-manager.conf",
+                "system:kube-controller-manager",
+                None,
+                &local,
+            );
             kubeconfig("scheduler.conf", "system:kube-scheduler", None, &local);
         }
     }
@@ -212,11 +224,11 @@ fn etcd_member_leaves(node: &Node) -> Result<Vec<LeafProfile>> {
 fn static_ip(node: &Node) -> Result<Ipv4Addr> {
     match node.address() {
         Some(ip) => Ok(ip),
-        None => bail!(
-            "node {} ({:?}) has no static address; its certificates need one",
+        None => Err(crate::errors::bad_input(format!(
+            "node {} (role {}) uses DHCP, but its certificates name its address: give it a static network.address",
             node.name,
-            node.role
-        ),
+            node.role.as_str()
+        ))),
     }
 }
 
@@ -231,7 +243,8 @@ pub fn apiserver_dns_names(cluster: &Cluster, node: &Node) -> Vec<String> {
         "kubernetes.default.svc".to_string(),
         format!("kubernetes.default.svc.{domain}"),
     ];
-    let extra = std::iter::once(cluster.endpoint.san()).chain(cluster.api_server_extra_sans.iter().cloned());
+    let extra = std::iter::once(cluster.endpoint.san())
+        .chain(cluster.api_server_extra_sans.iter().cloned());
     for san in extra {
         if let San::Dns(d) = san {
             push_unique(&mut names, d);

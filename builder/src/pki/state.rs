@@ -5,10 +5,12 @@
 
 use crate::errors::bad_input;
 use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use time::OffsetDateTime;
 
@@ -25,10 +27,14 @@ struct Marker {
     created: String,
 }
 
-/// An opened, checked state directory.
-#[derive(Debug, Clone)]
+const LOCK: &str = ".lock";
+
+/// An opened, checked state directory, exclusively locked (flock on
+/// `.lock`) for as long as it is open, so two builds never create two CAs.
+#[derive(Debug)]
 pub struct StateDir {
     root: PathBuf,
+    _lock: Option<Flock<fs::File>>,
 }
 
 impl StateDir {
@@ -37,15 +43,17 @@ impl StateDir {
     /// hakube state directory, or one owned by another user; group/other
     /// permission bits are removed with a warning.
     pub fn open(root: &Path, cluster: &str, now: OffsetDateTime) -> Result<StateDir> {
-        let dir = StateDir {
+        let mut dir = StateDir {
             root: root.to_path_buf(),
+            _lock: None,
         };
         match fs::symlink_metadata(root) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 create_private_dir_all(root)?;
             }
             Err(e) => {
-                return Err(e).with_context(|| format!("inspecting state directory {}", root.display()))
+                return Err(e)
+                    .with_context(|| format!("inspecting state directory {}", root.display()))
             }
             Ok(meta) => {
                 if !meta.is_dir() {
@@ -85,8 +93,8 @@ impl StateDir {
         } else {
             let non_empty = fs::read_dir(root)
                 .with_context(|| format!("listing {}", root.display()))?
-                .next()
-                .is_some();
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name() != LOCK);
             if non_empty {
                 return Err(bad_input(format!(
                     "{} is not empty and has no {MARKER}: not a hakube state directory; pass an empty or new --state directory",
@@ -104,6 +112,7 @@ impl StateDir {
             let json = serde_json::to_string_pretty(&marker).context("serialising state.json")?;
             dir.write(MARKER, format!("{json}\n").as_bytes())?;
         }
+        dir._lock = Some(lock(root)?);
         dir.tighten_tree(root)?;
         Ok(dir)
     }
@@ -182,13 +191,15 @@ impl StateDir {
 
     /// Removes group/other bits everywhere under the root (0700 dirs, 0600 files).
     fn tighten_tree(&self, dir: &Path) -> Result<()> {
-        let meta = fs::symlink_metadata(dir).with_context(|| format!("inspecting {}", dir.display()))?;
+        let meta =
+            fs::symlink_metadata(dir).with_context(|| format!("inspecting {}", dir.display()))?;
         self.check_owner_and_tighten(dir, &meta)?;
         tighten(dir, &meta, 0o700)?;
         for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
             let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
             let p = entry.path();
-            let meta = fs::symlink_metadata(&p).with_context(|| format!("inspecting {}", p.display()))?;
+            let meta =
+                fs::symlink_metadata(&p).with_context(|| format!("inspecting {}", p.display()))?;
             if meta.file_type().is_symlink() {
                 return Err(bad_input(format!(
                     "{} is a symbolic link: the state directory must hold only regular files",
@@ -202,6 +213,28 @@ impl StateDir {
             }
         }
         Ok(())
+    }
+}
+
+/// Takes the directory's lock, waiting (with a message) while another
+/// hakube-build holds it.
+fn lock(root: &Path) -> Result<Flock<fs::File>> {
+    let path = root.join(LOCK);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => Ok(l),
+        Err((file, Errno::EWOULDBLOCK)) => {
+            tracing::warn!("waiting for another hakube-build using {}", root.display());
+            Flock::lock(file, FlockArg::LockExclusive)
+                .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", path.display()))
+        }
+        Err((_, e)) => Err(anyhow::anyhow!("locking {}: {e}", path.display())),
     }
 }
 

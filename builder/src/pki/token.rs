@@ -41,8 +41,7 @@ impl FromStr for BootstrapToken {
     fn from_str(s: &str) -> Result<Self, String> {
         let ok_part = |p: &str, len: usize| {
             p.len() == len
-                && p
-                    .bytes()
+                && p.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         };
         match s.split_once('.') {

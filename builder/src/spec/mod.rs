@@ -2,12 +2,20 @@
 //!
 //! `load` is the only way to obtain a `Cluster`. Every refusal is a
 //! [`SpecError`] naming the file, the field path and what was expected.
+//!
+//! Stages: strict YAML parsing into [`raw`] (unknown, missing, repeated and
+//! mistyped fields are errors with a path and line/column), per-field parsing
+//! into the validated newtypes of [`types`] with role-profile defaults merged
+//! per node (`node`), then cross-field checks (`validate`: uniqueness,
+//! subnets and overlaps, VIP placement, etcd topology, ports, CIDR sizes).
+//! Non-fatal findings land in [`Cluster::warnings`]. The bad-spec fixtures in
+//! `builder/tests/fixtures/bad-specs/` show one refusal of each kind.
 
 pub mod model;
+mod node;
 pub mod raw;
 pub mod resolve;
 pub mod types;
-mod node;
 mod validate;
 
 pub use model::{Cluster, Node, NodeNetwork, SpecSource};

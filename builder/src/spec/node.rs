@@ -233,3 +233,39 @@ fn resolve_network(ctx: &Ctx, i: usize, n: &RawNodeNetwork) -> Result<NodeNetwor
         dns,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_role_profiles_are_valid() {
+        let p = RoleProfiles::embedded();
+        for role in Role::ALL {
+            let prof = p.for_role(role);
+            assert_eq!(prof.role, role.as_str());
+            assert!(!prof.swap, "{role}: swap must be off for the kubelet");
+            assert!(prof.services.iter().any(|s| s == "hakube-firstboot"));
+            for m in &prof.kernel_modules {
+                check_kernel_module(m).unwrap();
+            }
+            for (k, v) in &prof.sysctls {
+                check_sysctl_name(k).unwrap();
+                check_sysctl_value(v).unwrap();
+            }
+            for (k, v) in &prof.labels {
+                check_label_key(k).unwrap();
+                check_label_value(v).unwrap();
+            }
+            let ctx = Ctx {
+                file: "profile".into(),
+            };
+            for t in &prof.taints {
+                resolve_taint(&ctx, "taints", t).unwrap();
+            }
+        }
+        assert!(p.master.kernel_modules.iter().any(|m| m == "br_netfilter"));
+        assert!(p.worker.services.iter().any(|s| s == "kubelet"));
+        assert!(!p.etcd.services.iter().any(|s| s == "kubelet"));
+    }
+}

@@ -23,8 +23,8 @@ pub struct RawCluster {
     pub container_runtime: Option<String>,
     #[serde(default)]
     pub ssh_authorized_keys: Vec<String>,
-    /// Extra names/addresses in every apiserver certificate (`apiServerExtraSANs`).
-    #[serde(default, rename = "apiServerExtraSANs")]
+    /// Extra names/addresses in every apiserver certificate (`apiServerExtraSans`).
+    #[serde(default)]
     pub api_server_extra_sans: Vec<String>,
     #[serde(default)]
     pub certificates: Option<RawCertificates>,

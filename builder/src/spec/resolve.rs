@@ -78,14 +78,13 @@ fn yaml_error(ctx: &Ctx, e: serde_yaml_ng::Error) -> SpecError {
     if text.starts_with("EOF while parsing") {
         return ctx.err("", NO_DOCUMENT);
     }
-    let is_path = |p: &str| {
-        !p.is_empty() && !p.contains(|c: char| c.is_whitespace() || c == '`' || c == '"')
-    };
+    let is_path =
+        |p: &str| !p.is_empty() && !p.contains(|c: char| c.is_whitespace() || c == '`' || c == '"');
     let (path, message) = match text.split_once(": ") {
         Some((p, m)) if is_path(p) => (p.to_string(), m.to_string()),
         _ => (String::new(), text.clone()),
     };
-    let named = ["unknown field `", "missing field `"]
+    let named = ["unknown field `", "missing field `", "duplicate field `"]
         .iter()
         .find_map(|prefix| message.strip_prefix(prefix))
         .and_then(|rest| rest.split_once('`'))
@@ -95,7 +94,16 @@ fn yaml_error(ctx: &Ctx, e: serde_yaml_ng::Error) -> SpecError {
         Some(name) => format!("{path}.{name}"),
         None => path,
     };
-    ctx.err(field, format!("{message}{location}"))
+    // serde says what it expected for wrong types and unknown fields; for
+    // missing and repeated fields, say it here.
+    let hint = if message.starts_with("missing field") {
+        ": the field is required (profiles/examples/annotated.yaml documents every field)"
+    } else if message.starts_with("duplicate field") {
+        ": each field once expected"
+    } else {
+        ""
+    };
+    ctx.err(field, format!("{message}{hint}{location}"))
 }
 
 fn resolve_raw(
@@ -170,13 +178,15 @@ fn resolve_raw(
         .api_server_extra_sans
         .iter()
         .enumerate()
-        .map(|(i, s)| ctx.parse(format!("apiServerExtraSANs[{i}]"), s))
+        .map(|(i, s)| ctx.parse(format!("apiServerExtraSans[{i}]"), s))
         .collect::<Result<Vec<San>, _>>()?;
     for (i, san) in api_server_extra_sans.iter().enumerate() {
         if let Some(first) = api_server_extra_sans[..i].iter().position(|o| o == san) {
             return Err(ctx.err(
-                format!("apiServerExtraSANs[{i}]"),
-                format!("repeats {san} (already apiServerExtraSANs[{first}]): each name once expected"),
+                format!("apiServerExtraSans[{i}]"),
+                format!(
+                    "repeats {san} (already apiServerExtraSans[{first}]): each name once expected"
+                ),
             ));
         }
     }
