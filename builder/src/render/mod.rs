@@ -5,6 +5,16 @@
 //! [`config_tree`], which is pure: the same cluster and credentials give the
 //! same bytes. `hakube-build render` ([`run`]) writes the trees and their
 //! Ignition form.
+//!
+//! Units the tree enables but does not contain (the OS root must ship them,
+//! under /lib/systemd/system, and must not enable them itself):
+//! `kubelet.service` plus kubeadm's `10-kubeadm.conf` drop-in,
+//! `containerd.service` or `crio.service`, `etcd.service` (ExecStart
+//! `/usr/local/bin/etcd --config-file=/var/lib/hakube/etcd/etcd.conf.yml`,
+//! with `ConditionPathExists=` on that file so it waits for firstboot),
+//! `haproxy.service`, `keepalived.service`, `ssh.service`,
+//! `systemd-networkd.{service,socket}`, `systemd-networkd-wait-online.service`
+//! and `systemd-timesyncd.service`. The tree ships `hakube-firstboot.service`.
 
 mod cni;
 mod etcd;
