@@ -19,9 +19,11 @@ pub struct Member {
 }
 
 impl Member {
-    /// Has this member ever run (published its name and client URLs)?
+    /// Has this member ever run? A member publishes its client URLs when it
+    /// first starts. (Members of the initial cluster carry their name from
+    /// the start; members added later get it only then.)
     pub fn has_started(&self) -> bool {
-        !self.name.is_empty() || !self.client_urls.is_empty()
+        !self.client_urls.is_empty()
     }
 }
 

@@ -32,6 +32,10 @@ impl PowerCut {
             self.0.set(Some(n - 1));
         }
     }
+    /// Cut power after `n` more side effects (every fake sharing this value counts).
+    pub fn arm(&self, n: u32) {
+        self.0.set(Some(n));
+    }
     pub fn disarm(&self) {
         self.0.set(None);
     }
@@ -53,6 +57,12 @@ impl FakeRunner {
     pub fn new() -> FakeRunner {
         FakeRunner::default()
     }
+    pub fn with_cut(cut: PowerCut) -> FakeRunner {
+        FakeRunner {
+            cut,
+            ..Default::default()
+        }
+    }
     /// Always answer `out` to commands starting with `prefix`.
     pub fn on(&self, prefix: &str, out: Output) -> &Self {
         self.rules
@@ -72,6 +82,27 @@ impl FakeRunner {
         self.rules
             .borrow_mut()
             .push((prefix.to_string(), false, Box::new(f)));
+        self
+    }
+    /// Like [`FakeRunner::once`], ahead of every existing rule.
+    pub fn push_front(&self, prefix: &str, out: Output) -> &Self {
+        self.rules
+            .borrow_mut()
+            .insert(0, (prefix.to_string(), true, Box::new(move |_| out.clone())));
+        self
+    }
+    /// Like [`FakeRunner::on`], ahead of every existing rule.
+    pub fn on_front(&self, prefix: &str, out: Output) -> &Self {
+        self.rules
+            .borrow_mut()
+            .insert(0, (prefix.to_string(), false, Box::new(move |_| out.clone())));
+        self
+    }
+    /// Like [`FakeRunner::effect`], once, ahead of every existing rule.
+    pub fn effect_front(&self, prefix: &str, f: impl Fn(&Cmd) -> Output + 'static) -> &Self {
+        self.rules
+            .borrow_mut()
+            .insert(0, (prefix.to_string(), true, Box::new(f)));
         self
     }
     pub fn calls(&self) -> Vec<String> {
@@ -117,6 +148,12 @@ pub struct FakeServices {
 }
 
 impl FakeServices {
+    pub fn with_cut(cut: PowerCut) -> FakeServices {
+        FakeServices {
+            cut,
+            ..Default::default()
+        }
+    }
     pub fn on_start(&self, unit: &str, f: impl Fn() + 'static) {
         self.hooks.borrow_mut().push((unit.to_string(), Box::new(f)));
     }

@@ -38,9 +38,21 @@ pub fn etcd_member(ctx: &mut Ctx) -> Result<String> {
             write_effective(&ctx.env.root, &template, &Start::New)?;
         }
         ctx.env.svc.start(UNIT)?;
+        // An earlier attempt may have stopped between starting the learner
+        // and promoting it.
+        let promoted = match ctx.env.etcd.member_list(&peers) {
+            Ok(list) => match list.iter().find(|m| is_mine(m, &me) && m.is_learner) {
+                Some(l) => {
+                    promote(ctx, &me, &peers, l.id)?;
+                    ", promoted its learner"
+                }
+                None => "",
+            },
+            Err(_) => "",
+        };
         wait_member_healthy(ctx, &me)?;
         return Ok(format!(
-            "data in {} present: started the existing member",
+            "data in {} present: started the existing member{promoted}",
             data.display()
         ));
     }
@@ -126,6 +138,14 @@ fn join_running(
     ctx.env.svc.start(UNIT)?;
     did.push(format!("started with initial-cluster-state existing ({initial_cluster})"));
 
+    promote(ctx, me, peers, learner_id)?;
+    did.push("promoted".into());
+    wait_member_healthy(ctx, me)?;
+    Ok(did.join("; "))
+}
+
+/// Promotes the learner once it has caught up; etcd refuses until then.
+fn promote(ctx: &Ctx, me: &EtcdMember, peers: &[String], learner_id: u64) -> Result<()> {
     let etcd = ctx.env.etcd;
     ctx.wait_for(
         &format!("learner {} to catch up and be promoted", me.name),
@@ -145,10 +165,7 @@ fn join_running(
                 }
             }
         },
-    )?;
-    did.push("promoted".into());
-    wait_member_healthy(ctx, me)?;
-    Ok(did.join("; "))
+    )
 }
 
 fn add_learner(
@@ -185,7 +202,7 @@ fn remove_stale(
             anyhow::bail!(
                 "refusing to replace etcd member {stale}: this node's data dir {data} is empty, so it is a \
                  replaced or reimaged member, but removing the old member would leave {h} healthy of {voters} \
-                 voting members, below the quorum of {need}. Healthy: [{hl}]. Not answering: [{dl}]. \
+                 voting members, below the quorum of {need}. Healthy: [{hl}]. Not healthy: [{dl}]. \
                  Nothing was changed. Bring the other members back (check etcd.service on them) and reboot \
                  this node or run `hakube-firstboot run`; if they are lost for good, restore the cluster \
                  from a snapshot (etcdctl snapshot restore) instead.",

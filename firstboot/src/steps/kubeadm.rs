@@ -154,7 +154,7 @@ pub fn stale_etcd_member(ctx: &mut Ctx) -> Result<String> {
             anyhow::bail!(
                 "refusing to remove stale etcd member {}: this master was rebuilt, but removing its old member \
                  would leave {} healthy of {voters} voting members, below the quorum of {}. Healthy: [{}]. Not \
-                 answering: [{}]. Nothing was changed. Bring the other masters back, then reboot this node.",
+                 healthy: [{}]. Nothing was changed. Bring the other masters back, then reboot this node.",
                 member_label(stale),
                 healthy.len(),
                 quorum(voters),

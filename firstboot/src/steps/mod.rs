@@ -9,6 +9,8 @@ mod cluster;
 mod etcd_member;
 mod kubeadm;
 mod node;
+#[cfg(test)]
+mod tests;
 
 use crate::etcd::EtcdApi;
 use crate::journal::{Journal, StepState};
