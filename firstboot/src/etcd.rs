@@ -164,10 +164,35 @@ fn convert(m: &etcd_client::Member) -> Member {
     }
 }
 
+impl EtcdClient {
+    /// Runs `call` against each endpoint in turn until one answers. (A
+    /// balanced channel over all endpoints fails a request that lands on a
+    /// dead member; firstboot talks to clusters with dead members on purpose.)
+    fn with_any<T>(
+        &self,
+        endpoints: &[String],
+        what: &str,
+        call: impl Fn(etcd_client::Client) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, etcd_client::Error>>>>,
+    ) -> Result<T> {
+        let mut last = None;
+        for ep in endpoints {
+            let r = self
+                .client(std::slice::from_ref(ep))
+                .and_then(|c| self.block(&format!("{what} via {ep}"), call(c)));
+            match r {
+                Ok(v) => return Ok(v),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("{what}: no endpoints given")))
+    }
+}
+
 impl EtcdApi for EtcdClient {
     fn member_list(&self, endpoints: &[String]) -> Result<Vec<Member>> {
-        let mut c = self.client(endpoints)?;
-        let resp = self.block("etcd member list", c.member_list())?;
+        let resp = self.with_any(endpoints, "etcd member list", |mut c| {
+            Box::pin(async move { c.member_list().await })
+        })?;
         Ok(resp.members().iter().map(convert).collect())
     }
 
@@ -176,12 +201,14 @@ impl EtcdApi for EtcdClient {
         endpoints: &[String],
         peer_urls: &[String],
     ) -> Result<(u64, Vec<Member>)> {
-        let mut c = self.client(endpoints)?;
-        let opts = etcd_client::MemberAddOptions::new().with_is_learner();
-        let resp = self.block(
-            "etcd member add --learner",
-            c.member_add(peer_urls.to_vec(), Some(opts)),
-        )?;
+        let urls = peer_urls.to_vec();
+        let resp = self.with_any(endpoints, "etcd member add --learner", move |mut c| {
+            let urls = urls.clone();
+            Box::pin(async move {
+                let opts = etcd_client::MemberAddOptions::new().with_is_learner();
+                c.member_add(urls, Some(opts)).await
+            })
+        })?;
         let id = resp
             .member()
             .map(|m| m.id())
@@ -190,14 +217,16 @@ impl EtcdApi for EtcdClient {
     }
 
     fn member_remove(&self, endpoints: &[String], id: u64) -> Result<()> {
-        let mut c = self.client(endpoints)?;
-        self.block(&format!("etcd member remove {id:x}"), c.member_remove(id))?;
+        self.with_any(endpoints, &format!("etcd member remove {id:x}"), move |mut c| {
+            Box::pin(async move { c.member_remove(id).await })
+        })?;
         Ok(())
     }
 
     fn member_promote(&self, endpoints: &[String], id: u64) -> Result<()> {
-        let mut c = self.client(endpoints)?;
-        self.block(&format!("etcd member promote {id:x}"), c.member_promote(id))?;
+        self.with_any(endpoints, &format!("etcd member promote {id:x}"), move |mut c| {
+            Box::pin(async move { c.member_promote(id).await })
+        })?;
         Ok(())
     }
 
@@ -211,13 +240,19 @@ impl EtcdApi for EtcdClient {
     }
 
     fn count_keys(&self, endpoints: &[String], prefix: &str) -> Result<i64> {
-        let mut c = self.client(endpoints)?;
-        let opts = etcd_client::GetOptions::new()
-            .with_prefix()
-            .with_count_only();
-        let resp = self.block(
+        let p = prefix.to_string();
+        let resp = self.with_any(
+            endpoints,
             &format!("counting etcd keys under {prefix}"),
-            c.get(prefix, Some(opts)),
+            move |mut c| {
+                let p = p.clone();
+                Box::pin(async move {
+                    let opts = etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_count_only();
+                    c.get(p, Some(opts)).await
+                })
+            },
         )?;
         Ok(resp.count())
     }

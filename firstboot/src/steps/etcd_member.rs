@@ -174,11 +174,27 @@ fn add_learner(
     peers: &[String],
     did: &mut Vec<String>,
 ) -> Result<u64> {
-    let (id, _) = ctx
-        .env
-        .etcd
-        .member_add_learner(peers, std::slice::from_ref(&me.peer_url))
-        .with_context(|| format!("adding {} ({}) as an etcd learner", me.name, me.peer_url))?;
+    let etcd = ctx.env.etcd;
+    // etcd refuses membership changes for a few seconds after members
+    // (re)connect ("unhealthy cluster"); and an add whose answer was lost
+    // must not be repeated: look for our learner before trying again.
+    let id = ctx.wait_for(
+        &format!("etcd to accept {} as a learner", me.name),
+        Some(ctx.env.waits.local),
+        || match etcd.member_add_learner(peers, std::slice::from_ref(&me.peer_url)) {
+            Ok((id, _)) => Ok(id),
+            Err(e) => etcd
+                .member_list(peers)
+                .ok()
+                .and_then(|l| {
+                    l.into_iter()
+                        .find(|m| is_mine(m, me) && m.is_learner && !m.has_started())
+                })
+                .map(|m| m.id)
+                .ok_or_else(|| format!("{e:#}")),
+        },
+    )
+    .with_context(|| format!("adding {} ({}) as an etcd learner", me.name, me.peer_url))?;
     log(&format!("added {} as learner {id:x}", me.name));
     did.push(format!("added as learner {id:x}"));
     Ok(id)
@@ -195,32 +211,67 @@ fn remove_stale(
 ) -> Result<()> {
     let etcd = ctx.env.etcd;
     if !stale.is_learner {
-        let rest: Vec<Member> = members.iter().filter(|m| m.id != stale.id).cloned().collect();
-        let (voters, healthy, down) = voting_health(etcd, &rest);
-        let need = quorum(voters);
-        if healthy.len() < need {
+        if let Err(why) = quorum_without(ctx, stale, members) {
             anyhow::bail!(
                 "refusing to replace etcd member {stale}: this node's data dir {data} is empty, so it is a \
-                 replaced or reimaged member, but removing the old member would leave {h} healthy of {voters} \
-                 voting members, below the quorum of {need}. Healthy: [{hl}]. Not healthy: [{dl}]. \
+                 replaced or reimaged member, but removing the old member would leave {why}. \
                  Nothing was changed. Bring the other members back (check etcd.service on them) and reboot \
                  this node or run `hakube-firstboot run`; if they are lost for good, restore the cluster \
                  from a snapshot (etcdctl snapshot restore) instead.",
                 stale = member_label(stale),
                 data = ctx.path(&ctx.profile.paths.etcd_data_dir).display(),
-                h = healthy.len(),
-                hl = healthy.join(", "),
-                dl = down.join(", "),
             );
         }
-        log(&format!(
-            "replacing stale etcd member {}: {} of {voters} remaining voting members healthy (quorum {need})",
-            member_label(stale),
-            healthy.len()
-        ));
     }
-    etcd.member_remove(peers, stale.id)
-        .with_context(|| format!("removing stale etcd member {} ({})", member_label(stale), me.name))
+    ctx.wait_for(
+        &format!("etcd to remove stale member {}", member_label(stale)),
+        Some(ctx.env.waits.local),
+        || match etcd.member_remove(peers, stale.id) {
+            Ok(()) => Ok(()),
+            Err(e) => match etcd.member_list(peers) {
+                // removed by an attempt whose answer was lost
+                Ok(l) if !l.iter().any(|m| m.id == stale.id) => Ok(()),
+                _ => Err(format!("{e:#}")),
+            },
+        },
+    )
+    .with_context(|| format!("removing stale etcd member {} ({})", member_label(stale), me.name))
+}
+
+/// Would the voting members other than `stale` hold quorum? Re-checked for
+/// up to `waits.settle`, so a leader election does not cause a refusal.
+/// `Err` describes what was found.
+pub fn quorum_without(ctx: &Ctx, stale: &Member, members: &[Member]) -> Result<(), String> {
+    let rest: Vec<Member> = members.iter().filter(|m| m.id != stale.id).cloned().collect();
+    let etcd = ctx.env.etcd;
+    let check = || {
+        let (voters, healthy, down) = voting_health(etcd, &rest);
+        let need = quorum(voters);
+        let found = format!(
+            "{} healthy of {voters} voting members, below the quorum of {need}. Healthy: [{}]. Not healthy: [{}]",
+            healthy.len(),
+            healthy.join(", "),
+            down.join(", ")
+        );
+        if healthy.len() >= need {
+            log(&format!(
+                "removing {} keeps quorum: {} of {voters} remaining voting members healthy",
+                member_label(stale),
+                healthy.len()
+            ));
+            Ok(())
+        } else {
+            Err(found)
+        }
+    };
+    match ctx.wait_for(
+        &format!("quorum of the etcd members other than {}", member_label(stale)),
+        Some(ctx.env.waits.settle),
+        check,
+    ) {
+        Ok(()) => Ok(()),
+        Err(_) => check(),
+    }
 }
 
 /// `name=peerURL,...` for every member, naming this node's new entry.

@@ -148,18 +148,11 @@ pub fn stale_etcd_member(ctx: &mut Ctx) -> Result<String> {
         return Ok("no etcd member of this name: nothing to remove".into());
     };
     if !stale.is_learner {
-        let rest: Vec<_> = members.iter().filter(|m| m.id != stale.id).cloned().collect();
-        let (voters, healthy, down) = voting_health(etcd, &rest);
-        if healthy.len() < quorum(voters) {
+        if let Err(why) = super::etcd_member::quorum_without(ctx, stale, &members) {
             anyhow::bail!(
                 "refusing to remove stale etcd member {}: this master was rebuilt, but removing its old member \
-                 would leave {} healthy of {voters} voting members, below the quorum of {}. Healthy: [{}]. Not \
-                 healthy: [{}]. Nothing was changed. Bring the other masters back, then reboot this node.",
-                member_label(stale),
-                healthy.len(),
-                quorum(voters),
-                healthy.join(", "),
-                down.join(", ")
+                 would leave {why}. Nothing was changed. Bring the other masters back, then reboot this node.",
+                member_label(stale)
             );
         }
     }

@@ -30,6 +30,10 @@ pub struct Waits {
     pub local: Duration,
     /// A new etcd learner catching up before it can be promoted.
     pub promote: Duration,
+    /// How long a quorum check may take to come out right before firstboot
+    /// refuses a membership change (a leader election after a member died
+    /// makes healthy members fail reads for a few seconds).
+    pub settle: Duration,
     /// Longest pause between two checks.
     pub max_backoff: Duration,
 }
@@ -40,6 +44,7 @@ impl Default for Waits {
             remote: None,
             local: Duration::from_secs(600),
             promote: Duration::from_secs(600),
+            settle: Duration::from_secs(30),
             max_backoff: Duration::from_secs(30),
         }
     }
