@@ -85,7 +85,14 @@ mod tests {
             assert!(help.contains("--root"), "{sub}: {help}");
             assert!(help.contains("every path of the profile"), "{sub}: {help}");
         }
-        let run = cmd.find_subcommand_mut("run").unwrap().render_long_help().to_string();
-        assert!(run.contains("--wait-timeout") && run.contains("--retry"), "{run}");
+        let run = cmd
+            .find_subcommand_mut("run")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(
+            run.contains("--wait-timeout") && run.contains("--retry"),
+            "{run}"
+        );
     }
 }

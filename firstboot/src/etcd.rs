@@ -131,11 +131,8 @@ impl EtcdClient {
         let eps = endpoints.to_vec();
         self.rt
             .block_on(async {
-                tokio::time::timeout(
-                    self.timeout,
-                    etcd_client::Client::connect(eps, Some(opts)),
-                )
-                .await
+                tokio::time::timeout(self.timeout, etcd_client::Client::connect(eps, Some(opts)))
+                    .await
             })
             .map_err(|_| anyhow::anyhow!("timed out"))
             .and_then(|r| r.map_err(anyhow::Error::from))
@@ -172,7 +169,11 @@ impl EtcdClient {
         &self,
         endpoints: &[String],
         what: &str,
-        call: impl Fn(etcd_client::Client) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, etcd_client::Error>>>>,
+        call: impl Fn(
+            etcd_client::Client,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, etcd_client::Error>>>,
+        >,
     ) -> Result<T> {
         let mut last = None;
         for ep in endpoints {
@@ -217,16 +218,20 @@ impl EtcdApi for EtcdClient {
     }
 
     fn member_remove(&self, endpoints: &[String], id: u64) -> Result<()> {
-        self.with_any(endpoints, &format!("etcd member remove {id:x}"), move |mut c| {
-            Box::pin(async move { c.member_remove(id).await })
-        })?;
+        self.with_any(
+            endpoints,
+            &format!("etcd member remove {id:x}"),
+            move |mut c| Box::pin(async move { c.member_remove(id).await }),
+        )?;
         Ok(())
     }
 
     fn member_promote(&self, endpoints: &[String], id: u64) -> Result<()> {
-        self.with_any(endpoints, &format!("etcd member promote {id:x}"), move |mut c| {
-            Box::pin(async move { c.member_promote(id).await })
-        })?;
+        self.with_any(
+            endpoints,
+            &format!("etcd member promote {id:x}"),
+            move |mut c| Box::pin(async move { c.member_promote(id).await }),
+        )?;
         Ok(())
     }
 
@@ -236,7 +241,8 @@ impl EtcdApi for EtcdClient {
         };
         // etcdctl's health check: a linearizable GET of the key "health";
         // a missing key is fine, only a leaderless or partitioned member fails.
-        self.block("etcd health read", c.get("health", None)).is_ok()
+        self.block("etcd health read", c.get("health", None))
+            .is_ok()
     }
 
     fn count_keys(&self, endpoints: &[String], prefix: &str) -> Result<i64> {

@@ -66,7 +66,8 @@ pub fn effective(root: &Path, template: &str, start: &Start) -> Result<String> {
             }
         }
     }
-    let mut s = String::from("# Written by hakube-firstboot from the template baked by hakube-build.\n");
+    let mut s =
+        String::from("# Written by hakube-firstboot from the template baked by hakube-build.\n");
     s.push_str(&serde_yaml_ng::to_string(&doc).context("writing YAML")?);
     Ok(s)
 }

@@ -86,16 +86,18 @@ impl FakeRunner {
     }
     /// Like [`FakeRunner::once`], ahead of every existing rule.
     pub fn push_front(&self, prefix: &str, out: Output) -> &Self {
-        self.rules
-            .borrow_mut()
-            .insert(0, (prefix.to_string(), true, Box::new(move |_| out.clone())));
+        self.rules.borrow_mut().insert(
+            0,
+            (prefix.to_string(), true, Box::new(move |_| out.clone())),
+        );
         self
     }
     /// Like [`FakeRunner::on`], ahead of every existing rule.
     pub fn on_front(&self, prefix: &str, out: Output) -> &Self {
-        self.rules
-            .borrow_mut()
-            .insert(0, (prefix.to_string(), false, Box::new(move |_| out.clone())));
+        self.rules.borrow_mut().insert(
+            0,
+            (prefix.to_string(), false, Box::new(move |_| out.clone())),
+        );
         self
     }
     /// Like [`FakeRunner::effect`], once, ahead of every existing rule.
@@ -109,7 +111,10 @@ impl FakeRunner {
         self.calls.borrow().iter().map(Cmd::line).collect()
     }
     pub fn count(&self, prefix: &str) -> usize {
-        self.calls().iter().filter(|c| c.starts_with(prefix)).count()
+        self.calls()
+            .iter()
+            .filter(|c| c.starts_with(prefix))
+            .count()
     }
 }
 
@@ -119,7 +124,10 @@ impl CommandRunner for FakeRunner {
         let line = cmd.line();
         let out = {
             let mut rules = self.rules.borrow_mut();
-            match rules.iter().position(|(p, _, _)| line.starts_with(p.as_str())) {
+            match rules
+                .iter()
+                .position(|(p, _, _)| line.starts_with(p.as_str()))
+            {
                 Some(i) => {
                     let out = (rules[i].2)(cmd);
                     if rules[i].1 {
@@ -155,7 +163,9 @@ impl FakeServices {
         }
     }
     pub fn on_start(&self, unit: &str, f: impl Fn() + 'static) {
-        self.hooks.borrow_mut().push((unit.to_string(), Box::new(f)));
+        self.hooks
+            .borrow_mut()
+            .push((unit.to_string(), Box::new(f)));
     }
     pub fn calls(&self) -> Vec<String> {
         self.calls.borrow().clone()
@@ -226,7 +236,10 @@ pub struct FakeClock {
 impl Default for FakeClock {
     fn default() -> FakeClock {
         FakeClock {
-            now: Cell::new(OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)),
+            now: Cell::new(
+                OffsetDateTime::from_unix_timestamp(1_800_000_000)
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            ),
             slept: Cell::new(Duration::ZERO),
         }
     }
@@ -280,7 +293,11 @@ impl FakeCluster {
                     id: 0x10 + i as u64,
                     name: name.to_string(),
                     peer_urls: vec![format!("https://{ip}:2380")],
-                    client_urls: if running { vec![client.clone()] } else { vec![] },
+                    client_urls: if running {
+                        vec![client.clone()]
+                    } else {
+                        vec![]
+                    },
                     is_learner: false,
                 },
                 client_url: client,
@@ -291,7 +308,11 @@ impl FakeCluster {
     }
 
     pub fn quorum_ok(&self) -> bool {
-        let voters: Vec<_> = self.members.iter().filter(|m| !m.member.is_learner).collect();
+        let voters: Vec<_> = self
+            .members
+            .iter()
+            .filter(|m| !m.member.is_learner)
+            .collect();
         voters.iter().filter(|m| m.up).count() >= quorum(voters.len())
     }
 
@@ -305,7 +326,10 @@ impl FakeCluster {
         if eps.iter().any(|e| self.serving(e).is_some()) {
             Ok(())
         } else {
-            Err(anyhow!("connecting to etcd at {}: connection refused", eps.join(",")))
+            Err(anyhow!(
+                "connecting to etcd at {}: connection refused",
+                eps.join(",")
+            ))
         }
     }
 
@@ -367,7 +391,11 @@ impl EtcdApi for FakeEtcd {
         Ok(c.members.iter().map(|m| m.member.clone()).collect())
     }
 
-    fn member_add_learner(&self, eps: &[String], peer_urls: &[String]) -> Result<(u64, Vec<Member>)> {
+    fn member_add_learner(
+        &self,
+        eps: &[String],
+        peer_urls: &[String],
+    ) -> Result<(u64, Vec<Member>)> {
         let id = {
             let mut c = self.cluster.borrow_mut();
             c.reachable(eps)?;
@@ -393,7 +421,13 @@ impl EtcdApi for FakeEtcd {
             id
         };
         self.cut.tick("member add");
-        let list = self.cluster.borrow().members.iter().map(|m| m.member.clone()).collect();
+        let list = self
+            .cluster
+            .borrow()
+            .members
+            .iter()
+            .map(|m| m.member.clone())
+            .collect();
         Ok((id, list))
     }
 

@@ -17,11 +17,18 @@ pub fn check(env: &Env, p: &NodeProfile) -> Result<String> {
 }
 
 fn etcd(env: &Env, p: &NodeProfile) -> Result<String> {
-    let me = p
-        .own_etcd_member()
-        .with_context(|| format!("node profile: etcdMembers has no member named {}", p.node_name))?;
+    let me = p.own_etcd_member().with_context(|| {
+        format!(
+            "node profile: etcdMembers has no member named {}",
+            p.node_name
+        )
+    })?;
     if !env.etcd.endpoint_healthy(&me.client_url) {
-        anyhow::bail!("etcd member {} at {} does not answer health reads", me.name, me.client_url);
+        anyhow::bail!(
+            "etcd member {} at {} does not answer health reads",
+            me.name,
+            me.client_url
+        );
     }
     let members = env
         .etcd

@@ -48,8 +48,7 @@ pub fn load_profile(root: &Path) -> Result<NodeProfile> {
             path.display()
         ))
     })?;
-    NodeProfile::from_json(&text)
-        .map_err(|e| BadInput(format!("{}: {e}", path.display())).into())
+    NodeProfile::from_json(&text).map_err(|e| BadInput(format!("{}: {e}", path.display())).into())
 }
 
 fn open_journal(root: &Path, p: &NodeProfile) -> Result<Journal> {

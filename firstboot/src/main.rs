@@ -13,13 +13,16 @@ fn main() {
         timeout: Duration::from_secs(5),
     };
     let clock = SystemClock;
-    let with_env = |root: &Path, wait: Option<u64>, f: &dyn Fn(&hakube_firstboot::steps::Env) -> anyhow::Result<String>| {
-        // A bad profile must fail before anything is started.
-        hakube_firstboot::load_profile(root)?;
-        let etcd = etcd_client_for(root)?;
-        let env = real_env(root, wait, &runner, &svc, &etcd, &probe, &clock);
-        f(&env)
-    };
+    let with_env =
+        |root: &Path,
+         wait: Option<u64>,
+         f: &dyn Fn(&hakube_firstboot::steps::Env) -> anyhow::Result<String>| {
+            // A bad profile must fail before anything is started.
+            hakube_firstboot::load_profile(root)?;
+            let etcd = etcd_client_for(root)?;
+            let env = real_env(root, wait, &runner, &svc, &etcd, &probe, &clock);
+            f(&env)
+        };
     let result = match cli.command {
         Command::Run(a) => with_env(&a.root.root, a.wait_timeout, &|env| {
             run(env, a.retry.as_deref()).map(|()| String::new())

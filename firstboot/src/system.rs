@@ -101,7 +101,9 @@ pub trait CommandRunner {
 
 /// Runs a command and fails, quoting the tool's own output, unless it exits 0.
 pub fn run_checked(runner: &dyn CommandRunner, cmd: &Cmd) -> Result<Output> {
-    let out = runner.run(cmd).with_context(|| format!("starting `{cmd}`"))?;
+    let out = runner
+        .run(cmd)
+        .with_context(|| format!("starting `{cmd}`"))?;
     if !out.success() {
         anyhow::bail!(
             "`{cmd}` exited with status {}; its output:\n{}",

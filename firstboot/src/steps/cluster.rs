@@ -53,7 +53,15 @@ pub fn local_lb_clients(ctx: &mut Ctx) -> Result<String> {
         did.push(format!("kubelet already uses {server}"));
     }
     if ctx.initialises() {
-        let get = kubectl(ctx).args(["-n", "kube-system", "get", "configmap", "kube-proxy", "-o", "json"]);
+        let get = kubectl(ctx).args([
+            "-n",
+            "kube-system",
+            "get",
+            "configmap",
+            "kube-proxy",
+            "-o",
+            "json",
+        ]);
         let out = run_checked(ctx.env.cmd, &get)?;
         let mut cm: serde_json::Value = serde_json::from_str(&out.stdout)
             .context("parsing the kube-proxy configmap from kubectl")?;
@@ -68,11 +76,20 @@ pub fn local_lb_clients(ctx: &mut Ctx) -> Result<String> {
             write_atomic(&file, body.as_bytes())?;
             run_checked(
                 ctx.env.cmd,
-                &kubectl(ctx).args(["replace", "-f"]).arg(file.to_string_lossy()),
+                &kubectl(ctx)
+                    .args(["replace", "-f"])
+                    .arg(file.to_string_lossy()),
             )?;
             run_checked(
                 ctx.env.cmd,
-                &kubectl(ctx).args(["-n", "kube-system", "rollout", "restart", "daemonset", "kube-proxy"]),
+                &kubectl(ctx).args([
+                    "-n",
+                    "kube-system",
+                    "rollout",
+                    "restart",
+                    "daemonset",
+                    "kube-proxy",
+                ]),
             )?;
             did.push(format!("kube-proxy now uses {server}"));
         } else {
@@ -93,7 +110,9 @@ pub fn cni(ctx: &mut Ctx) -> Result<String> {
     let file = ctx.path(&m);
     run_checked(
         ctx.env.cmd,
-        &kubectl(ctx).args(["apply", "-f"]).arg(file.to_string_lossy()),
+        &kubectl(ctx)
+            .args(["apply", "-f"])
+            .arg(file.to_string_lossy()),
     )
     .context("applying the CNI manifest")?;
     Ok(format!("applied {m}"))
@@ -122,13 +141,19 @@ pub fn labels_taints(ctx: &mut Ctx) -> Result<String> {
             &kubectl(ctx).args(["taint", "node", node, &spec, "--overwrite"]),
         )?;
     }
-    Ok(format!("{} labels, {} taints", p.labels.len(), p.taints.len()))
+    Ok(format!(
+        "{} labels, {} taints",
+        p.labels.len(),
+        p.taints.len()
+    ))
 }
 
 /// `abcdef.0123456789abcdef`, as kubeadm and the API server accept.
 pub fn valid_token(t: &str) -> bool {
     let ok = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
     };
     matches!(t.split_once('.'), Some((id, secret)) if ok(id, 6) && ok(secret, 16))
 }
@@ -148,8 +173,6 @@ pub fn token_ttl(init_yaml: &str) -> Option<String> {
     }
     None
 }
-
-
 
 /// The cluster's join token exists (re-created with the same value if it
 /// expired or was deleted, so nodes built long ago still join).
@@ -171,11 +194,23 @@ pub fn bootstrap_token(ctx: &mut Ctx) -> Result<String> {
         );
     }
     let id = &token[..6];
-    let get = kubectl(ctx).args(["-n", "kube-system", "get", "secret", &format!("bootstrap-token-{id}")]);
+    let get = kubectl(ctx).args([
+        "-n",
+        "kube-system",
+        "get",
+        "secret",
+        &format!("bootstrap-token-{id}"),
+    ]);
     if ctx.env.cmd.run(&get)?.success() {
         return Ok(format!("token {id} present"));
     }
-    let init = ctx.path(ctx.profile.paths.kubeadm_config.as_deref().unwrap_or_default());
+    let init = ctx.path(
+        ctx.profile
+            .paths
+            .kubeadm_config
+            .as_deref()
+            .unwrap_or_default(),
+    );
     let ttl = std::fs::read_to_string(&init)
         .ok()
         .and_then(|t| token_ttl(&t))
@@ -196,7 +231,14 @@ mod tests {
         for good in ["abcdef.0123456789abcdef", "a1b2c3.zzzzzzzzzzzzzzzz"] {
             assert!(valid_token(good), "{good}");
         }
-        for bad in ["", "abcdef", "ABCDEF.0123456789abcdef", "abcde.0123456789abcdef", "abcdef.0123456789abcde!", "abcdef:0123456789abcdef"] {
+        for bad in [
+            "",
+            "abcdef",
+            "ABCDEF.0123456789abcdef",
+            "abcde.0123456789abcdef",
+            "abcdef.0123456789abcde!",
+            "abcdef:0123456789abcdef",
+        ] {
             assert!(!valid_token(bad), "{bad}");
         }
     }

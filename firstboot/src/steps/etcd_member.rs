@@ -67,7 +67,9 @@ pub fn etcd_member(ctx: &mut Ctx) -> Result<String> {
             write_effective(&ctx.env.root, &template, &Start::New)?;
             ctx.env.svc.start(UNIT)?;
             wait_member_healthy(ctx, &me)?;
-            return Ok("formed: initial-cluster-state new, member healthy, cluster in quorum".into());
+            return Ok(
+                "formed: initial-cluster-state new, member healthy, cluster in quorum".into(),
+            );
         }
     };
     join_running(ctx, &me, &template, &peers, members)
@@ -84,7 +86,7 @@ fn peer_endpoints(ctx: &Ctx, me: &EtcdMember) -> Vec<String> {
 }
 
 fn is_mine(m: &Member, me: &EtcdMember) -> bool {
-    m.peer_urls.iter().any(|u| *u == me.peer_url) || (!m.name.is_empty() && m.name == me.name)
+    m.peer_urls.contains(&me.peer_url) || (!m.name.is_empty() && m.name == me.name)
 }
 
 fn join_running(
@@ -111,7 +113,10 @@ fn join_running(
         }
         // Added as a learner by an earlier attempt that did not finish.
         Some(m) if !m.has_started() && m.is_learner => {
-            did.push(format!("found own learner {:x} from an earlier attempt", m.id));
+            did.push(format!(
+                "found own learner {:x} from an earlier attempt",
+                m.id
+            ));
             m.id
         }
         Some(stale) => {
@@ -136,7 +141,9 @@ fn join_running(
         },
     )?;
     ctx.env.svc.start(UNIT)?;
-    did.push(format!("started with initial-cluster-state existing ({initial_cluster})"));
+    did.push(format!(
+        "started with initial-cluster-state existing ({initial_cluster})"
+    ));
 
     promote(ctx, me, peers, learner_id)?;
     did.push("promoted".into());
@@ -168,33 +175,29 @@ fn promote(ctx: &Ctx, me: &EtcdMember, peers: &[String], learner_id: u64) -> Res
     )
 }
 
-fn add_learner(
-    ctx: &Ctx,
-    me: &EtcdMember,
-    peers: &[String],
-    did: &mut Vec<String>,
-) -> Result<u64> {
+fn add_learner(ctx: &Ctx, me: &EtcdMember, peers: &[String], did: &mut Vec<String>) -> Result<u64> {
     let etcd = ctx.env.etcd;
     // etcd refuses membership changes for a few seconds after members
     // (re)connect ("unhealthy cluster"); and an add whose answer was lost
     // must not be repeated: look for our learner before trying again.
-    let id = ctx.wait_for(
-        &format!("etcd to accept {} as a learner", me.name),
-        Some(ctx.env.waits.local),
-        || match etcd.member_add_learner(peers, std::slice::from_ref(&me.peer_url)) {
-            Ok((id, _)) => Ok(id),
-            Err(e) => etcd
-                .member_list(peers)
-                .ok()
-                .and_then(|l| {
-                    l.into_iter()
-                        .find(|m| is_mine(m, me) && m.is_learner && !m.has_started())
-                })
-                .map(|m| m.id)
-                .ok_or_else(|| format!("{e:#}")),
-        },
-    )
-    .with_context(|| format!("adding {} ({}) as an etcd learner", me.name, me.peer_url))?;
+    let id = ctx
+        .wait_for(
+            &format!("etcd to accept {} as a learner", me.name),
+            Some(ctx.env.waits.local),
+            || match etcd.member_add_learner(peers, std::slice::from_ref(&me.peer_url)) {
+                Ok((id, _)) => Ok(id),
+                Err(e) => etcd
+                    .member_list(peers)
+                    .ok()
+                    .and_then(|l| {
+                        l.into_iter()
+                            .find(|m| is_mine(m, me) && m.is_learner && !m.has_started())
+                    })
+                    .map(|m| m.id)
+                    .ok_or_else(|| format!("{e:#}")),
+            },
+        )
+        .with_context(|| format!("adding {} ({}) as an etcd learner", me.name, me.peer_url))?;
     log(&format!("added {} as learner {id:x}", me.name));
     did.push(format!("added as learner {id:x}"));
     Ok(id)
@@ -235,14 +238,24 @@ fn remove_stale(
             },
         },
     )
-    .with_context(|| format!("removing stale etcd member {} ({})", member_label(stale), me.name))
+    .with_context(|| {
+        format!(
+            "removing stale etcd member {} ({})",
+            member_label(stale),
+            me.name
+        )
+    })
 }
 
 /// Would the voting members other than `stale` hold quorum? Re-checked for
 /// up to `waits.settle`, so a leader election does not cause a refusal.
 /// `Err` describes what was found.
 pub fn quorum_without(ctx: &Ctx, stale: &Member, members: &[Member]) -> Result<(), String> {
-    let rest: Vec<Member> = members.iter().filter(|m| m.id != stale.id).cloned().collect();
+    let rest: Vec<Member> = members
+        .iter()
+        .filter(|m| m.id != stale.id)
+        .cloned()
+        .collect();
     let etcd = ctx.env.etcd;
     let check = || {
         let (voters, healthy, down) = voting_health(etcd, &rest);
@@ -265,7 +278,10 @@ pub fn quorum_without(ctx: &Ctx, stale: &Member, members: &[Member]) -> Result<(
         }
     };
     match ctx.wait_for(
-        &format!("quorum of the etcd members other than {}", member_label(stale)),
+        &format!(
+            "quorum of the etcd members other than {}",
+            member_label(stale)
+        ),
         Some(ctx.env.waits.settle),
         check,
     ) {
@@ -307,7 +323,10 @@ pub fn wait_member_healthy(ctx: &Ctx, me: &EtcdMember) -> Result<()> {
         ctx.env.waits.remote,
         || {
             if !etcd.endpoint_healthy(&me.client_url) {
-                return Err(format!("{} does not answer health reads yet", me.client_url));
+                return Err(format!(
+                    "{} does not answer health reads yet",
+                    me.client_url
+                ));
             }
             let members = etcd.member_list(&own).map_err(|e| format!("{e:#}"))?;
             let (voters, healthy, down) = voting_health(etcd, &members);

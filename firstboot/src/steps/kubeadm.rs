@@ -92,7 +92,12 @@ pub fn etcd_keyspace(ctx: &mut Ctx) -> Result<String> {
         .env
         .etcd
         .count_keys(&eps, "/registry/")
-        .with_context(|| format!("counting keys under /registry/ in etcd at {}", eps.join(",")))?;
+        .with_context(|| {
+            format!(
+                "counting keys under /registry/ in etcd at {}",
+                eps.join(",")
+            )
+        })?;
     if n > 0 {
         anyhow::bail!(
             "refusing to run kubeadm init: the external etcd at {eps} already holds {n} keys under /registry/ \
@@ -120,7 +125,10 @@ pub fn stale_etcd_member(ctx: &mut Ctx) -> Result<String> {
     }
     let data = ctx.path(&ctx.profile.paths.etcd_data_dir);
     if data.join("member").is_dir() {
-        return Ok(format!("local etcd data in {} present: not a rebuilt member", data.display()));
+        return Ok(format!(
+            "local etcd data in {} present: not a rebuilt member",
+            data.display()
+        ));
     }
     let me = &ctx.profile.node_name;
     let my_peer = ctx
@@ -158,7 +166,10 @@ pub fn stale_etcd_member(ctx: &mut Ctx) -> Result<String> {
     }
     etcd.member_remove(&eps, stale.id)
         .with_context(|| format!("removing stale etcd member {}", member_label(stale)))?;
-    log(&format!("removed stale stacked etcd member {}", member_label(stale)));
+    log(&format!(
+        "removed stale stacked etcd member {}",
+        member_label(stale)
+    ));
     Ok(format!("removed stale etcd member {}", member_label(stale)))
 }
 
@@ -181,8 +192,7 @@ pub fn wait_api(ctx: &mut Ctx) -> Result<String> {
 }
 
 fn fingerprint(path: &Path) -> Result<String> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
@@ -204,12 +214,14 @@ pub fn kubeadm_init(ctx: &mut Ctx) -> Result<String> {
     if ctx.resumed() {
         return resume_init(ctx, &config);
     }
-    let fp = fingerprint(&crt).context("the baked API server certificate must be in place before kubeadm init")?;
+    let fp = fingerprint(&crt)
+        .context("the baked API server certificate must be in place before kubeadm init")?;
     ctx.journal.set_note(APISERVER_FP, &fp)?;
     let cmd = Cmd::new("kubeadm")
         .args(["init", "--config"])
         .arg(config.to_string_lossy());
-    run_checked(ctx.env.cmd, &cmd).context("kubeadm init failed; it will not be re-run automatically")?;
+    run_checked(ctx.env.cmd, &cmd)
+        .context("kubeadm init failed; it will not be re-run automatically")?;
     check_certs_kept(ctx)?;
     Ok("kubeadm init done; baked certificates kept".into())
 }
@@ -260,14 +272,22 @@ fn resume_init(ctx: &mut Ctx, config: &Path) -> Result<String> {
              `hakube-firstboot run --retry kubeadm-init`."
         );
     }
-    log(&format!("kubeadm init was interrupted ({found}): finishing it"));
+    log(&format!(
+        "kubeadm init was interrupted ({found}): finishing it"
+    ));
     if !ctx.env.probe.https_answers(&local_api) {
         ctx.env.svc.start("kubelet.service")?;
         let probe = ctx.env.probe;
         ctx.wait_for(
             &format!("the local API server at {local_api}"),
             Some(ctx.env.waits.local),
-            || if probe.https_answers(&local_api) { Ok(()) } else { Err("no TLS answer".into()) },
+            || {
+                if probe.https_answers(&local_api) {
+                    Ok(())
+                } else {
+                    Err("no TLS answer".into())
+                }
+            },
         )
         .context(
             "the control plane of the interrupted kubeadm init does not come up; inspect \
@@ -286,7 +306,10 @@ fn resume_init(ctx: &mut Ctx, config: &Path) -> Result<String> {
         ran.push(phase.join(" "));
     }
     check_certs_kept(ctx)?;
-    Ok(format!("resumed an interrupted kubeadm init: ran phases {}", ran.join(", ")))
+    Ok(format!(
+        "resumed an interrupted kubeadm init: ran phases {}",
+        ran.join(", ")
+    ))
 }
 
 /// `kubeadm join --config` (control plane on masters: join.yaml has a
@@ -319,7 +342,10 @@ pub fn kubeadm_join(ctx: &mut Ctx) -> Result<String> {
             );
         }
         ctx.env.svc.start("kubelet.service")?;
-        return Ok(format!("already joined ({} exists); kubelet started", kubelet_conf.display()));
+        return Ok(format!(
+            "already joined ({} exists); kubelet started",
+            kubelet_conf.display()
+        ));
     }
     let cmd = Cmd::new("kubeadm")
         .args(["join", "--config"])

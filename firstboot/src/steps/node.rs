@@ -18,7 +18,10 @@ pub fn identity(ctx: &mut Ctx) -> Result<String> {
             &Cmd::new("hostnamectl").args(["set-hostname", &want]),
         )
         .with_context(|| format!("setting the hostname to {want}"))?;
-        did.push(format!("hostname set to {want} (was {:?})", out.stdout.trim()));
+        did.push(format!(
+            "hostname set to {want} (was {:?})",
+            out.stdout.trim()
+        ));
     } else {
         did.push(format!("hostname {want}"));
     }
@@ -33,7 +36,7 @@ pub fn identity(ctx: &mut Ctx) -> Result<String> {
             || {
                 let out = ctx.env.cmd.run(&cmd).map_err(|e| format!("{e:#}"))?;
                 let found = local_addresses(&out.stdout);
-                if found.iter().any(|a| *a == want) {
+                if found.contains(&want) {
                     Ok(())
                 } else {
                     Err(format!(

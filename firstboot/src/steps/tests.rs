@@ -36,7 +36,9 @@ fn profile(name: &str, role: Role, topology: EtcdTopology) -> NodeProfile {
         .collect();
     let etcd_members = match topology {
         EtcdTopology::External => (1..=3).map(|i| etcd_member(&format!("e{i}"), i)).collect(),
-        EtcdTopology::Stacked => (1..=3).map(|i| etcd_member(&format!("m{i}"), 10 + i)).collect(),
+        EtcdTopology::Stacked => (1..=3)
+            .map(|i| etcd_member(&format!("m{i}"), 10 + i))
+            .collect(),
     };
     let address = match (role, name.as_bytes()[1] - b'0') {
         (Role::Etcd, n) => ip(n),
@@ -133,11 +135,23 @@ impl World {
         let cri = "criSocket: unix:///run/containerd/containerd.sock\n";
         write(&r, "etc/hakube/kubeadm/init.yaml", &format!(
             "apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\nbootstrapTokens:\n- token: {TOKEN}\n  ttl: 8760h0m0s\nnodeRegistration:\n  {cri}"));
-        write(&r, "etc/hakube/kubeadm/join.yaml", &format!("kind: JoinConfiguration\nnodeRegistration:\n  {cri}"));
+        write(
+            &r,
+            "etc/hakube/kubeadm/join.yaml",
+            &format!("kind: JoinConfiguration\nnodeRegistration:\n  {cri}"),
+        );
         write(&r, "etc/hakube/cni/flannel.yaml", "kind: DaemonSet\n");
         write(&r, "etc/hakube/bootstrap-token", &format!("{TOKEN}\n"));
-        write(&r, "etc/kubernetes/pki/apiserver.crt", "BAKED APISERVER CERT\n");
-        let members: Vec<String> = p.etcd_members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect();
+        write(
+            &r,
+            "etc/kubernetes/pki/apiserver.crt",
+            "BAKED APISERVER CERT\n",
+        );
+        let members: Vec<String> = p
+            .etcd_members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url))
+            .collect();
         write(&r, "etc/etcd/etcd.conf.yml", &format!(
             "name: {}\ndata-dir: /var/lib/etcd\ninitial-cluster: {}\ninitial-cluster-state: new\nclient-transport-security:\n  cert-file: /etc/kubernetes/pki/etcd/server.crt\n",
             p.node_name, members.join(",")));
@@ -163,7 +177,11 @@ impl World {
         runner.effect("kubeadm init --config", move |_| {
             write(&r2, "etc/kubernetes/admin.conf", KUBECONFIG);
             write(&r2, "etc/kubernetes/kubelet.conf", KUBECONFIG);
-            write(&r2, "etc/kubernetes/manifests/kube-apiserver.yaml", "kind: Pod\n");
+            write(
+                &r2,
+                "etc/kubernetes/manifests/kube-apiserver.yaml",
+                "kind: Pod\n",
+            );
             probe2.answer(&format!("https://{addr2}:6443/readyz"), 0);
             Output::ok("Your Kubernetes control-plane has initialized successfully!\n")
         });
@@ -172,7 +190,11 @@ impl World {
             write(&r3, "etc/kubernetes/kubelet.conf", KUBECONFIG);
             if master {
                 write(&r3, "etc/kubernetes/admin.conf", KUBECONFIG);
-                write(&r3, "etc/kubernetes/manifests/kube-apiserver.yaml", "kind: Pod\n");
+                write(
+                    &r3,
+                    "etc/kubernetes/manifests/kube-apiserver.yaml",
+                    "kind: Pod\n",
+                );
             }
             Output::ok("This node has joined the cluster\n")
         });
@@ -181,15 +203,39 @@ impl World {
             "data":{"kubeconfig.conf": KUBECONFIG, "config.conf": "mode: iptables\n"}});
         runner.on("kubectl --kubeconfig", Output::ok(""));
         // (more specific rules first: the first match wins)
-        let w = World { root, p, runner, svc, etcd, probe, clock: FakeClock::default(), cut };
+        let w = World {
+            root,
+            p,
+            runner,
+            svc,
+            etcd,
+            probe,
+            clock: FakeClock::default(),
+            cut,
+        };
         w.runner.rules_front(vec![
-            (format!("kubectl --kubeconfig {} -n kube-system get configmap kube-proxy", w.path("etc/kubernetes/admin.conf")),
-             Output::ok(&cm.to_string())),
-            (format!("kubectl --kubeconfig {} -n kube-system get secret", w.path("etc/kubernetes/admin.conf")),
-             Output::fail(1, "Error from server (NotFound): secrets \"bootstrap-token-abcdef\" not found")),
+            (
+                format!(
+                    "kubectl --kubeconfig {} -n kube-system get configmap kube-proxy",
+                    w.path("etc/kubernetes/admin.conf")
+                ),
+                Output::ok(&cm.to_string()),
+            ),
+            (
+                format!(
+                    "kubectl --kubeconfig {} -n kube-system get secret",
+                    w.path("etc/kubernetes/admin.conf")
+                ),
+                Output::fail(
+                    1,
+                    "Error from server (NotFound): secrets \"bootstrap-token-abcdef\" not found",
+                ),
+            ),
         ]);
         let rs = r.clone();
-        w.svc.on_start("containerd.service", move || write(&rs, "run/containerd/containerd.sock", ""));
+        w.svc.on_start("containerd.service", move || {
+            write(&rs, "run/containerd/containerd.sock", "")
+        });
         if let Some(me) = w.p.own_etcd_member().cloned() {
             if w.p.role == Role::Etcd {
                 let (c, r4) = (w.etcd.cluster.clone(), r.clone());
@@ -231,11 +277,17 @@ impl World {
     }
 
     fn state(&self, step: &str) -> StepState {
-        self.journal().steps.iter().find(|s| s.name == step).unwrap().state
+        self.journal()
+            .steps
+            .iter()
+            .find(|s| s.name == step)
+            .unwrap()
+            .state
     }
 
     fn effective_etcd(&self) -> serde_yaml_ng::Value {
-        let text = fs::read_to_string(self.root.path().join(crate::etcd_config::EFFECTIVE_PATH)).unwrap();
+        let text =
+            fs::read_to_string(self.root.path().join(crate::etcd_config::EFFECTIVE_PATH)).unwrap();
         serde_yaml_ng::from_str(&text).unwrap()
     }
 }
@@ -253,7 +305,11 @@ fn etcd_nodes() -> Vec<(&'static str, &'static str)> {
 }
 
 fn stacked_nodes() -> Vec<(&'static str, &'static str)> {
-    vec![("m1", "10.0.0.11"), ("m2", "10.0.0.12"), ("m3", "10.0.0.13")]
+    vec![
+        ("m1", "10.0.0.11"),
+        ("m2", "10.0.0.12"),
+        ("m3", "10.0.0.13"),
+    ]
 }
 
 // ---- plans -------------------------------------------------------------
@@ -261,7 +317,10 @@ fn stacked_nodes() -> Vec<(&'static str, &'static str)> {
 #[test]
 fn plan_per_role() {
     let names = |p: &NodeProfile| plan_names(p).join(" ");
-    assert_eq!(names(&profile("e1", Role::Etcd, EtcdTopology::External)), "identity etcd-member");
+    assert_eq!(
+        names(&profile("e1", Role::Etcd, EtcdTopology::External)),
+        "identity etcd-member"
+    );
     assert_eq!(
         names(&profile("m1", Role::Master, EtcdTopology::External)),
         "identity container-runtime load-balancer vip wait-etcd init-or-join etcd-keyspace kubeadm-init \
@@ -273,9 +332,15 @@ fn plan_per_role() {
          local-lb-clients labels-taints"
     );
     let mut w = profile("w1", Role::Worker, EtcdTopology::Stacked);
-    assert_eq!(names(&w), "identity container-runtime load-balancer wait-api kubeadm-join local-lb-clients");
+    assert_eq!(
+        names(&w),
+        "identity container-runtime load-balancer wait-api kubeadm-join local-lb-clients"
+    );
     w.local_lb.enabled = false;
-    assert_eq!(names(&w), "identity container-runtime wait-api kubeadm-join");
+    assert_eq!(
+        names(&w),
+        "identity container-runtime wait-api kubeadm-join"
+    );
 }
 
 // ---- external etcd members ---------------------------------------------
@@ -290,14 +355,18 @@ fn etcd_fresh_formation() {
     assert_eq!(w.state("etcd-member"), StepState::Done);
     let cfg = w.effective_etcd();
     assert_eq!(cfg["initial-cluster-state"].as_str(), Some("new"));
-    assert_eq!(
-        cfg["data-dir"].as_str().unwrap(),
-        w.path("var/lib/etcd")
-    );
+    assert_eq!(cfg["data-dir"].as_str().unwrap(), w.path("var/lib/etcd"));
     assert_eq!(w.svc.calls(), ["start etcd.service"]);
-    assert_eq!(w.etcd.log(), ["start e2", "start e1"], "formation changes no membership");
+    assert_eq!(
+        w.etcd.log(),
+        ["start e2", "start e1"],
+        "formation changes no membership"
+    );
     // the effective config keeps the template's members
-    assert!(cfg["initial-cluster"].as_str().unwrap().contains("e3=https://10.0.0.3:2380"));
+    assert!(cfg["initial-cluster"]
+        .as_str()
+        .unwrap()
+        .contains("e3=https://10.0.0.3:2380"));
 }
 
 #[test]
@@ -316,13 +385,20 @@ fn etcd_replacement_keeps_quorum_removes_adds_learner_promotes() {
     let cfg = w.effective_etcd();
     assert_eq!(cfg["initial-cluster-state"].as_str(), Some("existing"));
     let ic = cfg["initial-cluster"].as_str().unwrap();
-    for m in ["e1=https://10.0.0.1:2380", "e2=https://10.0.0.2:2380", "e3=https://10.0.0.3:2380"] {
+    for m in [
+        "e1=https://10.0.0.1:2380",
+        "e2=https://10.0.0.2:2380",
+        "e3=https://10.0.0.3:2380",
+    ] {
         assert!(ic.contains(m), "{ic}");
     }
     let cl = w.etcd.cluster.borrow();
     assert!(cl.members.iter().all(|m| !m.member.is_learner && m.up));
     assert_eq!(cl.keys.len(), 1, "keys are never deleted");
-    assert!(w.clock.slept.get() > Duration::ZERO, "promote was retried with backoff");
+    assert!(
+        w.clock.slept.get() > Duration::ZERO,
+        "promote was retried with backoff"
+    );
 }
 
 #[test]
@@ -335,14 +411,28 @@ fn etcd_replacement_refused_when_quorum_would_be_lost() {
     let msg = format!("{err:#}");
     assert!(msg.contains("refusing to replace etcd member e1"), "{msg}");
     // e3 still answers, but alone it cannot serve a linearizable read
-    assert!(msg.contains("0 healthy of 2 voting members, below the quorum of 2"), "{msg}");
-    assert!(msg.contains("Not healthy: [e2 (id 11), e3 (id 12)]"), "{msg}");
+    assert!(
+        msg.contains("0 healthy of 2 voting members, below the quorum of 2"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("Not healthy: [e2 (id 11), e3 (id 12)]"),
+        "{msg}"
+    );
     assert!(msg.contains("Nothing was changed"), "{msg}");
     assert_eq!(crate::exit_code(&err), 1);
-    assert!(w.etcd.log().is_empty(), "no membership change: {:?}", w.etcd.log());
+    assert!(
+        w.etcd.log().is_empty(),
+        "no membership change: {:?}",
+        w.etcd.log()
+    );
     assert!(w.svc.calls().is_empty(), "etcd not started");
     assert_eq!(w.state("etcd-member"), StepState::Failed);
-    assert!(w.journal().steps[1].last_error.as_deref().unwrap().contains("refusing"));
+    assert!(w.journal().steps[1]
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("refusing"));
 }
 
 #[test]
@@ -352,8 +442,15 @@ fn etcd_member_that_booted_late_joins_the_forming_cluster() {
     c.start("e3", "https://10.0.0.3:2380");
     let w = World::new(profile("e1", Role::Etcd, EtcdTopology::External), c);
     w.run().unwrap();
-    assert_eq!(w.effective_etcd()["initial-cluster-state"].as_str(), Some("new"));
-    assert!(!w.etcd.log().iter().any(|l| l.starts_with("add") || l.starts_with("remove")));
+    assert_eq!(
+        w.effective_etcd()["initial-cluster-state"].as_str(),
+        Some("new")
+    );
+    assert!(!w
+        .etcd
+        .log()
+        .iter()
+        .any(|l| l.starts_with("add") || l.starts_with("remove")));
 }
 
 // ---- first master ------------------------------------------------------
@@ -375,27 +472,61 @@ fn init_node_initialises_over_external_etcd() {
     let calls = w.runner.calls();
     assert_eq!(w.runner.count(&format!("kubeadm init --config {init}")), 1);
     assert_eq!(w.runner.count("kubeadm join"), 0);
-    let pos = |needle: &str| calls.iter().position(|c| c.contains(needle)).unwrap_or_else(|| panic!("{needle} not in {calls:#?}"));
+    let pos = |needle: &str| {
+        calls
+            .iter()
+            .position(|c| c.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} not in {calls:#?}"))
+    };
     assert!(pos("kubeadm init --config") < pos("apply -f"));
-    assert!(calls.contains(&format!("kubectl --kubeconfig {admin} apply -f {}", w.path("etc/hakube/cni/flannel.yaml"))));
-    assert!(calls.contains(&format!("kubectl --kubeconfig {admin} label node m1 --overwrite hakube.io/pool=control")));
+    assert!(calls.contains(&format!(
+        "kubectl --kubeconfig {admin} apply -f {}",
+        w.path("etc/hakube/cni/flannel.yaml")
+    )));
+    assert!(calls.contains(&format!(
+        "kubectl --kubeconfig {admin} label node m1 --overwrite hakube.io/pool=control"
+    )));
     assert!(calls.contains(&format!("kubectl --kubeconfig {admin} taint node m1 node-role.kubernetes.io/control-plane:NoSchedule --overwrite")));
-    assert!(calls.contains(&format!("kubeadm token create {TOKEN} --ttl 8760h0m0s --kubeconfig {admin}")));
-    assert!(calls.iter().any(|c| c.contains("replace -f")), "kube-proxy configmap re-pointed");
+    assert!(calls.contains(&format!(
+        "kubeadm token create {TOKEN} --ttl 8760h0m0s --kubeconfig {admin}"
+    )));
+    assert!(
+        calls.iter().any(|c| c.contains("replace -f")),
+        "kube-proxy configmap re-pointed"
+    );
     let kubelet = fs::read_to_string(w.path("etc/kubernetes/kubelet.conf")).unwrap();
-    assert!(kubelet.contains("server: https://127.0.0.1:7443"), "{kubelet}");
-    let cm = fs::read_to_string(w.path("var/lib/hakube/firstboot/kube-proxy-configmap.json")).unwrap();
+    assert!(
+        kubelet.contains("server: https://127.0.0.1:7443"),
+        "{kubelet}"
+    );
+    let cm =
+        fs::read_to_string(w.path("var/lib/hakube/firstboot/kube-proxy-configmap.json")).unwrap();
     assert!(cm.contains("https://127.0.0.1:7443"), "{cm}");
     let svc = w.svc.calls();
-    for u in ["start containerd.service", "start haproxy.service", "start keepalived.service", "restart kubelet.service"] {
+    for u in [
+        "start containerd.service",
+        "start haproxy.service",
+        "start keepalived.service",
+        "restart kubelet.service",
+    ] {
         assert!(svc.contains(&u.to_string()), "{u} in {svc:?}");
     }
     // keepalived holds the VIP before kubeadm init needs the endpoint
     let j = w.journal();
     assert_eq!(j.notes.get("decision").map(String::as_str), Some("init"));
-    assert!(j.steps.iter().all(|s| s.state == StepState::Done && s.attempts == 1));
-    assert_eq!(j.steps.iter().find(|s| s.name == "kubeadm-join").unwrap().outcome.as_deref(),
-        Some("skipped: this node initialised the cluster"));
+    assert!(j
+        .steps
+        .iter()
+        .all(|s| s.state == StepState::Done && s.attempts == 1));
+    assert_eq!(
+        j.steps
+            .iter()
+            .find(|s| s.name == "kubeadm-join")
+            .unwrap()
+            .outcome
+            .as_deref(),
+        Some("skipped: this node initialised the cluster")
+    );
 }
 
 #[test]
@@ -403,13 +534,20 @@ fn init_refused_over_existing_registry_keyspace() {
     let w = init_world(EtcdTopology::External);
     {
         let mut c = w.etcd.cluster.borrow_mut();
-        for k in ["/registry/pods/default/a", "/registry/secrets/x", "/other/key"] {
+        for k in [
+            "/registry/pods/default/a",
+            "/registry/secrets/x",
+            "/other/key",
+        ] {
             c.keys.insert(k.into(), "v".into());
         }
     }
     let err = w.run().unwrap_err();
     let msg = format!("{err:#}");
-    assert!(msg.contains("already holds 2 keys under /registry/"), "{msg}");
+    assert!(
+        msg.contains("already holds 2 keys under /registry/"),
+        "{msg}"
+    );
     assert!(msg.contains("https://10.0.0.1:2379"), "{msg}");
     assert!(msg.contains("etcdctl del --prefix /registry/"), "{msg}");
     assert!(msg.contains("Nothing was deleted"), "{msg}");
@@ -422,14 +560,33 @@ fn init_refused_over_existing_registry_keyspace() {
 fn init_node_finding_a_cluster_joins_it() {
     let w = init_world(EtcdTopology::Stacked);
     w.probe.answer("https://10.0.0.12:6443/readyz", 0); // m2 already runs an API server
-    *w.etcd.cluster.borrow_mut() = FakeCluster::new(&[("m2", "10.0.0.12"), ("m3", "10.0.0.13")], true);
+    *w.etcd.cluster.borrow_mut() =
+        FakeCluster::new(&[("m2", "10.0.0.12"), ("m3", "10.0.0.13")], true);
     w.run().unwrap();
     assert_eq!(w.runner.count("kubeadm init"), 0);
-    assert_eq!(w.runner.count(&format!("kubeadm join --config {}", w.path("etc/hakube/kubeadm/join.yaml"))), 1);
-    assert!(!w.runner.calls().iter().any(|c| c.contains("apply -f") || c.contains("token create")));
+    assert_eq!(
+        w.runner.count(&format!(
+            "kubeadm join --config {}",
+            w.path("etc/hakube/kubeadm/join.yaml")
+        )),
+        1
+    );
+    assert!(!w
+        .runner
+        .calls()
+        .iter()
+        .any(|c| c.contains("apply -f") || c.contains("token create")));
     let j = w.journal();
     assert_eq!(j.notes.get("decision").map(String::as_str), Some("join"));
-    assert!(j.steps.iter().find(|s| s.name == "cni").unwrap().outcome.as_deref().unwrap().starts_with("skipped"));
+    assert!(j
+        .steps
+        .iter()
+        .find(|s| s.name == "cni")
+        .unwrap()
+        .outcome
+        .as_deref()
+        .unwrap()
+        .starts_with("skipped"));
 }
 
 // ---- other masters and workers -----------------------------------------
@@ -444,7 +601,10 @@ fn rebuilt_master_removes_stale_stacked_member_then_joins() {
     assert_eq!(w.etcd.log(), ["remove 11"]);
     let calls = w.runner.calls();
     assert_eq!(w.runner.count("kubeadm join --config"), 1);
-    assert!(!calls.iter().any(|c| c.contains("--control-plane")), "join.yaml carries controlPlane");
+    assert!(
+        !calls.iter().any(|c| c.contains("--control-plane")),
+        "join.yaml carries controlPlane"
+    );
 }
 
 #[test]
@@ -455,29 +615,46 @@ fn rebuilt_master_refuses_when_removing_would_lose_quorum() {
     let w = World::new(profile("m2", Role::Master, EtcdTopology::Stacked), c);
     w.probe.answer(&format!("https://{VIP}:8443/readyz"), 0);
     let msg = format!("{:#}", w.run().unwrap_err());
-    assert!(msg.contains("refusing to remove stale etcd member m2"), "{msg}");
+    assert!(
+        msg.contains("refusing to remove stale etcd member m2"),
+        "{msg}"
+    );
     assert_eq!(w.runner.count("kubeadm"), 0);
     assert!(w.etcd.log().is_empty());
 }
 
 #[test]
 fn worker_waits_for_the_api_then_joins() {
-    let w = World::new(profile("w1", Role::Worker, EtcdTopology::Stacked), FakeCluster::default());
+    let w = World::new(
+        profile("w1", Role::Worker, EtcdTopology::Stacked),
+        FakeCluster::default(),
+    );
     w.probe.answer(&format!("https://{VIP}:8443/readyz"), 12);
     w.run().unwrap();
     assert_eq!(w.runner.count("kubeadm join --config"), 1);
     assert_eq!(w.probe.probes.get(), 13);
     // 12 failed probes: 1+2+4+8+16 then capped at 30 s
-    assert_eq!(w.clock.slept.get(), Duration::from_secs(1 + 2 + 4 + 8 + 16 + 30 * 7));
+    assert_eq!(
+        w.clock.slept.get(),
+        Duration::from_secs(1 + 2 + 4 + 8 + 16 + 30 * 7)
+    );
     let kubelet = fs::read_to_string(w.path("etc/kubernetes/kubelet.conf")).unwrap();
     assert!(kubelet.contains("https://127.0.0.1:7443"));
 }
 
 #[test]
 fn unreachable_endpoint_is_waited_for_and_reported_not_skipped() {
-    let w = World::new(profile("w1", Role::Worker, EtcdTopology::Stacked), FakeCluster::default());
+    let w = World::new(
+        profile("w1", Role::Worker, EtcdTopology::Stacked),
+        FakeCluster::default(),
+    );
     let msg = format!("{:#}", w.run().unwrap_err());
-    assert!(msg.contains("gave up waiting for the Kubernetes API at https://10.0.0.100:8443/readyz after 3"), "{msg}");
+    assert!(
+        msg.contains(
+            "gave up waiting for the Kubernetes API at https://10.0.0.100:8443/readyz after 3"
+        ),
+        "{msg}"
+    );
     assert_eq!(w.runner.count("kubeadm"), 0);
     assert_eq!(w.state("wait-api"), StepState::Failed);
 }
@@ -492,19 +669,31 @@ fn failed_kubeadm_init_is_reported_with_its_output_and_never_rerun() {
         Output {
             status: 1,
             stdout: "[preflight] Running pre-flight checks\n".into(),
-            stderr: "error execution phase preflight: [ERROR Port-6443]: Port 6443 is in use\n".into(),
+            stderr: "error execution phase preflight: [ERROR Port-6443]: Port 6443 is in use\n"
+                .into(),
         },
     );
     let err = w.run().unwrap_err();
     let msg = format!("{err:#}");
-    assert!(msg.contains("[ERROR Port-6443]: Port 6443 is in use"), "{msg}");
+    assert!(
+        msg.contains("[ERROR Port-6443]: Port 6443 is in use"),
+        "{msg}"
+    );
     assert!(msg.contains("exited with status 1"), "{msg}");
-    let rec = w.journal().steps.into_iter().find(|s| s.name == "kubeadm-init").unwrap();
+    let rec = w
+        .journal()
+        .steps
+        .into_iter()
+        .find(|s| s.name == "kubeadm-init")
+        .unwrap();
     assert_eq!(rec.state, StepState::Failed);
     assert!(rec.last_error.unwrap().contains("Port 6443 is in use"));
     // next boot: no second kubeadm init, a message for the operator instead
     let msg = format!("{:#}", w.run().unwrap_err());
-    assert!(msg.contains("a second full kubeadm init is never run"), "{msg}");
+    assert!(
+        msg.contains("a second full kubeadm init is never run"),
+        "{msg}"
+    );
     assert!(msg.contains("kubeadm reset -f"), "{msg}");
     assert_eq!(w.runner.count("kubeadm init --config"), 1);
     // the operator cleans up and retries deliberately
@@ -521,12 +710,19 @@ fn kubeadm_replacing_the_baked_certificate_is_an_error() {
         Output::ok("")
     });
     let msg = format!("{:#}", w.run().unwrap_err());
-    assert!(msg.contains("kubeadm replaced the baked API server certificate"), "{msg}");
+    assert!(
+        msg.contains("kubeadm replaced the baked API server certificate"),
+        "{msg}"
+    );
 }
 
 /// Runs `make()` once per side effect of a clean run, cutting power after
 /// the n-th; then boots again and checks the node ends where a clean run does.
-fn power_cut_everywhere(make: impl Fn() -> World, after_cut: impl Fn(&World), check: impl Fn(&World)) {
+fn power_cut_everywhere(
+    make: impl Fn() -> World,
+    after_cut: impl Fn(&World),
+    check: impl Fn(&World),
+) {
     let mut n = 0;
     loop {
         let w = make();
@@ -540,20 +736,43 @@ fn power_cut_everywhere(make: impl Fn() -> World, after_cut: impl Fn(&World), ch
             return;
         }
         let before = w.journal();
-        let running: Vec<_> = before.steps.iter().filter(|s| s.state == StepState::Running).collect();
-        assert_eq!(running.len(), 1, "cut {n}: exactly the interrupted step is running: {before:#?}");
-        let done_before: Vec<String> = before.steps.iter().filter(|s| s.state == StepState::Done).map(|s| s.name.clone()).collect();
+        let running: Vec<_> = before
+            .steps
+            .iter()
+            .filter(|s| s.state == StepState::Running)
+            .collect();
+        assert_eq!(
+            running.len(),
+            1,
+            "cut {n}: exactly the interrupted step is running: {before:#?}"
+        );
+        let done_before: Vec<String> = before
+            .steps
+            .iter()
+            .filter(|s| s.state == StepState::Done)
+            .map(|s| s.name.clone())
+            .collect();
         after_cut(&w);
-        w.run().unwrap_or_else(|e| panic!("cut {n}: resume failed: {e:#}"));
+        w.run()
+            .unwrap_or_else(|e| panic!("cut {n}: resume failed: {e:#}"));
         let after = w.journal();
         for s in &after.steps {
             assert_eq!(s.state, StepState::Done, "cut {n}: {}", s.name);
             if done_before.contains(&s.name) {
-                assert_eq!(s.attempts, 1, "cut {n}: completed step {} was repeated", s.name);
+                assert_eq!(
+                    s.attempts, 1,
+                    "cut {n}: completed step {} was repeated",
+                    s.name
+                );
             }
         }
         assert_eq!(
-            after.steps.iter().find(|s| s.name == running[0].name).unwrap().attempts,
+            after
+                .steps
+                .iter()
+                .find(|s| s.name == running[0].name)
+                .unwrap()
+                .attempts,
             2,
             "cut {n}: the interrupted step was re-checked"
         );
@@ -567,7 +786,14 @@ fn power_cut_at_every_step_of_the_init_node() {
     power_cut_everywhere(
         || init_world(EtcdTopology::External),
         |_| {},
-        |w| assert_eq!(w.runner.count("kubeadm init --config"), 1, "{:#?}", w.runner.calls()),
+        |w| {
+            assert_eq!(
+                w.runner.count("kubeadm init --config"),
+                1,
+                "{:#?}",
+                w.runner.calls()
+            )
+        },
     );
 }
 
@@ -575,7 +801,10 @@ fn power_cut_at_every_step_of_the_init_node() {
 fn power_cut_at_every_step_of_a_worker() {
     power_cut_everywhere(
         || {
-            let w = World::new(profile("w1", Role::Worker, EtcdTopology::Stacked), FakeCluster::default());
+            let w = World::new(
+                profile("w1", Role::Worker, EtcdTopology::Stacked),
+                FakeCluster::default(),
+            );
             w.probe.answer(&format!("https://{VIP}:8443/readyz"), 0);
             w
         },
@@ -623,7 +852,11 @@ fn interrupted_init_with_a_control_plane_is_finished_by_phases() {
     w.runner.effect_front("kubeadm init --config", move |_| {
         write(&r, "etc/kubernetes/admin.conf", KUBECONFIG);
         write(&r, "etc/kubernetes/kubelet.conf", KUBECONFIG);
-        write(&r, "etc/kubernetes/manifests/kube-apiserver.yaml", "kind: Pod\n");
+        write(
+            &r,
+            "etc/kubernetes/manifests/kube-apiserver.yaml",
+            "kind: Pod\n",
+        );
         probe.answer("https://10.0.0.11:6443/readyz", 0);
         panic!("simulated power cut during kubeadm init");
     });
@@ -633,20 +866,43 @@ fn interrupted_init_with_a_control_plane_is_finished_by_phases() {
     w.run().unwrap();
     assert_eq!(w.runner.count("kubeadm init --config"), 1);
     let config = w.path("etc/hakube/kubeadm/init.yaml");
-    for phase in ["upload-config all", "mark-control-plane", "bootstrap-token", "kubelet-finalize all", "addon all"] {
-        assert_eq!(w.runner.count(&format!("kubeadm init phase {phase} --config {config}")), 1, "{phase}");
+    for phase in [
+        "upload-config all",
+        "mark-control-plane",
+        "bootstrap-token",
+        "kubelet-finalize all",
+        "addon all",
+    ] {
+        assert_eq!(
+            w.runner
+                .count(&format!("kubeadm init phase {phase} --config {config}")),
+            1,
+            "{phase}"
+        );
     }
-    let rec = w.journal().steps.into_iter().find(|s| s.name == "kubeadm-init").unwrap();
-    assert!(rec.outcome.unwrap().starts_with("resumed an interrupted kubeadm init"));
+    let rec = w
+        .journal()
+        .steps
+        .into_iter()
+        .find(|s| s.name == "kubeadm-init")
+        .unwrap();
+    assert!(rec
+        .outcome
+        .unwrap()
+        .starts_with("resumed an interrupted kubeadm init"));
 }
 
 // ---- status, health, bad input ------------------------------------------
 
 #[test]
 fn status_json_reports_states_timings_attempts_errors() {
-    let w = World::new(profile("w1", Role::Worker, EtcdTopology::Stacked), FakeCluster::default());
+    let w = World::new(
+        profile("w1", Role::Worker, EtcdTopology::Stacked),
+        FakeCluster::default(),
+    );
     let _ = w.run();
-    let v: serde_json::Value = serde_json::from_str(&crate::status(w.root.path(), true).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&crate::status(w.root.path(), true).unwrap()).unwrap();
     assert_eq!(v["node"], "w1");
     assert_eq!(v["role"], "worker");
     assert_eq!(v["overall"], "failed");
@@ -658,7 +914,10 @@ fn status_json_reports_states_timings_attempts_errors() {
     assert!(steps[0]["durationMs"].is_u64());
     let wait = steps.iter().find(|s| s["name"] == "wait-api").unwrap();
     assert_eq!(wait["state"], "failed");
-    assert!(wait["lastError"].as_str().unwrap().contains("gave up waiting"));
+    assert!(wait["lastError"]
+        .as_str()
+        .unwrap()
+        .contains("gave up waiting"));
     assert_eq!(wait["durationMs"], 3601 * 1000); // fake clock: waited to the limit
     let join = steps.iter().find(|s| s["name"] == "kubeadm-join").unwrap();
     assert_eq!(join["state"], "pending");
@@ -669,7 +928,10 @@ fn status_json_reports_states_timings_attempts_errors() {
 
 #[test]
 fn health_of_etcd_member() {
-    let w = World::new(profile("e1", Role::Etcd, EtcdTopology::External), FakeCluster::new(&etcd_nodes(), true));
+    let w = World::new(
+        profile("e1", Role::Etcd, EtcdTopology::External),
+        FakeCluster::new(&etcd_nodes(), true),
+    );
     assert!(crate::health(&w.env()).is_ok());
     w.etcd.cluster.borrow_mut().stop("e2");
     assert!(crate::health(&w.env()).is_ok(), "2 of 3 is quorum");
@@ -687,26 +949,42 @@ fn node_json(ready: &str) -> String {
 
 #[test]
 fn health_of_kubernetes_node() {
-    let w = World::new(profile("w1", Role::Worker, EtcdTopology::Stacked), FakeCluster::default());
+    let w = World::new(
+        profile("w1", Role::Worker, EtcdTopology::Stacked),
+        FakeCluster::default(),
+    );
     let msg = format!("{:#}", crate::health(&w.env()).unwrap_err());
     assert!(msg.contains("kubelet.service is not active"), "{msg}");
     w.svc.active.borrow_mut().insert("kubelet.service".into());
-    let get = format!("kubectl --kubeconfig {} get node w1 -o json", w.path("etc/kubernetes/kubelet.conf"));
+    let get = format!(
+        "kubectl --kubeconfig {} get node w1 -o json",
+        w.path("etc/kubernetes/kubelet.conf")
+    );
     w.runner.push_front(&get, Output::ok(&node_json("False")));
     let msg = format!("{:#}", crate::health(&w.env()).unwrap_err());
     assert!(msg.contains("not Ready: Ready=False"), "{msg}");
     w.runner.push_front(&get, Output::ok(&node_json("True")));
-    assert_eq!(crate::health(&w.env()).unwrap(), "kubelet active; node w1 Ready");
+    assert_eq!(
+        crate::health(&w.env()).unwrap(),
+        "kubelet active; node w1 Ready"
+    );
 }
 
 #[test]
 fn missing_or_invalid_profile_is_bad_input_and_runs_nothing() {
-    let w = World::new(profile("w1", Role::Worker, EtcdTopology::Stacked), FakeCluster::default());
+    let w = World::new(
+        profile("w1", Role::Worker, EtcdTopology::Stacked),
+        FakeCluster::default(),
+    );
     fs::remove_file(w.root.path().join(PROFILE_PATH)).unwrap();
     let err = w.run().unwrap_err();
     assert_eq!(crate::exit_code(&err), 2);
     assert!(format!("{err:#}").contains("cannot read the node profile"));
-    write(w.root.path(), PROFILE_PATH, "{\"profileVersion\": 1, \"surprise\": true}");
+    write(
+        w.root.path(),
+        PROFILE_PATH,
+        "{\"profileVersion\": 1, \"surprise\": true}",
+    );
     let err = w.run().unwrap_err();
     assert_eq!(crate::exit_code(&err), 2);
     assert!(format!("{err:#}").contains("node.json"), "{err:#}");
