@@ -95,3 +95,66 @@ fn help_names_every_flag() {
         assert!(text.contains(flag), "{text}");
     }
 }
+
+/// The real HTTPS probe against a real TLS server (openssl s_server with a
+/// throwaway self-signed certificate): any TLS+HTTP answer counts.
+#[test]
+fn net_probe_against_a_real_tls_server() {
+    use hakube_firstboot::system::{NetProbe, Probe};
+    let dir = tempfile::tempdir().unwrap();
+    let (key, crt) = (dir.path().join("k.pem"), dir.path().join("c.pem"));
+    let st = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-subj", "/CN=probe-test", "-days", "1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let port = 24000 + (std::process::id() % 1000) as u16;
+    let mut server = Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(&crt)
+        .arg("-key")
+        .arg(&key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let probe = NetProbe {
+        timeout: std::time::Duration::from_secs(3),
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..50 {
+        if probe.tcp_open(&addr) {
+            up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let answered = up && probe.https_answers(&format!("https://{addr}/readyz"));
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(up, "openssl s_server did not listen on {addr}");
+    assert!(
+        answered,
+        "a TLS server with a self-signed certificate answers"
+    );
+    assert!(!probe.tcp_open(&addr), "closed after kill");
+    assert!(!probe.https_answers(&format!("https://{addr}/readyz")));
+}
