@@ -22,6 +22,16 @@ pub enum FileEntry {
     },
 }
 
+/// Panics on absolute paths or `..`: a tree path comes from code, never from users.
+fn checked(path: &Path) -> &Path {
+    assert!(
+        path.components().all(|c| matches!(c, Component::Normal(_))),
+        "tree path must be relative and normal: {}",
+        path.display()
+    );
+    path
+}
+
 /// Files keyed by relative path; ordered, so iteration is deterministic.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FileTree {
@@ -35,12 +45,7 @@ impl FileTree {
 
     /// Adds a file. Panics on absolute paths or `..`: those are programming errors.
     pub fn add(&mut self, path: impl AsRef<Path>, contents: impl Into<Vec<u8>>, mode: u32) {
-        let path = path.as_ref();
-        assert!(
-            path.components().all(|c| matches!(c, Component::Normal(_))),
-            "tree path must be relative and normal: {}",
-            path.display()
-        );
+        let path = checked(path.as_ref());
         self.files.insert(
             path.to_path_buf(),
             FileEntry::File {
@@ -52,12 +57,7 @@ impl FileTree {
 
     /// Adds a symbolic link at `path` pointing to `target`.
     pub fn add_symlink(&mut self, path: impl AsRef<Path>, target: impl Into<String>) {
-        let path = path.as_ref();
-        assert!(
-            path.components().all(|c| matches!(c, Component::Normal(_))),
-            "tree path must be relative and normal: {}",
-            path.display()
-        );
+        let path = checked(path.as_ref());
         self.files.insert(
             path.to_path_buf(),
             FileEntry::Symlink {
