@@ -450,6 +450,7 @@ fn init(p: &Parsed, env: &Env) -> Outcome {
             .unwrap_or_default();
         st["tokens"] = tokens.into();
         crate::tools::add_node(&mut st, &node, true);
+        crate::tools::add_kube_proxy(&mut st, &server);
         save_state(env, &st)?;
     }
     Ok(format!(

@@ -1,0 +1,297 @@
+//! What `hakube-build render` writes plus what hakube-firstboot passes, as
+//! accepted by the strict kubeadm/kubectl test double (tests/doubles).
+//!
+//! Real here: render's trees and certificates; a three-member etcd 3.4
+//! (Debian's, see support/) behind the first master; firstboot's steps,
+//! journal and etcd client; `kubeadm`, `kubectl`, `kubelet` and `crictl` run
+//! as processes found on PATH through firstboot's real `ProcessRunner`. On
+//! PATH they are symlinks to `hakube-test-double`, which parses kubeadm's
+//! config strictly (unknown fields, API versions, certificates named by the
+//! config must exist under `HAKUBE_DOUBLE_ROOT`), refuses argv that kubeadm
+//! refuses, keeps a JSON-lines log of every call (`HAKUBE_DOUBLE_LOG`) and a
+//! state file standing in for the API server (`HAKUBE_DOUBLE_STATE`).
+//!
+//! Doubles in the firstboot process: systemd and the network probes (the
+//! `hakube-firstboot` binary has no seam for these, so the test drives the
+//! library entry `hakube_firstboot::run` with the real command runner), and
+//! `hostname` / `ip` answering as the node would: the host's own hostname
+//! must never be "fixed" by a test.
+
+mod support;
+
+use hakube_firstboot::fakes::{FakeProbe, FakeRunner, FakeServices};
+use hakube_firstboot::steps::Env;
+use hakube_firstboot::system::{Clock, Cmd, CommandRunner, Output, ProcessRunner, SystemClock};
+use hakube_node_profile::NodeProfile;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::path::{Path, PathBuf};
+use support::{node_identity, runtime_socket_on_start, test_double, waits, Scenario};
+
+const WORKER: &str = "  - {name: worker-1, role: worker, network: {address: 127.0.0.41/8, gateway: 127.0.0.1, dns: [127.0.0.1]}}\n";
+const DOUBLED: [&str; 4] = ["kubeadm", "kubectl", "kubelet", "crictl"];
+
+/// The doubled tools on PATH, their log and their "API server".
+struct Tools {
+    bin: PathBuf,
+    log: PathBuf,
+    state: PathBuf,
+}
+
+impl Tools {
+    fn new(dir: &Path) -> Tools {
+        let double = test_double();
+        let bin = dir.join("bin");
+        fs::create_dir_all(&bin).unwrap();
+        for t in DOUBLED {
+            std::os::unix::fs::symlink(&double, bin.join(t)).unwrap();
+        }
+        Tools {
+            bin,
+            log: dir.join("double.log"),
+            state: dir.join("double-state.json"),
+        }
+    }
+
+    /// Every call the double recorded so far.
+    fn calls(&self) -> Vec<Value> {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn state(&self) -> Value {
+        serde_json::from_str(&fs::read_to_string(&self.state).unwrap()).unwrap()
+    }
+}
+
+/// A node's programs: the doubled tools through firstboot's real
+/// `ProcessRunner` with the double's bin dir first on PATH; `hostname` and
+/// `ip` as the node reports them; anything else is a test failure.
+struct NodeRunner<'a> {
+    tools: &'a Tools,
+    root: PathBuf,
+    identity: FakeRunner,
+}
+
+impl<'a> NodeRunner<'a> {
+    fn new(tools: &'a Tools, root: &Path, p: &NodeProfile) -> NodeRunner<'a> {
+        let identity = FakeRunner::new();
+        node_identity(&identity, p);
+        NodeRunner {
+            tools,
+            root: root.to_path_buf(),
+            identity,
+        }
+    }
+}
+
+impl CommandRunner for NodeRunner<'_> {
+    fn run(&self, cmd: &Cmd) -> anyhow::Result<Output> {
+        match cmd.program.as_str() {
+            "hostname" | "ip" => self.identity.run(cmd),
+            p if DOUBLED.contains(&p) => {
+                let path = format!(
+                    "{}:{}",
+                    self.tools.bin.display(),
+                    std::env::var("PATH").unwrap_or_default()
+                );
+                let mut c = cmd.clone();
+                c.env.push(("PATH".into(), path));
+                for (k, v) in [
+                    ("HAKUBE_DOUBLE_ROOT", &self.root),
+                    ("HAKUBE_DOUBLE_LOG", &self.tools.log),
+                    ("HAKUBE_DOUBLE_STATE", &self.tools.state),
+                ] {
+                    c.env.push((k.into(), v.display().to_string()));
+                }
+                ProcessRunner.run(&c)
+            }
+            other => anyhow::bail!("the test node has no program {other:?} ({cmd})"),
+        }
+    }
+}
+
+/// Runs every pending step of `node` with the doubled tools.
+fn run_node(s: &Scenario, tools: &Tools, node: &str, api_answers: bool) -> anyhow::Result<()> {
+    let root = s.root(node);
+    let p = s.profile(node);
+    let runner = NodeRunner::new(tools, &root, &p);
+    let svc = FakeServices::default();
+    runtime_socket_on_start(&svc, &root, &p);
+    let probe = FakeProbe::default();
+    probe
+        .tcp
+        .borrow_mut()
+        .insert(format!("127.0.0.1:{}", p.local_lb.port));
+    if api_answers {
+        probe.answer(&format!("https://{}/readyz", p.endpoint.host_port()), 0);
+    }
+    let etcd = hakube_firstboot::etcd_client_for(&root)?;
+    let env = Env {
+        root,
+        cmd: &runner,
+        svc: &svc,
+        etcd: &etcd,
+        probe: &probe,
+        clock: &SystemClock,
+        waits: waits(),
+    };
+    hakube_firstboot::run(&env, None)
+}
+
+fn sha256_of(path: &Path) -> String {
+    hex::encode(Sha256::digest(fs::read(path).unwrap()))
+}
+
+/// The calls of one tool whose argv starts with `prefix`.
+fn calls_of<'a>(calls: &'a [Value], tool: &str, prefix: &[&str]) -> Vec<&'a Value> {
+    calls
+        .iter()
+        .filter(|c| {
+            c["tool"] == tool
+                && c["argv"].as_array().is_some_and(|a| {
+                    a.len() >= prefix.len() && a.iter().zip(prefix).all(|(x, p)| x == p)
+                })
+        })
+        .collect()
+}
+
+fn argv(c: &Value) -> Vec<String> {
+    c["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn rendered_configs_and_firstboot_argv_pass_the_strict_double() {
+    let t0 = SystemClock.now();
+    let s = Scenario::with_nodes(4, WORKER);
+    let tools = Tools::new(s.dir.path());
+    s.form();
+    let formed = SystemClock.now();
+
+    // (a) The first master of an external-etcd cluster initialises it.
+    let master = s.root("master-1");
+    let init_yaml = master.join("etc/hakube/kubeadm/init.yaml");
+    run_node(&s, &tools, "master-1", false).unwrap_or_else(|e| {
+        panic!(
+            "master-1: {e:#}\ndouble log:\n{}",
+            fs::read_to_string(&tools.log).unwrap_or_default()
+        )
+    });
+    let calls = tools.calls();
+    let refused: Vec<_> = calls.iter().filter(|c| c["ok"] != true).collect();
+    assert!(refused.is_empty(), "the double refused: {refused:#?}");
+    let inits = calls_of(&calls, "kubeadm", &["init"]);
+    assert_eq!(inits.len(), 1, "{inits:#?}");
+    assert_eq!(
+        argv(inits[0]),
+        ["init", "--config", &path_str(&init_yaml)],
+        "kubeadm init takes everything from the config (no --cri-socket etc.)"
+    );
+    // The double read exactly the file render wrote.
+    assert_eq!(
+        inits[0]["files"][path_str(&init_yaml)],
+        sha256_of(&init_yaml).as_str()
+    );
+    assert!(calls_of(&calls, "kubeadm", &["join"]).is_empty());
+    // The token render put in InitConfiguration.bootstrapTokens exists, so
+    // firstboot found it and did not re-create it.
+    let token = fs::read_to_string(master.join("etc/hakube/bootstrap-token")).unwrap();
+    let id = &token.trim()[..6];
+    let secret = calls_of(&calls, "kubectl", &["--kubeconfig"])
+        .into_iter()
+        .filter(|c| argv(c).contains(&format!("bootstrap-token-{id}")))
+        .count();
+    assert_eq!(secret, 1, "{calls:#?}");
+    assert!(calls_of(&calls, "kubeadm", &["token", "create"]).is_empty());
+    // CNI applied from the rendered manifest; kube-proxy and the kubelet
+    // now go through the node-local load balancer.
+    let applied = calls
+        .iter()
+        .filter(|c| c["tool"] == "kubectl" && argv(c).contains(&"apply".to_string()))
+        .count();
+    assert_eq!(applied, 1);
+    let st = tools.state();
+    let kp = st["configmaps"]["kube-system/kube-proxy"]["data"]["kubeconfig.conf"]
+        .as_str()
+        .unwrap();
+    assert!(kp.contains("server: https://127.0.0.1:7443"), "{kp}");
+    assert_eq!(st["daemonsets"]["kube-system/kube-proxy"], 1);
+    let kubelet_conf = fs::read_to_string(master.join("etc/kubernetes/kubelet.conf")).unwrap();
+    assert!(
+        kubelet_conf.contains("server: https://127.0.0.1:7443"),
+        "{kubelet_conf}"
+    );
+    let taints = &st["nodes"]["master-1"]["spec"]["taints"];
+    assert!(
+        taints
+            .to_string()
+            .contains("node-role.kubernetes.io/control-plane"),
+        "{taints}"
+    );
+
+    // Running again (the unit on the next boot) calls no tool at all.
+    let before = calls.len();
+    run_node(&s, &tools, "master-1", false).unwrap();
+    let calls = tools.calls();
+    assert_eq!(calls.len(), before, "{:#?}", &calls[before..]);
+    let st = hakube_firstboot::status(&master, true).unwrap();
+    let v: Value = serde_json::from_str(&st).unwrap();
+    let init_step = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "kubeadm-init")
+        .unwrap();
+    assert_eq!(init_step["attempts"], 1, "{st}");
+    let mastered = SystemClock.now();
+
+    // (b) A worker joins with the rendered join.yaml.
+    let worker = s.root("worker-1");
+    let join_yaml = worker.join("etc/hakube/kubeadm/join.yaml");
+    run_node(&s, &tools, "worker-1", true).unwrap_or_else(|e| {
+        panic!(
+            "worker-1: {e:#}\ndouble log:\n{}",
+            fs::read_to_string(&tools.log).unwrap_or_default()
+        )
+    });
+    let calls = tools.calls();
+    let new = &calls[before..];
+    let refused: Vec<_> = new.iter().filter(|c| c["ok"] != true).collect();
+    assert!(refused.is_empty(), "the double refused: {refused:#?}");
+    let joins = calls_of(new, "kubeadm", &["join"]);
+    assert_eq!(joins.len(), 1, "{new:#?}");
+    assert_eq!(argv(joins[0]), ["join", "--config", &path_str(&join_yaml)]);
+    assert_eq!(
+        joins[0]["files"][path_str(&join_yaml)],
+        sha256_of(&join_yaml).as_str()
+    );
+    assert!(calls_of(new, "kubeadm", &["init"]).is_empty());
+    let st = tools.state();
+    assert!(st["nodes"]["worker-1"].is_object(), "{st:#}");
+    let kubelet_conf = fs::read_to_string(worker.join("etc/kubernetes/kubelet.conf")).unwrap();
+    assert!(
+        kubelet_conf.contains("server: https://127.0.0.1:7443"),
+        "{kubelet_conf}"
+    );
+    let done = SystemClock.now();
+    eprintln!(
+        "etcd formation {:.1}s, master-1 {:.1}s, worker-1 {:.1}s, total {:.1}s",
+        (formed - t0).as_seconds_f32(),
+        (mastered - formed).as_seconds_f32(),
+        (done - mastered).as_seconds_f32(),
+        (done - t0).as_seconds_f32()
+    );
+}
