@@ -21,7 +21,7 @@ use hakube_firstboot::fakes::{FakeProbe, FakeRunner, FakeServices};
 use hakube_firstboot::steps::Env;
 use hakube_firstboot::system::{Clock, SystemClock};
 use std::fs;
-use support::{node_identity, waits, Scenario, MEMBERS};
+use support::{node_identity, runtime_socket_on_start, waits, Scenario, MEMBERS};
 
 fn member_ids(s: &Scenario, via: &str) -> Vec<(String, u64, bool)> {
     let root = s.root(via);
@@ -167,17 +167,7 @@ fn refuses_to_init_a_first_master_over_a_registry_keyspace() {
     let runner = FakeRunner::new();
     node_identity(&runner, &p);
     let svc = FakeServices::default();
-    let r2 = root.clone();
-    let sock = p
-        .runtime
-        .cri_socket()
-        .trim_start_matches("unix://")
-        .to_string();
-    svc.on_start(p.runtime.unit(), move || {
-        let path = r2.join(sock.trim_start_matches('/'));
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(path, "").unwrap();
-    });
+    runtime_socket_on_start(&svc, &root, &p);
     let probe = FakeProbe::default();
     probe
         .tcp

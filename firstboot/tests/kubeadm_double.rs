@@ -75,6 +75,9 @@ struct NodeRunner<'a> {
     tools: &'a Tools,
     root: PathBuf,
     identity: FakeRunner,
+    /// Power cut right after `kubeadm init` returns, before firstboot can
+    /// record it (panics, like [`hakube_firstboot::fakes::PowerCut`]).
+    cut_after_init: bool,
 }
 
 impl<'a> NodeRunner<'a> {
@@ -85,6 +88,7 @@ impl<'a> NodeRunner<'a> {
             tools,
             root: root.to_path_buf(),
             identity,
+            cut_after_init: false,
         }
     }
 }
@@ -108,18 +112,37 @@ impl CommandRunner for NodeRunner<'_> {
                 ] {
                     c.env.push((k.into(), v.display().to_string()));
                 }
-                ProcessRunner.run(&c)
+                let out = ProcessRunner.run(&c);
+                let full_init = p == "kubeadm"
+                    && cmd.args.first().is_some_and(|a| a == "init")
+                    && cmd.args.get(1).is_none_or(|a| a != "phase");
+                if self.cut_after_init && full_init {
+                    panic!("simulated power cut after: {cmd}");
+                }
+                out
             }
             other => anyhow::bail!("the test node has no program {other:?} ({cmd})"),
         }
     }
 }
 
-/// Runs every pending step of `node` with the doubled tools.
+/// Runs every pending step of `node` with the doubled tools. `api_answers`:
+/// the API endpoint and every master's apiserver answer.
 fn run_node(s: &Scenario, tools: &Tools, node: &str, api_answers: bool) -> anyhow::Result<()> {
+    run_node_with(s, tools, node, api_answers, false)
+}
+
+fn run_node_with(
+    s: &Scenario,
+    tools: &Tools,
+    node: &str,
+    api_answers: bool,
+    cut_after_init: bool,
+) -> anyhow::Result<()> {
     let root = s.root(node);
     let p = s.profile(node);
-    let runner = NodeRunner::new(tools, &root, &p);
+    let mut runner = NodeRunner::new(tools, &root, &p);
+    runner.cut_after_init = cut_after_init;
     let svc = FakeServices::default();
     runtime_socket_on_start(&svc, &root, &p);
     let probe = FakeProbe::default();
@@ -129,6 +152,9 @@ fn run_node(s: &Scenario, tools: &Tools, node: &str, api_answers: bool) -> anyho
         .insert(format!("127.0.0.1:{}", p.local_lb.port));
     if api_answers {
         probe.answer(&format!("https://{}/readyz", p.endpoint.host_port()), 0);
+        for m in &p.masters {
+            probe.answer(&format!("https://{}:6443/readyz", m.address), 0);
+        }
     }
     let etcd = hakube_firstboot::etcd_client_for(&root)?;
     let env = Env {
@@ -294,4 +320,64 @@ fn rendered_configs_and_firstboot_argv_pass_the_strict_double() {
         (done - mastered).as_seconds_f32(),
         (done - t0).as_seconds_f32()
     );
+}
+
+#[test]
+fn an_init_cut_short_is_finished_with_phases_the_double_accepts() {
+    let s = Scenario::with_nodes(3, "");
+    let tools = Tools::new(s.dir.path());
+    s.form();
+    let master = s.root("master-1");
+    let init_yaml = path_str(&master.join("etc/hakube/kubeadm/init.yaml"));
+    // Power is cut right after kubeadm init returned: the journal still says
+    // kubeadm-init is running.
+    let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_node_with(&s, &tools, "master-1", false, true)
+    }));
+    assert!(cut.is_err(), "the power cut happened");
+    let st = hakube_firstboot::status(&master, false).unwrap();
+    assert!(st.contains("kubeadm-init         running"), "{st}");
+    // Next boot: the control plane came back (the API answers), firstboot
+    // finishes the init with `kubeadm init phase ...` and never runs a
+    // second full init.
+    run_node(&s, &tools, "master-1", true).unwrap_or_else(|e| {
+        panic!(
+            "master-1: {e:#}\ndouble log:\n{}",
+            fs::read_to_string(&tools.log).unwrap_or_default()
+        )
+    });
+    let calls = tools.calls();
+    let refused: Vec<_> = calls.iter().filter(|c| c["ok"] != true).collect();
+    assert!(refused.is_empty(), "the double refused: {refused:#?}");
+    let inits = calls_of(&calls, "kubeadm", &["init"]);
+    let (phases, full): (Vec<&Value>, Vec<&Value>) =
+        inits.iter().copied().partition(|c| c["argv"][1] == "phase");
+    assert_eq!(full.len(), 1, "{inits:#?}");
+    let ran: Vec<Vec<String>> = phases.iter().map(|c| argv(c)).collect();
+    let want: Vec<Vec<String>> = [
+        &["upload-config", "all"][..],
+        &["mark-control-plane"],
+        &["bootstrap-token"],
+        &["kubelet-finalize", "all"],
+        &["addon", "all"],
+    ]
+    .iter()
+    .map(|ph| {
+        let mut v = vec!["init".to_string(), "phase".to_string()];
+        v.extend(ph.iter().map(|x| x.to_string()));
+        v.extend(["--config".to_string(), init_yaml.clone()]);
+        v
+    })
+    .collect();
+    assert_eq!(ran, want);
+    let st = hakube_firstboot::status(&master, true).unwrap();
+    let v: Value = serde_json::from_str(&st).unwrap();
+    assert_eq!(v["overall"], "done", "{st}");
+    // addon all re-created kube-proxy's configmap; local-lb-clients, which
+    // runs after it, still points it at the node-local load balancer.
+    let kp = tools.state()["configmaps"]["kube-system/kube-proxy"]["data"]["kubeconfig.conf"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(kp.contains("server: https://127.0.0.1:7443"), "{kp}");
 }

@@ -17,6 +17,7 @@ const MIXABLE_WITH_CONFIG: &[&str] = &[
     "skip-token-print",
     "kubeconfig",
     "rootfs",
+    "cert-dir",
 ];
 
 const VALUE_FLAGS: &[&str] = &[
@@ -37,6 +38,7 @@ const VALUE_FLAGS: &[&str] = &[
     "description",
     "o",
     "output",
+    "cert-dir",
 ];
 const BOOL_FLAGS: &[&str] = &[
     "dry-run",
@@ -110,6 +112,7 @@ pub fn run(args: &[String], env: &Env) -> Outcome {
             Some(o) => fail(format!("invalid output format: {o}")),
         },
         ["init"] => init(&p, env),
+        ["init", "phase", phase @ ..] => init_phase(phase, &p, env),
         ["join"] | ["join", _] => join(&p, env),
         ["reset"] => reset(&p, env),
         ["token", "list"] => token_list(env),
@@ -458,6 +461,95 @@ fn init(p: &Parsed, env: &Env) -> Outcome {
     ))
 }
 
+/// `kubeadm init phase` commands (Kubernetes 1.31), as `phase/subphase`.
+const INIT_PHASES: &[&str] = &[
+    "preflight",
+    "certs/all",
+    "kubeconfig/all",
+    "etcd/local",
+    "control-plane/all",
+    "kubelet-start",
+    "upload-config/all",
+    "upload-config/kubeadm",
+    "upload-config/kubelet",
+    "upload-certs",
+    "mark-control-plane",
+    "bootstrap-token",
+    "kubelet-finalize/all",
+    "kubelet-finalize/enable-client-cert-rotation",
+    "kubelet-finalize/experimental-cert-rotation",
+    "addon/all",
+    "addon/coredns",
+    "addon/kube-proxy",
+    "show-join-command",
+];
+
+/// The phases that finish an init against a running control plane; the
+/// double checks the config and what each phase needs, and records the
+/// API objects they create.
+fn init_phase(phase: &[&str], p: &Parsed, env: &Env) -> Outcome {
+    let name = phase.join("/");
+    if !INIT_PHASES.contains(&name.as_str()) {
+        return fail(format!(
+            "{BANNER}: kubeadm init phase: unknown or unsupported phase {name:?}"
+        ));
+    }
+    check_mixing(p)?;
+    let cfg = read_config(p, env)?.unwrap_or_default();
+    if cfg.join.is_some() {
+        return fail("kubeadm init phase: the config holds a JoinConfiguration; InitConfiguration/ClusterConfiguration expected");
+    }
+    let needs_api = [
+        "upload-config",
+        "mark-control-plane",
+        "bootstrap-token",
+        "addon",
+    ];
+    let mut st = if needs_api.contains(&phase[0]) {
+        if !exists(env, "/etc/kubernetes/admin.conf") {
+            return fail(format!(
+                "error execution phase {name}: couldn't load /etc/kubernetes/admin.conf"
+            ));
+        }
+        Some(load_state(env)?.ok_or((format!("error execution phase {name}: dial tcp 127.0.0.1:6443: connect: connection refused"), 1))?)
+    } else {
+        None
+    };
+    match phase[0] {
+        "kubelet-finalize" if !exists(env, "/etc/kubernetes/kubelet.conf") => {
+            return fail(format!(
+                "error execution phase {name}: /etc/kubernetes/kubelet.conf: no such file or directory"
+            ))
+        }
+        "addon" if name != "addon/coredns" => {
+            let endpoint = cfg
+                .cluster
+                .as_ref()
+                .and_then(|c| c.control_plane_endpoint.clone())
+                .unwrap_or_else(|| "127.0.0.1:6443".into());
+            if let Some(st) = st.as_mut() {
+                crate::tools::add_kube_proxy(st, &format!("https://{endpoint}"));
+            }
+        }
+        "bootstrap-token" => {
+            if let Some(st) = st.as_mut() {
+                let mut tokens = st["tokens"].as_array().cloned().unwrap_or_default();
+                for t in cfg.init.iter().flat_map(|i| &i.bootstrap_tokens) {
+                    if !tokens.iter().any(|x| x["token"] == t.token.as_str()) {
+                        tokens.push(serde_json::json!({"token": t.token, "ttl": t.ttl}));
+                    }
+                }
+                st["tokens"] = tokens.into();
+            }
+        }
+        _ => {}
+    }
+    if let Some(st) = &st {
+        save_state(env, st)?;
+    }
+    Ok(format!("[{name}] done ({BANNER})\n"))
+}
+
 fn join(p: &Parsed, env: &Env) -> Outcome {
     check_mixing(p)?;
     let cfg = match read_config(p, env)? {
@@ -763,6 +855,58 @@ mod tests {
         );
         std::fs::write(pki.join("apiserver-etcd-client.key"), pem_key()).unwrap();
         check_init_files(&cfg, &env).unwrap();
+    }
+
+    #[test]
+    fn init_phases_are_known_and_need_the_control_plane() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = Env {
+            root: dir.path().to_path_buf(),
+            state: Some(dir.path().join("state.json")),
+            version: "v1.31.4".into(),
+        };
+        std::fs::write(dir.path().join("init.yaml"), v4_init("", "")).unwrap();
+        let cfg = dir.path().join("init.yaml").display().to_string();
+        let call = |a: &[&str]| {
+            let mut v: Vec<String> = ["init", "phase"].iter().map(|s| s.to_string()).collect();
+            v.extend(a.iter().map(|s| s.to_string()));
+            v.extend(["--config".to_string(), cfg.clone()]);
+            run(&v, &env)
+        };
+        let e = call(&["upload-config", "everything"]).unwrap_err().0;
+        assert!(e.contains("upload-config/everything"), "{e}");
+        // Before init: no admin.conf, no kubelet.conf.
+        assert!(call(&["mark-control-plane"])
+            .unwrap_err()
+            .0
+            .contains("admin.conf"));
+        assert!(call(&["kubelet-finalize", "all"])
+            .unwrap_err()
+            .0
+            .contains("kubelet.conf"));
+        let pki = dir.path().join("etc/kubernetes/pki");
+        std::fs::create_dir_all(pki.join("etcd")).unwrap();
+        for c in ["ca.crt", "front-proxy-ca.crt", "etcd/ca.crt"] {
+            std::fs::write(pki.join(c), pem_cert()).unwrap();
+        }
+        std::fs::write(pki.join("ca.key"), pem_key()).unwrap();
+        let init = vec!["init".to_string(), "--config".to_string(), cfg.clone()];
+        run(&init, &env).unwrap();
+        for ph in [
+            &["upload-config", "all"][..],
+            &["mark-control-plane"],
+            &["bootstrap-token"],
+            &["kubelet-finalize", "all"],
+            &["addon", "all"],
+        ] {
+            call(ph).unwrap_or_else(|e| panic!("{ph:?}: {}", e.0));
+        }
+        let mut mixed: Vec<String> = ["init", "phase", "addon", "all", "--node-name", "x"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        mixed.extend(["--config".to_string(), cfg.clone()]);
+        assert!(run(&mixed, &env).unwrap_err().0.contains("can not mix"));
     }
 
     #[test]
