@@ -29,7 +29,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use support::{node_identity, runtime_socket_on_start, test_double, waits, Scenario};
 
-const WORKER: &str = "  - {name: worker-1, role: worker, network: {address: 127.0.0.41/8, gateway: 127.0.0.1, dns: [127.0.0.1]}}\n";
+const JOINERS: &str = "  - {name: master-2, role: master, network: {address: 127.0.0.22/8, gateway: 127.0.0.1, dns: [127.0.0.1]}}\n  \
+- {name: worker-1, role: worker, network: {address: 127.0.0.41/8, gateway: 127.0.0.1, dns: [127.0.0.1]}}\n";
 const DOUBLED: [&str; 4] = ["kubeadm", "kubectl", "kubelet", "crictl"];
 
 /// The doubled tools on PATH, their log and their "API server".
@@ -202,7 +203,7 @@ fn path_str(p: &Path) -> String {
 #[test]
 fn rendered_configs_and_firstboot_argv_pass_the_strict_double() {
     let t0 = SystemClock.now();
-    let s = Scenario::with_nodes(4, WORKER);
+    let s = Scenario::with_nodes(4, JOINERS);
     let tools = Tools::new(s.dir.path());
     s.form();
     let formed = SystemClock.now();
@@ -284,37 +285,83 @@ fn rendered_configs_and_firstboot_argv_pass_the_strict_double() {
     assert_eq!(init_step["attempts"], 1, "{st}");
     let mastered = SystemClock.now();
 
-    // (b) A worker joins with the rendered join.yaml.
-    let worker = s.root("worker-1");
-    let join_yaml = worker.join("etc/hakube/kubeadm/join.yaml");
-    run_node(&s, &tools, "worker-1", true).unwrap_or_else(|e| {
-        panic!(
-            "worker-1: {e:#}\ndouble log:\n{}",
-            fs::read_to_string(&tools.log).unwrap_or_default()
-        )
-    });
-    let calls = tools.calls();
-    let new = &calls[before..];
-    let refused: Vec<_> = new.iter().filter(|c| c["ok"] != true).collect();
-    assert!(refused.is_empty(), "the double refused: {refused:#?}");
-    let joins = calls_of(new, "kubeadm", &["join"]);
-    assert_eq!(joins.len(), 1, "{new:#?}");
-    assert_eq!(argv(joins[0]), ["join", "--config", &path_str(&join_yaml)]);
-    assert_eq!(
-        joins[0]["files"][path_str(&join_yaml)],
-        sha256_of(&join_yaml).as_str()
-    );
-    assert!(calls_of(new, "kubeadm", &["init"]).is_empty());
-    let st = tools.state();
-    assert!(st["nodes"]["worker-1"].is_object(), "{st:#}");
-    let kubelet_conf = fs::read_to_string(worker.join("etc/kubernetes/kubelet.conf")).unwrap();
-    assert!(
-        kubelet_conf.contains("server: https://127.0.0.1:7443"),
-        "{kubelet_conf}"
-    );
+    // (b) A second master and a worker join with their rendered join.yaml;
+    // the double checks their token and CA pin against what init recorded
+    // (its cluster-info), as kubeadm's token discovery does.
+    let pin = tools.state()["clusterInfo"]["caCertHash"]
+        .as_str()
+        .expect("init recorded the cluster CA's pin")
+        .to_string();
+    for (node, control_plane) in [("master-2", true), ("worker-1", false)] {
+        let root = s.root(node);
+        let join_yaml = root.join("etc/hakube/kubeadm/join.yaml");
+        let before = tools.calls().len();
+        run_node(&s, &tools, node, true).unwrap_or_else(|e| {
+            panic!(
+                "{node}: {e:#}\ndouble log:\n{}",
+                fs::read_to_string(&tools.log).unwrap_or_default()
+            )
+        });
+        let calls = tools.calls();
+        let new = &calls[before..];
+        let refused: Vec<_> = new.iter().filter(|c| c["ok"] != true).collect();
+        assert!(
+            refused.is_empty(),
+            "{node}: the double refused: {refused:#?}"
+        );
+        let joins = calls_of(new, "kubeadm", &["join"]);
+        assert_eq!(joins.len(), 1, "{node}: {new:#?}");
+        assert_eq!(argv(joins[0]), ["join", "--config", &path_str(&join_yaml)]);
+        assert_eq!(
+            joins[0]["files"][path_str(&join_yaml)],
+            sha256_of(&join_yaml).as_str()
+        );
+        assert!(calls_of(new, "kubeadm", &["init"]).is_empty());
+        let st = tools.state();
+        let labels = &st["nodes"][node]["metadata"]["labels"];
+        assert_eq!(
+            labels
+                .get("node-role.kubernetes.io/control-plane")
+                .is_some(),
+            control_plane,
+            "{node}: {labels}"
+        );
+        let kubelet_conf = fs::read_to_string(root.join("etc/kubernetes/kubelet.conf")).unwrap();
+        assert!(
+            kubelet_conf.contains("server: https://127.0.0.1:7443"),
+            "{node}: {kubelet_conf}"
+        );
+    }
+    // Those checks bite: the worker's join.yaml with another pin or token is refused.
+    let good = fs::read_to_string(s.root("worker-1").join("etc/hakube/kubeadm/join.yaml")).unwrap();
+    let tampered = s.dir.path().join("tampered");
+    fs::create_dir_all(&tampered).unwrap();
+    for (bad, why) in [
+        (
+            good.replace(&pin, &format!("sha256:{}", "0".repeat(64))),
+            "are pinned",
+        ),
+        (
+            good.replace(token.trim(), "abcdef.0123456789abcdef"),
+            "invalid for this cluster",
+        ),
+    ] {
+        assert_ne!(bad, good);
+        fs::write(tampered.join("join.yaml"), bad).unwrap();
+        let out = std::process::Command::new(tools.bin.join("kubeadm"))
+            .args(["join", "--config"])
+            .arg(tampered.join("join.yaml"))
+            .env("HAKUBE_DOUBLE_ROOT", &tampered)
+            .env("HAKUBE_DOUBLE_LOG", tampered.join("double.log"))
+            .env("HAKUBE_DOUBLE_STATE", &tools.state)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{err}");
+    }
     let done = SystemClock.now();
     eprintln!(
-        "etcd formation {:.1}s, master-1 {:.1}s, worker-1 {:.1}s, total {:.1}s",
+        "etcd formation {:.1}s, master-1 {:.1}s, master-2 and worker-1 {:.1}s, total {:.1}s",
         (formed - t0).as_seconds_f32(),
         (mastered - formed).as_seconds_f32(),
         (done - mastered).as_seconds_f32(),

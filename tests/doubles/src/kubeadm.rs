@@ -391,6 +391,42 @@ fn write_control_plane(env: &Env, local_etcd: bool) -> Result<(), (String, i32)>
     Ok(())
 }
 
+/// kubeadm's CA pin: `sha256:` + SHA-256 of the certificate's DER
+/// SubjectPublicKeyInfo. `None` when the file is not a parseable certificate
+/// (the double's own tests use placeholder PEMs).
+pub fn ca_pin(pem_text: &str) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem_text.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let spki = cert.tbs_certificate.subject_pki.raw;
+    Some(format!("sha256:{}", hex::encode(Sha256::digest(spki))))
+}
+
+/// What a joining node learns from the cluster-info ConfigMap, checked as
+/// kubeadm's token discovery does: the token must be one the cluster knows
+/// (cluster-info carries a JWS signature per token id) and the CA there must
+/// match one of the pins.
+fn check_discovery(
+    st: &serde_json::Value,
+    bt: &schema::BootstrapTokenDiscovery,
+    token: &str,
+) -> Result<(), (String, i32)> {
+    let id = token.split('.').next().unwrap_or("");
+    if let Some(tokens) = st["tokens"].as_array() {
+        if !tokens.iter().any(|t| t["token"] == token) {
+            return fail(format!("couldn't validate the identity of the API Server: token id \"{id}\" is invalid for this cluster or it has expired. Use \"kubeadm token create\" on the control-plane node to create a new valid token"));
+        }
+    }
+    if let Some(pin) = st["clusterInfo"]["caCertHash"].as_str() {
+        if bt.unsafe_skip_ca_verification != Some(true)
+            && !bt.ca_cert_hashes.iter().any(|h| h == pin)
+        {
+            return fail(format!("couldn't validate the identity of the API Server: cluster CA found in cluster-info ConfigMap is invalid: none of the public keys \"{pin}\" are pinned"));
+        }
+    }
+    Ok(())
+}
+
 fn node_name(reg: Option<&schema::NodeRegistration>) -> String {
     reg.and_then(|r| r.name.clone())
         .or_else(|| {
@@ -452,6 +488,14 @@ fn init(p: &Parsed, env: &Env) -> Outcome {
             })
             .unwrap_or_default();
         st["tokens"] = tokens.into();
+        let ca_dir = cluster
+            .certificates_dir
+            .clone()
+            .unwrap_or_else(|| "/etc/kubernetes/pki".to_string());
+        let ca = std::fs::read_to_string(env.host(&format!("{ca_dir}/ca.crt"))).unwrap_or_default();
+        if let Some(pin) = ca_pin(&ca) {
+            st["clusterInfo"] = serde_json::json!({"caCertHash": pin, "server": server});
+        }
         crate::tools::add_node(&mut st, &node, true);
         crate::tools::add_kube_proxy(&mut st, &server);
         save_state(env, &st)?;
@@ -598,6 +642,9 @@ fn join(p: &Parsed, env: &Env) -> Outcome {
             if !ok {
                 return fail(format!("discovery.bootstrapToken.caCertHashes: invalid hash {h:?}: sha256:<64 hex> expected"));
             }
+        }
+        if let Some(st) = load_state(env)? {
+            check_discovery(&st, bt, token)?;
         }
     } else if let Some(file) = &j.discovery.file {
         if !exists(env, &file.kube_config_path) {
