@@ -343,7 +343,11 @@ fn rendered_configs_and_firstboot_argv_pass_the_strict_double() {
         ),
         (
             good.replace(token.trim(), "abcdef.0123456789abcdef"),
-            "invalid for this cluster",
+            "could not find a JWS signature",
+        ),
+        (
+            good.replace(token.trim(), &format!("{id}.0123456789abcdef")),
+            "failed to verify JWS signature",
         ),
     ] {
         assert_ne!(bad, good);

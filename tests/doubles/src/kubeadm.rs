@@ -413,8 +413,13 @@ fn check_discovery(
 ) -> Result<(), (String, i32)> {
     let id = token.split('.').next().unwrap_or("");
     if let Some(tokens) = st["tokens"].as_array() {
-        if !tokens.iter().any(|t| t["token"] == token) {
-            return fail(format!("couldn't validate the identity of the API Server: token id \"{id}\" is invalid for this cluster or it has expired. Use \"kubeadm token create\" on the control-plane node to create a new valid token"));
+        let same_id = |t: &&serde_json::Value| {
+            t["token"].as_str().and_then(|v| v.split('.').next()) == Some(id)
+        };
+        match tokens.iter().find(same_id) {
+            None => return fail(format!("couldn't validate the identity of the API Server: could not find a JWS signature in the cluster-info ConfigMap for token ID \"{id}\"")),
+            Some(t) if t["token"] != token => return fail("couldn't validate the identity of the API Server: failed to verify JWS signature of received cluster info object, can't trust this API Server"),
+            Some(_) => {}
         }
     }
     if let Some(pin) = st["clusterInfo"]["caCertHash"].as_str() {
