@@ -19,7 +19,8 @@
 
 mod support;
 
-use hakube_firstboot::fakes::{FakeProbe, FakeRunner, FakeServices};
+use hakube_firstboot::etcd::EtcdApi;
+use hakube_firstboot::fakes::{FakeCluster, FakeEtcd, FakeProbe, FakeRunner, FakeServices};
 use hakube_firstboot::steps::Env;
 use hakube_firstboot::system::{Clock, Cmd, CommandRunner, Output, ProcessRunner, SystemClock};
 use hakube_node_profile::NodeProfile;
@@ -130,7 +131,7 @@ impl CommandRunner for NodeRunner<'_> {
 /// Runs every pending step of `node` with the doubled tools. `api_answers`:
 /// the API endpoint and every master's apiserver answer.
 fn run_node(s: &Scenario, tools: &Tools, node: &str, api_answers: bool) -> anyhow::Result<()> {
-    run_node_with(s, tools, node, api_answers, false)
+    run_node_with(s, tools, node, api_answers, false, None)
 }
 
 fn run_node_with(
@@ -139,6 +140,7 @@ fn run_node_with(
     node: &str,
     api_answers: bool,
     cut_after_init: bool,
+    etcd: Option<&dyn EtcdApi>,
 ) -> anyhow::Result<()> {
     let root = s.root(node);
     let p = s.profile(node);
@@ -157,12 +159,12 @@ fn run_node_with(
             probe.answer(&format!("https://{}:6443/readyz", m.address), 0);
         }
     }
-    let etcd = hakube_firstboot::etcd_client_for(&root)?;
+    let real_etcd = hakube_firstboot::etcd_client_for(&root)?;
     let env = Env {
         root,
         cmd: &runner,
         svc: &svc,
-        etcd: &etcd,
+        etcd: etcd.unwrap_or(&real_etcd),
         probe: &probe,
         clock: &SystemClock,
         waits: waits(),
@@ -383,7 +385,7 @@ fn an_init_cut_short_is_finished_with_phases_the_double_accepts() {
     // Power is cut right after kubeadm init returned: the journal still says
     // kubeadm-init is running.
     let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_node_with(&s, &tools, "master-1", false, true)
+        run_node_with(&s, &tools, "master-1", false, true, None)
     }));
     assert!(cut.is_err(), "the power cut happened");
     let st = hakube_firstboot::status(&master, false).unwrap();
@@ -431,4 +433,74 @@ fn an_init_cut_short_is_finished_with_phases_the_double_accepts() {
         .unwrap()
         .to_string();
     assert!(kp.contains("server: https://127.0.0.1:7443"), "{kp}");
+}
+
+#[test]
+fn stacked_etcd_init_and_control_plane_join_pass_the_double() {
+    // Stacked etcd lives in static pods kubeadm writes (here: the double's
+    // placeholders), so firstboot's etcd client talks to an in-memory etcd
+    // holding master-1's member.
+    let text = support::spec("  - {name: master-2, role: master, network: {address: 127.0.0.22/8, gateway: 127.0.0.1, dns: [127.0.0.1]}}\n")
+        .replace("topology: external", "topology: stacked")
+        .lines()
+        .filter(|l| !l.contains("role: etcd"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let s = Scenario::from_spec(2, &format!("{text}\n"));
+    let tools = Tools::new(s.dir.path());
+    let cluster = {
+        let p = s.profile("master-2");
+        let mut c = FakeCluster::new(&[("master-1", "127.0.0.21")], true);
+        let url = p
+            .etcd_members
+            .iter()
+            .find(|m| m.name == "master-1")
+            .unwrap()
+            .client_url
+            .clone();
+        c.members[0].client_url = url.clone();
+        c.members[0].member.client_urls = vec![url];
+        c
+    };
+    let etcd = FakeEtcd::new(cluster);
+    for (node, api) in [("master-1", false), ("master-2", true)] {
+        run_node_with(&s, &tools, node, api, false, Some(&etcd)).unwrap_or_else(|e| {
+            panic!(
+                "{node}: {e:#}\ndouble log:\n{}",
+                fs::read_to_string(&tools.log).unwrap_or_default()
+            )
+        });
+    }
+    let calls = tools.calls();
+    let refused: Vec<_> = calls.iter().filter(|c| c["ok"] != true).collect();
+    assert!(refused.is_empty(), "the double refused: {refused:#?}");
+    assert_eq!(calls_of(&calls, "kubeadm", &["init"]).len(), 1);
+    let joins = calls_of(&calls, "kubeadm", &["join"]);
+    assert_eq!(joins.len(), 1);
+    let join_yaml = s.root("master-2").join("etc/hakube/kubeadm/join.yaml");
+    assert_eq!(argv(joins[0]), ["join", "--config", &path_str(&join_yaml)]);
+    let st = tools.state();
+    assert_eq!(st["etcd"], "local", "{st:#}");
+    // master-2 got the stacked etcd static pod: its join went the control-plane way.
+    assert!(s
+        .root("master-2")
+        .join("etc/kubernetes/manifests/etcd.yaml")
+        .exists());
+    // The double holds a stacked control-plane join to kubeadm's shared
+    // certificates, the etcd CA included: without the key it is refused.
+    fs::remove_file(s.root("master-2").join("etc/kubernetes/pki/etcd/ca.key")).unwrap();
+    fs::remove_file(s.root("master-2").join("etc/kubernetes/kubelet.conf")).unwrap();
+    let out = std::process::Command::new(tools.bin.join("kubeadm"))
+        .args(["join", "--config"])
+        .arg(&join_yaml)
+        .env("HAKUBE_DOUBLE_ROOT", s.root("master-2"))
+        .env("HAKUBE_DOUBLE_LOG", s.dir.path().join("scratch.log"))
+        .env("HAKUBE_DOUBLE_STATE", &tools.state)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("etcd/ca.key"),
+        "{err}"
+    );
 }

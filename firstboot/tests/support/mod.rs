@@ -173,8 +173,13 @@ impl Scenario {
 
     /// Renders [`spec`]`(extra_nodes)`; `index` picks this scenario's ports (0..=4).
     pub fn with_nodes(index: u16, extra_nodes: &str) -> Scenario {
+        Scenario::from_spec(index, &spec(extra_nodes))
+    }
+
+    /// Renders the cluster spec `text`; `index` picks this scenario's ports (0..=4).
+    pub fn from_spec(index: u16, text: &str) -> Scenario {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("cluster.yaml"), spec(extra_nodes)).unwrap();
+        fs::write(dir.path().join("cluster.yaml"), text).unwrap();
         let out = Command::new(hakube_build())
             .arg("render")
             .arg("--cluster")

@@ -669,15 +669,28 @@ fn join(p: &Parsed, env: &Env) -> Outcome {
             .and_then(|c| c.certificate_key.as_ref())
             .is_none()
     {
-        // Without a certificateKey nothing is downloaded: the shared certificates must be in place.
-        for (n, what) in [
+        // Without a certificateKey nothing is downloaded: the shared certificates must be in place
+        // (kubeadm's SharedCertificateExists: with stacked etcd also the etcd CA, whose key signs
+        // this member's etcd server and peer certificates). The cluster's etcd mode comes from
+        // the "API server" (kubeadm reads it from the kubeadm-config ConfigMap).
+        let local_etcd = load_state(env)?
+            .map(|s| s["etcd"] != "external")
+            .unwrap_or(true);
+        let mut shared = vec![
             ("ca.crt", "certificate"),
             ("ca.key", "private key"),
             ("sa.key", "private key"),
             ("sa.pub", "public key"),
             ("front-proxy-ca.crt", "certificate"),
             ("front-proxy-ca.key", "private key"),
-        ] {
+        ];
+        if local_etcd {
+            shared.extend([
+                ("etcd/ca.crt", "certificate"),
+                ("etcd/ca.key", "private key"),
+            ]);
+        }
+        for (n, what) in shared {
             need_pem(env, &format!("/etc/kubernetes/pki/{n}"), what).map_err(|e| {
                 (
                     format!("error execution phase control-plane-prepare/certs: {e}"),
@@ -959,6 +972,51 @@ mod tests {
             .collect();
         mixed.extend(["--config".to_string(), cfg.clone()]);
         assert!(run(&mixed, &env).unwrap_err().0.contains("can not mix"));
+    }
+
+    #[test]
+    fn stacked_control_plane_join_needs_the_etcd_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.json");
+        let env = Env {
+            root: dir.path().to_path_buf(),
+            state: Some(state.clone()),
+            version: "v1.31.4".into(),
+        };
+        let join = "apiVersion: kubeadm.k8s.io/v1beta4\nkind: JoinConfiguration\ncontrolPlane:\n  localAPIEndpoint:\n    advertiseAddress: 192.168.122.12\ndiscovery:\n  bootstrapToken:\n    apiServerEndpoint: 192.168.122.10:8443\n    token: abcdef.0123456789abcdef\n    unsafeSkipCAVerification: true\n";
+        std::fs::write(dir.path().join("join.yaml"), join).unwrap();
+        let pki = dir.path().join("etc/kubernetes/pki");
+        std::fs::create_dir_all(pki.join("etcd")).unwrap();
+        for c in ["ca.crt", "front-proxy-ca.crt", "etcd/ca.crt"] {
+            std::fs::write(pki.join(c), pem_cert()).unwrap();
+        }
+        for k in ["ca.key", "front-proxy-ca.key", "sa.key"] {
+            std::fs::write(pki.join(k), pem_key()).unwrap();
+        }
+        std::fs::write(
+            pki.join("sa.pub"),
+            "-----BEGIN PUBLIC KEY-----\nMFk\n-----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        let args: Vec<String> = ["join", "--config"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([dir.path().join("join.yaml").display().to_string()])
+            .collect();
+        for (etcd, ok) in [("local", false), ("external", true)] {
+            std::fs::write(
+                &state,
+                format!(
+                    r#"{{"etcd": "{etcd}", "tokens": [{{"token": "abcdef.0123456789abcdef"}}]}}"#
+                ),
+            )
+            .unwrap();
+            let r = run(&args, &env);
+            assert_eq!(r.is_ok(), ok, "{etcd}: {r:?}");
+            if let Err((e, _)) = r {
+                assert!(e.contains("etcd/ca.key"), "{e}");
+            }
+        }
     }
 
     #[test]
