@@ -15,7 +15,14 @@
 //! `hakube-firstboot` binary has no seam for these, so the test drives the
 //! library entry `hakube_firstboot::run` with the real command runner), and
 //! `hostname` / `ip` answering as the node would: the host's own hostname
-//! must never be "fixed" by a test.
+//! must never be "fixed" by a test. The host has a real /usr/bin/kubectl:
+//! every kubectl call asserted below is read from the double's log, so a
+//! lookup that missed the PATH would fail the test.
+//!
+//! Scenarios: external etcd (first master's init, a second run that calls
+//! nothing, a control-plane join and a worker join checked against init's
+//! token and CA pin); a power cut right after `kubeadm init`, finished with
+//! `kubeadm init phase ...`; stacked etcd (init and control-plane join).
 
 mod support;
 
