@@ -17,6 +17,7 @@ const MIXABLE_WITH_CONFIG: &[&str] = &[
     "skip-token-print",
     "kubeconfig",
     "rootfs",
+    "cert-dir",
 ];
 
 const VALUE_FLAGS: &[&str] = &[
@@ -37,6 +38,7 @@ const VALUE_FLAGS: &[&str] = &[
     "description",
     "o",
     "output",
+    "cert-dir",
 ];
 const BOOL_FLAGS: &[&str] = &[
     "dry-run",
@@ -110,6 +112,7 @@ pub fn run(args: &[String], env: &Env) -> Outcome {
             Some(o) => fail(format!("invalid output format: {o}")),
         },
         ["init"] => init(&p, env),
+        ["init", "phase", phase @ ..] => init_phase(phase, &p, env),
         ["join"] | ["join", _] => join(&p, env),
         ["reset"] => reset(&p, env),
         ["token", "list"] => token_list(env),
@@ -388,6 +391,47 @@ fn write_control_plane(env: &Env, local_etcd: bool) -> Result<(), (String, i32)>
     Ok(())
 }
 
+/// kubeadm's CA pin: `sha256:` + SHA-256 of the certificate's DER
+/// SubjectPublicKeyInfo. `None` when the file is not a parseable certificate
+/// (the double's own tests use placeholder PEMs).
+pub fn ca_pin(pem_text: &str) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem_text.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let spki = cert.tbs_certificate.subject_pki.raw;
+    Some(format!("sha256:{}", hex::encode(Sha256::digest(spki))))
+}
+
+/// What a joining node learns from the cluster-info ConfigMap, checked as
+/// kubeadm's token discovery does: the token must be one the cluster knows
+/// (cluster-info carries a JWS signature per token id) and the CA there must
+/// match one of the pins.
+fn check_discovery(
+    st: &serde_json::Value,
+    bt: &schema::BootstrapTokenDiscovery,
+    token: &str,
+) -> Result<(), (String, i32)> {
+    let id = token.split('.').next().unwrap_or("");
+    if let Some(tokens) = st["tokens"].as_array() {
+        let same_id = |t: &&serde_json::Value| {
+            t["token"].as_str().and_then(|v| v.split('.').next()) == Some(id)
+        };
+        match tokens.iter().find(same_id) {
+            None => return fail(format!("couldn't validate the identity of the API Server: could not find a JWS signature in the cluster-info ConfigMap for token ID \"{id}\"")),
+            Some(t) if t["token"] != token => return fail("couldn't validate the identity of the API Server: failed to verify JWS signature of received cluster info object, can't trust this API Server"),
+            Some(_) => {}
+        }
+    }
+    if let Some(pin) = st["clusterInfo"]["caCertHash"].as_str() {
+        if bt.unsafe_skip_ca_verification != Some(true)
+            && !bt.ca_cert_hashes.iter().any(|h| h == pin)
+        {
+            return fail(format!("couldn't validate the identity of the API Server: cluster CA found in cluster-info ConfigMap is invalid: none of the public keys \"{pin}\" are pinned"));
+        }
+    }
+    Ok(())
+}
+
 fn node_name(reg: Option<&schema::NodeRegistration>) -> String {
     reg.and_then(|r| r.name.clone())
         .or_else(|| {
@@ -449,12 +493,110 @@ fn init(p: &Parsed, env: &Env) -> Outcome {
             })
             .unwrap_or_default();
         st["tokens"] = tokens.into();
+        let ca_dir = cluster
+            .certificates_dir
+            .clone()
+            .unwrap_or_else(|| "/etc/kubernetes/pki".to_string());
+        let ca = std::fs::read_to_string(env.host(&format!("{ca_dir}/ca.crt"))).unwrap_or_default();
+        if let Some(pin) = ca_pin(&ca) {
+            st["clusterInfo"] = serde_json::json!({"caCertHash": pin, "server": server});
+        }
         crate::tools::add_node(&mut st, &node, true);
+        crate::tools::add_kube_proxy(&mut st, &server);
         save_state(env, &st)?;
     }
     Ok(format!(
         "Your Kubernetes control-plane has initialized successfully! ({BANNER})\n"
     ))
+}
+
+/// `kubeadm init phase` commands (Kubernetes 1.31), as `phase/subphase`.
+const INIT_PHASES: &[&str] = &[
+    "preflight",
+    "certs/all",
+    "kubeconfig/all",
+    "etcd/local",
+    "control-plane/all",
+    "kubelet-start",
+    "upload-config/all",
+    "upload-config/kubeadm",
+    "upload-config/kubelet",
+    "upload-certs",
+    "mark-control-plane",
+    "bootstrap-token",
+    "kubelet-finalize/all",
+    "kubelet-finalize/enable-client-cert-rotation",
+    "kubelet-finalize/experimental-cert-rotation",
+    "addon/all",
+    "addon/coredns",
+    "addon/kube-proxy",
+    "show-join-command",
+];
+
+/// The phases that finish an init against a running control plane; the
+/// double checks the config and what each phase needs, and records the
+/// API objects they create.
+fn init_phase(phase: &[&str], p: &Parsed, env: &Env) -> Outcome {
+    let name = phase.join("/");
+    if !INIT_PHASES.contains(&name.as_str()) {
+        return fail(format!(
+            "{BANNER}: kubeadm init phase: unknown or unsupported phase {name:?}"
+        ));
+    }
+    check_mixing(p)?;
+    let cfg = read_config(p, env)?.unwrap_or_default();
+    if cfg.join.is_some() {
+        return fail("kubeadm init phase: the config holds a JoinConfiguration; InitConfiguration/ClusterConfiguration expected");
+    }
+    let needs_api = [
+        "upload-config",
+        "mark-control-plane",
+        "bootstrap-token",
+        "addon",
+    ];
+    let mut st = if needs_api.contains(&phase[0]) {
+        if !exists(env, "/etc/kubernetes/admin.conf") {
+            return fail(format!(
+                "error execution phase {name}: couldn't load /etc/kubernetes/admin.conf"
+            ));
+        }
+        Some(load_state(env)?.ok_or((format!("error execution phase {name}: dial tcp 127.0.0.1:6443: connect: connection refused"), 1))?)
+    } else {
+        None
+    };
+    match phase[0] {
+        "kubelet-finalize" if !exists(env, "/etc/kubernetes/kubelet.conf") => {
+            return fail(format!(
+                "error execution phase {name}: /etc/kubernetes/kubelet.conf: no such file or directory"
+            ))
+        }
+        "addon" if name != "addon/coredns" => {
+            let endpoint = cfg
+                .cluster
+                .as_ref()
+                .and_then(|c| c.control_plane_endpoint.clone())
+                .unwrap_or_else(|| "127.0.0.1:6443".into());
+            if let Some(st) = st.as_mut() {
+                crate::tools::add_kube_proxy(st, &format!("https://{endpoint}"));
+            }
+        }
+        "bootstrap-token" => {
+            if let Some(st) = st.as_mut() {
+                let mut tokens = st["tokens"].as_array().cloned().unwrap_or_default();
+                for t in cfg.init.iter().flat_map(|i| &i.bootstrap_tokens) {
+                    if !tokens.iter().any(|x| x["token"] == t.token.as_str()) {
+                        tokens.push(serde_json::json!({"token": t.token, "ttl": t.ttl}));
+                    }
+                }
+                st["tokens"] = tokens.into();
+            }
+        }
+        _ => {}
+    }
+    if let Some(st) = &st {
+        save_state(env, st)?;
+    }
+    Ok(format!("[{name}] done ({BANNER})\n"))
 }
 
 fn join(p: &Parsed, env: &Env) -> Outcome {
@@ -506,6 +648,9 @@ fn join(p: &Parsed, env: &Env) -> Outcome {
                 return fail(format!("discovery.bootstrapToken.caCertHashes: invalid hash {h:?}: sha256:<64 hex> expected"));
             }
         }
+        if let Some(st) = load_state(env)? {
+            check_discovery(&st, bt, token)?;
+        }
     } else if let Some(file) = &j.discovery.file {
         if !exists(env, &file.kube_config_path) {
             return fail(format!(
@@ -524,15 +669,28 @@ fn join(p: &Parsed, env: &Env) -> Outcome {
             .and_then(|c| c.certificate_key.as_ref())
             .is_none()
     {
-        // Without a certificateKey nothing is downloaded: the shared certificates must be in place.
-        for (n, what) in [
+        // Without a certificateKey nothing is downloaded: the shared certificates must be in place
+        // (kubeadm's SharedCertificateExists: with stacked etcd also the etcd CA, whose key signs
+        // this member's etcd server and peer certificates). The cluster's etcd mode comes from
+        // the "API server" (kubeadm reads it from the kubeadm-config ConfigMap).
+        let local_etcd = load_state(env)?
+            .map(|s| s["etcd"] != "external")
+            .unwrap_or(true);
+        let mut shared = vec![
             ("ca.crt", "certificate"),
             ("ca.key", "private key"),
             ("sa.key", "private key"),
             ("sa.pub", "public key"),
             ("front-proxy-ca.crt", "certificate"),
             ("front-proxy-ca.key", "private key"),
-        ] {
+        ];
+        if local_etcd {
+            shared.extend([
+                ("etcd/ca.crt", "certificate"),
+                ("etcd/ca.key", "private key"),
+            ]);
+        }
+        for (n, what) in shared {
             need_pem(env, &format!("/etc/kubernetes/pki/{n}"), what).map_err(|e| {
                 (
                     format!("error execution phase control-plane-prepare/certs: {e}"),
@@ -762,6 +920,103 @@ mod tests {
         );
         std::fs::write(pki.join("apiserver-etcd-client.key"), pem_key()).unwrap();
         check_init_files(&cfg, &env).unwrap();
+    }
+
+    #[test]
+    fn init_phases_are_known_and_need_the_control_plane() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = Env {
+            root: dir.path().to_path_buf(),
+            state: Some(dir.path().join("state.json")),
+            version: "v1.31.4".into(),
+        };
+        std::fs::write(dir.path().join("init.yaml"), v4_init("", "")).unwrap();
+        let cfg = dir.path().join("init.yaml").display().to_string();
+        let call = |a: &[&str]| {
+            let mut v: Vec<String> = ["init", "phase"].iter().map(|s| s.to_string()).collect();
+            v.extend(a.iter().map(|s| s.to_string()));
+            v.extend(["--config".to_string(), cfg.clone()]);
+            run(&v, &env)
+        };
+        let e = call(&["upload-config", "everything"]).unwrap_err().0;
+        assert!(e.contains("upload-config/everything"), "{e}");
+        // Before init: no admin.conf, no kubelet.conf.
+        assert!(call(&["mark-control-plane"])
+            .unwrap_err()
+            .0
+            .contains("admin.conf"));
+        assert!(call(&["kubelet-finalize", "all"])
+            .unwrap_err()
+            .0
+            .contains("kubelet.conf"));
+        let pki = dir.path().join("etc/kubernetes/pki");
+        std::fs::create_dir_all(pki.join("etcd")).unwrap();
+        for c in ["ca.crt", "front-proxy-ca.crt", "etcd/ca.crt"] {
+            std::fs::write(pki.join(c), pem_cert()).unwrap();
+        }
+        std::fs::write(pki.join("ca.key"), pem_key()).unwrap();
+        let init = vec!["init".to_string(), "--config".to_string(), cfg.clone()];
+        run(&init, &env).unwrap();
+        for ph in [
+            &["upload-config", "all"][..],
+            &["mark-control-plane"],
+            &["bootstrap-token"],
+            &["kubelet-finalize", "all"],
+            &["addon", "all"],
+        ] {
+            call(ph).unwrap_or_else(|e| panic!("{ph:?}: {}", e.0));
+        }
+        let mut mixed: Vec<String> = ["init", "phase", "addon", "all", "--node-name", "x"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        mixed.extend(["--config".to_string(), cfg.clone()]);
+        assert!(run(&mixed, &env).unwrap_err().0.contains("can not mix"));
+    }
+
+    #[test]
+    fn stacked_control_plane_join_needs_the_etcd_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.json");
+        let env = Env {
+            root: dir.path().to_path_buf(),
+            state: Some(state.clone()),
+            version: "v1.31.4".into(),
+        };
+        let join = "apiVersion: kubeadm.k8s.io/v1beta4\nkind: JoinConfiguration\ncontrolPlane:\n  localAPIEndpoint:\n    advertiseAddress: 192.168.122.12\ndiscovery:\n  bootstrapToken:\n    apiServerEndpoint: 192.168.122.10:8443\n    token: abcdef.0123456789abcdef\n    unsafeSkipCAVerification: true\n";
+        std::fs::write(dir.path().join("join.yaml"), join).unwrap();
+        let pki = dir.path().join("etc/kubernetes/pki");
+        std::fs::create_dir_all(pki.join("etcd")).unwrap();
+        for c in ["ca.crt", "front-proxy-ca.crt", "etcd/ca.crt"] {
+            std::fs::write(pki.join(c), pem_cert()).unwrap();
+        }
+        for k in ["ca.key", "front-proxy-ca.key", "sa.key"] {
+            std::fs::write(pki.join(k), pem_key()).unwrap();
+        }
+        std::fs::write(
+            pki.join("sa.pub"),
+            "-----BEGIN PUBLIC KEY-----\nMFk\n-----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        let args: Vec<String> = ["join", "--config"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([dir.path().join("join.yaml").display().to_string()])
+            .collect();
+        for (etcd, ok) in [("local", false), ("external", true)] {
+            std::fs::write(
+                &state,
+                format!(
+                    r#"{{"etcd": "{etcd}", "tokens": [{{"token": "abcdef.0123456789abcdef"}}]}}"#
+                ),
+            )
+            .unwrap();
+            let r = run(&args, &env);
+            assert_eq!(r.is_ok(), ok, "{etcd}: {r:?}");
+            if let Err((e, _)) = r {
+                assert!(e.contains("etcd/ca.key"), "{e}");
+            }
+        }
     }
 
     #[test]

@@ -43,8 +43,13 @@ impl Env {
 
     /// Where `path` (as the tool was given it) lives: absolute paths under
     /// the root, relative ones from the working directory like the real tools.
+    /// An absolute path already under the root is taken as it is: a caller
+    /// that itself works on a node tree (`hakube-firstboot run --root DIR`
+    /// in tests) hands out paths inside DIR, which on a node are the same file.
     pub fn host(&self, path: &str) -> PathBuf {
-        if path.starts_with('/') {
+        if self.root != Path::new("/") && Path::new(path).starts_with(&self.root) {
+            PathBuf::from(path)
+        } else if path.starts_with('/') {
             self.root.join(path.trim_start_matches('/'))
         } else {
             PathBuf::from(path)
@@ -182,4 +187,32 @@ pub fn flag(args: &[String], name: &str) -> Option<String> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_under_the_root_once() {
+        let env = Env {
+            root: PathBuf::from("/tmp/node"),
+            state: None,
+            version: DEFAULT_VERSION.into(),
+        };
+        let want = PathBuf::from("/tmp/node/etc/hakube/kubeadm/init.yaml");
+        assert_eq!(env.host("/etc/hakube/kubeadm/init.yaml"), want);
+        assert_eq!(env.host("/tmp/node/etc/hakube/kubeadm/init.yaml"), want);
+        // A sibling whose name merely starts like the root is not under it.
+        assert_eq!(
+            env.host("/tmp/node2/x"),
+            PathBuf::from("/tmp/node/tmp/node2/x")
+        );
+        assert_eq!(env.host("rel/x"), PathBuf::from("rel/x"));
+        let slash = Env {
+            root: PathBuf::from("/"),
+            ..env
+        };
+        assert_eq!(slash.host("/etc/x"), PathBuf::from("/etc/x"));
+    }
 }

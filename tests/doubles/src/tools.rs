@@ -119,6 +119,7 @@ pub fn kubelet_wait() -> ! {
 pub fn kubectl(args: &[String], env: &Env) -> Outcome {
     // Global flags that may appear anywhere.
     let mut rest = Vec::new();
+    let mut ns = "default".to_string();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--kubeconfig" || a == "-n" || a == "--namespace" {
@@ -127,6 +128,9 @@ pub fn kubectl(args: &[String], env: &Env) -> Outcome {
                 .ok_or((format!("flag needs an argument: {a}"), 1))?;
             if a == "--kubeconfig" && !env.host(v).exists() {
                 return fail(format!("error: stat {v}: no such file or directory"));
+            }
+            if a != "--kubeconfig" {
+                ns = v.clone();
             }
         } else if a.starts_with("--kubeconfig=") {
         } else {
@@ -228,8 +232,100 @@ pub fn kubectl(args: &[String], env: &Env) -> Outcome {
             save_state(env, &st)?;
             Ok(format!("node/{name} modified\n"))
         }
+        ["get", "configmap" | "configmaps" | "cm", name, "-o", "json"] => {
+            let st = load_state(env)?.ok_or((REFUSED.to_string(), 1))?;
+            match st["configmaps"].get(format!("{ns}/{name}")) {
+                Some(cm) => Ok(format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(cm).unwrap_or_default()
+                )),
+                None => fail(format!(
+                    "Error from server (NotFound): configmaps \"{name}\" not found"
+                )),
+            }
+        }
+        ["get", "secret" | "secrets", name] => {
+            let st = load_state(env)?.ok_or((REFUSED.to_string(), 1))?;
+            // Bootstrap tokens are the only secrets the double knows.
+            let found = name.strip_prefix("bootstrap-token-").is_some_and(|id| {
+                ns == "kube-system"
+                    && st["tokens"].as_array().is_some_and(|ts| {
+                        ts.iter().any(|t| {
+                            t["token"]
+                                .as_str()
+                                .is_some_and(|v| v.split('.').next() == Some(id))
+                        })
+                    })
+            });
+            if found {
+                Ok(format!(
+                    "NAME   TYPE   DATA   AGE\n{name}   bootstrap.kubernetes.io/token   7   1s\n"
+                ))
+            } else {
+                fail(format!(
+                    "Error from server (NotFound): secrets \"{name}\" not found"
+                ))
+            }
+        }
+        ["replace", "-f" | "--filename", file] => {
+            let text = std::fs::read_to_string(env.host(file))
+                .map_err(|e| (format!("error: the path \"{file}\" does not exist: {e}"), 1))?;
+            let obj: Value = serde_yaml_ng::from_str(&text)
+                .map_err(|e| (format!("error: error parsing {file}: {e}"), 1))?;
+            let mut st = load_state(env)?.ok_or((REFUSED.to_string(), 1))?;
+            let (Some("v1"), Some("ConfigMap"), Some(name)) = (
+                obj["apiVersion"].as_str(),
+                obj["kind"].as_str(),
+                obj["metadata"]["name"].as_str(),
+            ) else {
+                return fail(format!(
+                    "{BANNER}: kubectl replace: only v1 ConfigMaps are supported ({file})"
+                ));
+            };
+            let obj_ns = obj["metadata"]["namespace"].as_str().unwrap_or(&ns);
+            let key = format!("{obj_ns}/{name}");
+            if st["configmaps"].get(&key).is_none() {
+                return fail(format!("Error from server (NotFound): error when replacing \"{file}\": configmaps \"{name}\" not found"));
+            }
+            st["configmaps"][&key] = obj.clone();
+            save_state(env, &st)?;
+            Ok(format!("configmap/{name} replaced\n"))
+        }
+        ["rollout", "restart", "daemonset" | "ds", name] => {
+            let mut st = load_state(env)?.ok_or((REFUSED.to_string(), 1))?;
+            let key = format!("{ns}/{name}");
+            let Some(n) = st["daemonsets"].get(&key).and_then(Value::as_u64) else {
+                return fail(format!(
+                    "Error from server (NotFound): daemonsets.apps \"{name}\" not found"
+                ));
+            };
+            st["daemonsets"][&key] = json!(n + 1);
+            save_state(env, &st)?;
+            Ok(format!("daemonset.apps/{name} restarted\n"))
+        }
         other => fail(format!("{BANNER}: kubectl: unsupported command {other:?}")),
     }
+}
+
+/// What kubeadm's kube-proxy addon creates: the daemonset (here a restart
+/// counter) and its configmap, whose kubeconfig.conf points at `server`.
+pub fn add_kube_proxy(st: &mut Value, server: &str) {
+    if !st["configmaps"].is_object() {
+        st["configmaps"] = json!({});
+    }
+    if !st["daemonsets"].is_object() {
+        st["daemonsets"] = json!({});
+    }
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt\n    server: {server}\n  name: default\ncontexts:\n- context:\n    cluster: default\n    namespace: default\n    user: default\n  name: default\ncurrent-context: default\nusers:\n- name: default\n  user:\n    tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token\n"
+    );
+    st["configmaps"]["kube-system/kube-proxy"] = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "kube-proxy", "namespace": "kube-system", "labels": {"app": "kube-proxy"}},
+        "data": {"config.conf": format!("# {BANNER}\n"), "kubeconfig.conf": kubeconfig}
+    });
+    st["daemonsets"]["kube-system/kube-proxy"] = json!(0);
 }
 
 pub fn crictl(args: &[String], env: &Env) -> Outcome {
