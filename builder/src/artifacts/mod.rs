@@ -1,9 +1,24 @@
 //! Kubernetes artifacts: the catalogue of what each release needs, the lock
 //! file, the content-addressed download cache and mirrors.
-//! (Owned by the artifacts work; the signatures below are the agreed interface.)
+//!
+//! [`resolve`] reads, per artifact: the pin from `hakube.lock` (or, the first
+//! time, the upstream checksum file, then pins it); the file from the cache
+//! (or downloads it, verifies it against the pin, then caches it). It writes
+//! only the lock file and the cache, so a failure leaves no build output.
+//! With everything pinned and cached it makes no network request at all.
+
+pub mod cache;
+pub mod catalog;
+pub mod fetch;
+pub mod install;
+pub mod lock;
 
 use crate::spec::Cluster;
-use anyhow::Result;
+use anyhow::{Context, Result};
+use cache::Cache;
+use catalog::{ArtifactSpec, Checksum};
+use fetch::{DefaultTransport, Location, Transport};
+use lock::{Lock, LockEntry};
 use std::path::{Path, PathBuf};
 
 /// Where artifacts come from.
@@ -47,8 +62,232 @@ pub struct Resolved {
 /// Resolves every artifact the cluster needs: checksums from the lock file (or
 /// the upstream checksum file on first resolution, then pinned), files from
 /// the cache (or downloaded, verified, then cached).
-pub fn resolve(_req: &Request) -> Result<Resolved> {
-    anyhow::bail!("artifacts: not implemented yet")
+pub fn resolve(req: &Request) -> Result<Resolved> {
+    resolve_with(req, &DefaultTransport::new())
+}
+
+/// [`resolve`] over a given transport (tests put a fake network in front).
+pub fn resolve_with(req: &Request, transport: &dyn Transport) -> Result<Resolved> {
+    let specs = catalog::for_cluster(req.cluster);
+    resolve_specs(
+        &specs,
+        &req.source,
+        &req.lock_path,
+        &req.cache_dir,
+        transport,
+    )
+}
+
+/// Resolves an explicit list of artifacts.
+pub fn resolve_specs(
+    specs: &[ArtifactSpec],
+    source: &Source,
+    lock_path: &Path,
+    cache_dir: &Path,
+    transport: &dyn Transport,
+) -> Result<Resolved> {
+    let lock = Lock::load(lock_path)?;
+    let mut r = Resolver {
+        source,
+        lock_path,
+        cache: Cache::new(cache_dir),
+        transport,
+        lock,
+        learned: Lock::default(),
+    };
+    let mut out = Resolved::default();
+    let mut result = Ok(());
+    for spec in specs {
+        match r.one(spec) {
+            Ok(a) => out.artifacts.push(a),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    // Pins learned before a failure are kept: they are what upstream published.
+    if !r.learned.entries().is_empty() {
+        let saved = r.learned.merge_and_save(lock_path);
+        if result.is_ok() {
+            saved?;
+        } else if let Err(e) = saved {
+            tracing::warn!("could not save the lock file: {e:#}");
+        }
+    }
+    result.map(|()| out)
+}
+
+struct Resolver<'a> {
+    source: &'a Source,
+    lock_path: &'a Path,
+    cache: Cache,
+    transport: &'a dyn Transport,
+    /// What the lock file held when we started.
+    lock: Lock,
+    /// Entries this run adds or completes.
+    learned: Lock,
+}
+
+impl Resolver<'_> {
+    fn one(&mut self, spec: &ArtifactSpec) -> Result<ResolvedArtifact> {
+        let pinned = self.lock.get(&spec.url).cloned();
+        let entry = match pinned {
+            Some(e) => e,
+            None => match &spec.checksum {
+                Checksum::File { url, entry } => {
+                    let sha256 = self.pin_from_checksum_file(spec, url, entry)?;
+                    let e = LockEntry {
+                        name: spec.name.to_string(),
+                        version: spec.version.clone(),
+                        url: spec.url.clone(),
+                        sha256,
+                        size: None,
+                        pinned_from: url.clone(),
+                    };
+                    self.learned.upsert(e.clone());
+                    e
+                }
+                Checksum::TrustOnFirstUse => return self.trust_on_first_use(spec),
+            },
+        };
+        let path = match self.cache.lookup(&entry.sha256, entry.size) {
+            Some(p) => p,
+            None => self.download(spec, &entry)?,
+        };
+        if entry.size.is_none() {
+            let size = std::fs::metadata(&path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .len();
+            self.learned.upsert(LockEntry {
+                size: Some(size),
+                ..entry.clone()
+            });
+        }
+        Ok(ResolvedArtifact {
+            name: spec.name.to_string(),
+            version: spec.version.clone(),
+            url: spec.url.clone(),
+            sha256: entry.sha256,
+            path,
+        })
+    }
+
+    fn locate(&self, upstream_url: &str) -> Result<Location> {
+        fetch::locate(self.source, upstream_url)
+    }
+
+    fn pin_from_checksum_file(
+        &self,
+        spec: &ArtifactSpec,
+        url: &str,
+        entry: &str,
+    ) -> Result<String> {
+        let loc = self.locate(url)?;
+        let mut body = Vec::new();
+        self.transport
+            .get(&loc, &mut body, &mut |_, _| {})
+            .map_err(|e| {
+                self.download_error(&format!("the checksum file of {}", spec.label()), &loc, e)
+            })?;
+        let text = String::from_utf8_lossy(&body);
+        lock::parse_checksum_file(&text, entry)
+            .with_context(|| format!("reading the checksum file of {} at {loc}", spec.label()))
+    }
+
+    fn trust_on_first_use(&mut self, spec: &ArtifactSpec) -> Result<ResolvedArtifact> {
+        let loc = self.locate(&spec.url)?;
+        let stored = self
+            .fetch_into_cache(spec, &loc, None)?
+            .expect("no expected hash, no mismatch");
+        tracing::warn!(
+            "{}: upstream publishes no checksum; pinned SHA-256 {} of the first download in {}",
+            spec.label(),
+            stored.sha256,
+            self.lock_path.display()
+        );
+        self.learned.upsert(LockEntry {
+            name: spec.name.to_string(),
+            version: spec.version.clone(),
+            url: spec.url.clone(),
+            sha256: stored.sha256.clone(),
+            size: Some(stored.size),
+            pinned_from: lock::FROM_TRUST_ON_FIRST_USE.to_string(),
+        });
+        Ok(ResolvedArtifact {
+            name: spec.name.to_string(),
+            version: spec.version.clone(),
+            url: spec.url.clone(),
+            sha256: stored.sha256,
+            path: stored.path,
+        })
+    }
+
+    fn download(&self, spec: &ArtifactSpec, pin: &LockEntry) -> Result<PathBuf> {
+        let loc = self.locate(&spec.url)?;
+        match self.fetch_into_cache(spec, &loc, Some(&pin.sha256))? {
+            Ok(stored) => Ok(stored.path),
+            Err(m) => {
+                let from = if loc.to_string() == spec.url {
+                    String::new()
+                } else {
+                    format!(" (read from {loc})")
+                };
+                Err(anyhow::anyhow!(
+                    "refusing {}: {}{from} has SHA-256 {} but {} pins {} (pinned from {}); nothing was cached.\n\
+                     hint: if upstream really re-published this file, delete its entry from {} to pin it again",
+                    spec.label(),
+                    spec.url,
+                    m.actual,
+                    self.lock_path.display(),
+                    pin.sha256,
+                    pin.pinned_from,
+                    self.lock_path.display(),
+                ))
+            }
+        }
+    }
+
+    fn fetch_into_cache(
+        &self,
+        spec: &ArtifactSpec,
+        loc: &Location,
+        expected: Option<&str>,
+    ) -> Result<std::result::Result<cache::Stored, cache::Mismatch>> {
+        let bar = crate::ui::bytes_bar(None, &spec.label());
+        let res = self.cache.store(expected, |w| {
+            self.transport
+                .get(loc, w, &mut |done, total| {
+                    if let Some(t) = total {
+                        bar.set_length(t);
+                    }
+                    bar.set_position(done);
+                })
+                .map(|_| ())
+                .map_err(|e| self.download_error(&spec.label(), loc, e))
+        });
+        bar.finish_and_clear();
+        res
+    }
+
+    fn download_error(&self, what: &str, loc: &Location, cause: anyhow::Error) -> anyhow::Error {
+        let hint = match self.source {
+            Source::Upstream if fetch::is_unreachable(&cause) => {
+                "hint: this machine cannot reach the upstream release locations; build offline with \
+                 --artifacts DIR_OR_URL pointing at a mirror laid out as <mirror>/<host>/<path> \
+                 (see README, Mirrors)"
+                    .to_string()
+            }
+            Source::Upstream => "hint: to build from elsewhere, pass --artifacts DIR_OR_URL pointing at a \
+                 mirror laid out as <mirror>/<host>/<path> (see README, Mirrors)"
+                .to_string(),
+            Source::Mirror(m) => format!(
+                "hint: the mirror given with --artifacts {m} must hold every artifact as \
+                 <mirror>/<host>/<path> of its upstream URL (see README, Mirrors; tests/make-mirror builds one)"
+            ),
+        };
+        anyhow::anyhow!("cannot download {what} from {loc}: {cause:#}\n{hint}")
+    }
 }
 
 impl Resolved {
@@ -56,8 +295,35 @@ impl Resolved {
     /// /usr/local/bin/crictl, /opt/cni/bin/*, /usr/local/bin/{containerd,containerd-shim-runc-v2,ctr},
     /// /usr/local/sbin/runc, /usr/local/bin/{etcd,etcdctl}, CRI-O's binaries when chosen,
     /// and manifests under /usr/share/hakube/manifests/.
-    pub fn install_into(&self, _root: &Path) -> Result<()> {
-        anyhow::bail!("artifacts: not implemented yet")
+    /// Binaries get mode 0755; mtimes are deterministic (see [`install`]).
+    pub fn install_into(&self, root: &Path) -> Result<()> {
+        self.install_listing(root).map(|_| ())
+    }
+
+    /// [`Resolved::install_into`], returning every path written (relative to root), sorted.
+    pub fn install_listing(&self, root: &Path) -> Result<Vec<PathBuf>> {
+        let epoch = install::source_date_epoch()?;
+        let mut all = Vec::new();
+        for a in &self.artifacts {
+            let layout = catalog::layout_for(&a.name, &a.version)
+                .with_context(|| format!("artifact {} is not in the catalogue", a.name))?;
+            let written = install::install(a, &layout, root, epoch).with_context(|| {
+                format!(
+                    "installing {} v{} into {}",
+                    a.name,
+                    a.version,
+                    root.display()
+                )
+            })?;
+            all.extend(written);
+        }
+        all.sort();
+        Ok(all)
+    }
+
+    /// The artifact called `name`, if resolved.
+    pub fn get(&self, name: &str) -> Option<&ResolvedArtifact> {
+        self.artifacts.iter().find(|a| a.name == name)
     }
 
     /// Canonical `name version sha256` lines, sorted: part of the base cache key.
@@ -69,6 +335,15 @@ impl Resolved {
             .collect();
         lines.sort();
         lines.join("\n")
+    }
+}
+
+impl ResolvedArtifact {
+    /// Size in bytes of the cached file.
+    pub fn size(&self) -> Result<u64> {
+        Ok(std::fs::metadata(&self.path)
+            .with_context(|| format!("reading {}", self.path.display()))?
+            .len())
     }
 }
 

@@ -1,20 +1,228 @@
 //! Per-node configuration: kubeadm, kubelet, runtime, etcd, haproxy,
 //! keepalived, CNI, networkd, the node profile, and Ignition output.
-//! (Owned by the render work; this is the agreed interface.)
+//!
+//! [`node_tree`] is the PKI of the node ([`crate::pki::node_files`]) plus
+//! [`config_tree`], which is pure: the same cluster and credentials give the
+//! same bytes. `hakube-build render` ([`run`]) writes the trees and their
+//! Ignition form.
+
+mod cni;
+mod etcd;
+mod ignition;
+mod kubeadm;
+mod lb;
+mod profile;
+mod runtime;
+mod system;
+pub mod yaml;
+
+pub use ignition::{ignition, IGNITION_VERSION};
+pub use kubeadm::JoinCredentials;
 
 use crate::cli::RenderArgs;
-use crate::pki::ClusterSecrets;
-use crate::spec::{Cluster, Node};
+use crate::errors::bad_input;
+use crate::pki::{self, ClusterSecrets};
+use crate::spec::{self, Cluster, Node};
 use crate::tree::FileTree;
-use anyhow::Result;
+use anyhow::{Context, Result};
+use hakube_node_profile::Role;
+use std::io::Write as _;
+use std::path::Path;
 
-/// `hakube-build render`.
-pub fn run(_args: &RenderArgs) -> Result<()> {
-    anyhow::bail!("render: not implemented yet")
+/// Paths (relative to the image root) of the files this module writes.
+pub mod paths {
+    pub use super::cni::TIGERA_OPERATOR_MANIFEST;
+    pub use super::etcd::ETCD_CONFIG;
+    pub use super::lb::{HAPROXY_CONFIG, KEEPALIVED_CONFIG};
+    pub use super::runtime::{CONTAINERD_CONFIG, CRICTL_CONFIG, CRIO_DROPIN};
+    pub use super::system::{
+        FIRSTBOOT_UNIT, HOSTNAME, HOSTS, LINK_FILE, MODULES, NETWORK_FILE, SSHD_DROPIN, SSH_KEYS,
+        SYSCTLS,
+    };
+    pub use hakube_node_profile::PROFILE_PATH as NODE_PROFILE;
+    pub const KUBEADM_INIT: &str = "etc/hakube/kubeadm/init.yaml";
+    pub const KUBEADM_JOIN: &str = "etc/hakube/kubeadm/join.yaml";
+    /// The join token on masters, which re-create it at boot when it is gone.
+    pub const BOOTSTRAP_TOKEN: &str = "etc/hakube/bootstrap-token";
+    /// `etc/hakube/cni/<cni>.yaml`
+    pub fn cni_manifest(cni: crate::spec::model::Cni) -> String {
+        super::cni::manifest_path(cni)
+    }
+}
+
+/// `hakube-build render`: every node's tree (or one node's) and Ignition
+/// config under `args.out`. Everything is rendered in memory first, so a bad
+/// spec, an unknown node or a PKI failure writes nothing under `--out`.
+pub fn run(args: &RenderArgs) -> Result<()> {
+    let cluster = spec::load(args.cluster.cluster.as_deref())?;
+    for w in &cluster.warnings {
+        eprintln!("warning: {w}");
+    }
+    let nodes = select_nodes(&cluster, args.node.as_deref())?;
+    let state = args
+        .cluster
+        .state
+        .clone()
+        .unwrap_or_else(|| pki::default_state_dir(&cluster));
+    let secrets = ClusterSecrets::load_or_create(&cluster, &state)
+        .with_context(|| format!("loading the cluster secrets from {}", state.display()))?;
+    let rendered = nodes
+        .iter()
+        .map(|node| {
+            let tree = node_tree(&cluster, &secrets, node)
+                .with_context(|| format!("rendering node {}", node.name))?;
+            let ign = ignition(&tree);
+            Ok((*node, tree, ign))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for (node, tree, ign) in rendered {
+        let dir = args.out.join(node.name.as_str());
+        tree.write_atomically(&dir)
+            .with_context(|| format!("writing the tree of {} to {}", node.name, dir.display()))?;
+        let ign_path = args.out.join(format!("{}.ign", node.name));
+        write_file_atomically(&ign_path, ign.as_bytes())?;
+        println!(
+            "{:<16} {:<7} {:>3} files  {}  {}",
+            node.name,
+            node.role,
+            tree.len(),
+            dir.display(),
+            ign_path.display()
+        );
+    }
+    Ok(())
+}
+
+fn select_nodes<'c>(cluster: &'c Cluster, only: Option<&str>) -> Result<Vec<&'c Node>> {
+    match only {
+        None => Ok(cluster.nodes.iter().collect()),
+        Some(name) => match cluster.node(name) {
+            Some(n) => Ok(vec![n]),
+            None => {
+                let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+                Err(bad_input(format!(
+                    "--node {name:?}: no such node in {} (nodes: {})",
+                    cluster.source,
+                    names.join(", ")
+                )))
+            }
+        },
+    }
+}
+
+/// Writes `contents` to `path` via a temporary sibling and a rename.
+fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(parent)
+        .with_context(|| format!("creating a temporary file in {}", parent.display()))?;
+    tmp.write_all(contents)
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
 }
 
 /// The complete tree laid into `node`'s image: PKI, configs and node profile.
 /// Paths are under `etc/` or `var/` only.
-pub fn node_tree(_cluster: &Cluster, _secrets: &ClusterSecrets, _node: &Node) -> Result<FileTree> {
-    anyhow::bail!("render: not implemented yet")
+pub fn node_tree(cluster: &Cluster, secrets: &ClusterSecrets, node: &Node) -> Result<FileTree> {
+    let creds = JoinCredentials {
+        token: secrets.bootstrap_token(),
+        ca_cert_hash: secrets.ca_cert_hash(),
+    };
+    let mut tree = pki::node_files(cluster, secrets, node)
+        .with_context(|| format!("issuing the certificates of {}", node.name))?;
+    tree.merge(config_tree(cluster, node, &creds)?);
+    Ok(tree)
+}
+
+/// Everything but the PKI: configuration files, units and the node profile.
+pub fn config_tree(cluster: &Cluster, node: &Node, creds: &JoinCredentials) -> Result<FileTree> {
+    let mut tree = FileTree::new();
+    let ssh = system::add(&mut tree, cluster, node);
+    let kube = matches!(node.role, Role::Master | Role::Worker);
+    if kube {
+        if node.role == Role::Master && cluster.init_node().name == node.name {
+            tree.add_secret(
+                paths::KUBEADM_INIT,
+                kubeadm::init_config(cluster, node, creds)?,
+            );
+        }
+        tree.add_secret(
+            paths::KUBEADM_JOIN,
+            kubeadm::join_config(cluster, node, creds)?,
+        );
+        runtime::add(&mut tree, cluster);
+    }
+    if node.role == Role::Master {
+        tree.add_secret(paths::BOOTSTRAP_TOKEN, format!("{}\n", creds.token));
+        tree.add_public(cni::manifest_path(cluster.cni), cni::manifest(cluster));
+    }
+    if lb::wants_haproxy(cluster, node) {
+        tree.add_public(paths::HAPROXY_CONFIG, lb::haproxy_config(cluster, node)?);
+    }
+    if lb::wants_keepalived(cluster, node) {
+        tree.add_public(
+            paths::KEEPALIVED_CONFIG,
+            lb::keepalived_config(cluster, node)?,
+        );
+    }
+    if node.role == Role::Etcd {
+        tree.add_public(paths::ETCD_CONFIG, etcd::config(cluster, node)?);
+    }
+    tree.add_public(
+        paths::NODE_PROFILE,
+        profile::profile(cluster, node)?.to_json(),
+    );
+    enable_services(&mut tree, cluster, node, ssh);
+    Ok(tree)
+}
+
+/// Enables the node's units by `*.wants/` symlinks, from the role profile's
+/// service list, adjusted to the spec: the chosen runtime's unit, haproxy and
+/// keepalived only where configured, sshd only with authorized keys.
+fn enable_services(tree: &mut FileTree, cluster: &Cluster, node: &Node, ssh: bool) {
+    const MULTI_USER: &str = "multi-user.target";
+    let mut wanted: Vec<String> = node.services.clone();
+    if ssh {
+        wanted.push("ssh".into());
+    }
+    for svc in wanted {
+        match svc.trim_end_matches(".service") {
+            "hakube-firstboot" => tree.enable_unit("hakube-firstboot.service", MULTI_USER, false),
+            "containerd" | "crio" | "cri-o" => {
+                if node.role != Role::Etcd {
+                    tree.enable_unit(cluster.runtime.unit(), MULTI_USER, true);
+                }
+            }
+            "haproxy" => {
+                if lb::wants_haproxy(cluster, node) {
+                    tree.enable_unit("haproxy.service", MULTI_USER, true);
+                }
+            }
+            "keepalived" => {
+                if lb::wants_keepalived(cluster, node) {
+                    tree.enable_unit("keepalived.service", MULTI_USER, true);
+                }
+            }
+            "systemd-networkd" => {
+                tree.enable_unit("systemd-networkd.service", MULTI_USER, true);
+                tree.enable_unit("systemd-networkd.socket", "sockets.target", true);
+                // Makes network-online.target (which firstboot waits for) mean
+                // "lan0 is configured".
+                tree.enable_unit(
+                    "systemd-networkd-wait-online.service",
+                    "network-online.target",
+                    true,
+                );
+            }
+            "systemd-timesyncd" => {
+                tree.enable_unit("systemd-timesyncd.service", "sysinit.target", true)
+            }
+            other => tree.enable_unit(&format!("{other}.service"), MULTI_USER, true),
+        }
+    }
 }

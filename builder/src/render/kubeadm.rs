@@ -1,0 +1,236 @@
+//! kubeadm configuration: `init.yaml` (InitConfiguration, ClusterConfiguration,
+//! KubeletConfiguration, KubeProxyConfiguration) for the init node and
+//! `join.yaml` (JoinConfiguration) for every Kubernetes node.
+//!
+//! Reference: https://kubernetes.io/docs/reference/config-api/kubeadm-config.v1beta4/
+//! and .../kubeadm-config.v1beta3/. v1beta4 (Kubernetes 1.31+) turned
+//! `extraArgs`/`kubeletExtraArgs` into lists of `{name, value}` and added
+//! `encryptionAlgorithm` and the certificate validity periods; v1beta3 only
+//! knows the (deprecated) `PublicKeysECDSA` feature gate for ECDSA keys.
+//!
+//! `kubeadm join` ignores KubeletConfiguration/KubeProxyConfiguration
+//! documents (joining nodes download them from the cluster's ConfigMaps), so
+//! `join.yaml` holds only the JoinConfiguration.
+
+use super::yaml;
+use crate::spec::types::{KeyAlgorithm, KubeVersion};
+use crate::spec::{Cluster, Node};
+use anyhow::{anyhow, Result};
+use hakube_node_profile::{EtcdTopology, Role, Taint};
+use serde_json::{json, Value};
+use std::net::Ipv4Addr;
+
+/// Port every kube-apiserver binds on its node.
+pub const APISERVER_PORT: u16 = 6443;
+/// Where kubeadm (and hakube's PKI) keep certificates on a node.
+pub const PKI_DIR: &str = "/etc/kubernetes/pki";
+
+/// The cluster-wide join credential baked into configs. Taken from the state
+/// directory's secrets in production; fixed values in golden tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinCredentials {
+    /// Bootstrap token `abcdef.0123456789abcdef`.
+    pub token: String,
+    /// `sha256:<hex>` of the Kubernetes CA's SubjectPublicKeyInfo.
+    pub ca_cert_hash: String,
+}
+
+fn is_v1beta4(v: &KubeVersion) -> bool {
+    v.kubeadm_api() == "kubeadm.k8s.io/v1beta4"
+}
+
+/// A static address is required for masters (validated by the spec); this
+/// turns a violation into an error instead of a panic.
+fn master_address(node: &Node) -> Result<Ipv4Addr> {
+    node.address().ok_or_else(|| {
+        anyhow!(
+            "node {} is a {} without a static address",
+            node.name,
+            node.role
+        )
+    })
+}
+
+/// Go duration text as kubeadm prints it (`8760h0m0s`).
+fn hours(days: u32) -> String {
+    format!("{}h0m0s", u64::from(days) * 24)
+}
+
+fn taints(node: &Node) -> Value {
+    let list: Vec<Value> = node
+        .taints
+        .iter()
+        .map(|t: &Taint| {
+            let mut m = json!({"key": t.key, "effect": t.effect});
+            if let Some(v) = &t.value {
+                m["value"] = json!(v);
+            }
+            m
+        })
+        .collect();
+    // Always a list: kubeadm reads a missing `taints` on a control-plane node
+    // as "add the default control-plane taint"; `[]` means none.
+    Value::Array(list)
+}
+
+/// `nodeRegistration`, shared by init and join.
+fn node_registration(cluster: &Cluster, node: &Node) -> Value {
+    let mut reg = json!({
+        "name": node.name.as_str(),
+        "criSocket": cluster.runtime.cri_socket(),
+        "taints": taints(node),
+        "imagePullPolicy": "IfNotPresent",
+    });
+    // Pin the kubelet to the spec's address: with several interfaces (or a
+    // VIP on lan0) the kubelet's own guess can pick the wrong one.
+    if let Some(ip) = node.address() {
+        let args = if is_v1beta4(&cluster.kubernetes_version) {
+            json!([{"name": "node-ip", "value": ip.to_string()}])
+        } else {
+            json!({"node-ip": ip.to_string()})
+        };
+        reg["kubeletExtraArgs"] = args;
+    }
+    reg
+}
+
+fn init_configuration(cluster: &Cluster, node: &Node, creds: &JoinCredentials) -> Result<Value> {
+    let ip = master_address(node)?;
+    Ok(json!({
+        "apiVersion": cluster.kubernetes_version.kubeadm_api(),
+        "kind": "InitConfiguration",
+        "bootstrapTokens": [{
+            "token": creds.token,
+            "description": format!("hakube join token of cluster {}", cluster.name),
+            // As long as the leaf certificates: a node whose image was built
+            // months ago still joins (see the PKI's state directory).
+            "ttl": hours(cluster.certificates.leaf_validity.days),
+            "usages": ["signing", "authentication"],
+            "groups": ["system:bootstrappers:kubeadm:default-node-token"],
+        }],
+        "localAPIEndpoint": {"advertiseAddress": ip.to_string(), "bindPort": APISERVER_PORT},
+        "nodeRegistration": node_registration(cluster, node),
+    }))
+}
+
+fn cluster_configuration(cluster: &Cluster) -> Value {
+    let v = &cluster.kubernetes_version;
+    let mut sans = vec![cluster.endpoint.host.clone(), "127.0.0.1".to_string()];
+    for san in &cluster.api_server_extra_sans {
+        let s = san.to_string();
+        if !sans.contains(&s) {
+            sans.push(s);
+        }
+    }
+    let etcd = match cluster.etcd_topology {
+        // kubeadm's defaults already put the node name, its address,
+        // localhost, 127.0.0.1 and ::1 into the etcd server/peer certificates;
+        // per-master SANs cannot go into this cluster-wide document.
+        EtcdTopology::Stacked => json!({"local": {"dataDir": "/var/lib/etcd"}}),
+        EtcdTopology::External => {
+            let endpoints: Vec<String> = cluster
+                .etcd_member_nodes()
+                .filter_map(|n| n.address())
+                .map(|ip| format!("https://{ip}:2379"))
+                .collect();
+            json!({"external": {
+                "endpoints": endpoints,
+                "caFile": format!("{PKI_DIR}/etcd/ca.crt"),
+                "certFile": format!("{PKI_DIR}/apiserver-etcd-client.crt"),
+                "keyFile": format!("{PKI_DIR}/apiserver-etcd-client.key"),
+            }})
+        }
+    };
+    let mut doc = json!({
+        "apiVersion": v.kubeadm_api(),
+        "kind": "ClusterConfiguration",
+        "kubernetesVersion": v.tag(),
+        "clusterName": cluster.name.as_str(),
+        "controlPlaneEndpoint": cluster.endpoint.host_port(),
+        "certificatesDir": PKI_DIR,
+        "imageRepository": "registry.k8s.io",
+        "networking": {
+            "podSubnet": cluster.networking.pod_cidr.to_string(),
+            "serviceSubnet": cluster.networking.service_cidr.to_string(),
+            "dnsDomain": cluster.networking.dns_domain,
+        },
+        "apiServer": {"certSANs": sans},
+        "etcd": etcd,
+    });
+    let certs = &cluster.certificates;
+    if is_v1beta4(v) {
+        doc["encryptionAlgorithm"] = json!(certs.key_algorithm.kubeadm_name());
+        // What `kubeadm certs renew` uses later; match the spec's validity.
+        doc["certificateValidityPeriod"] = json!(hours(certs.leaf_validity.days));
+        doc["caCertificateValidityPeriod"] = json!(hours(certs.ca_validity.days));
+    } else if certs.key_algorithm == KeyAlgorithm::EcdsaP256 {
+        // v1beta3 has no encryptionAlgorithm; this gate is its ECDSA switch.
+        doc["featureGates"] = json!({"PublicKeysECDSA": true});
+    }
+    doc
+}
+
+fn kubelet_configuration(cluster: &Cluster) -> Value {
+    json!({
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "cgroupDriver": "systemd",
+        "clusterDNS": [cluster.networking.cluster_dns_ip().to_string()],
+        "clusterDomain": cluster.networking.dns_domain,
+        "rotateCertificates": true,
+        "failSwapOn": true,
+    })
+}
+
+fn kube_proxy_configuration(cluster: &Cluster) -> Value {
+    json!({
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "mode": "iptables",
+        "clusterCIDR": cluster.networking.pod_cidr.to_string(),
+    })
+}
+
+/// `init.yaml` for the init node.
+pub fn init_config(cluster: &Cluster, node: &Node, creds: &JoinCredentials) -> Result<String> {
+    let docs = [
+        init_configuration(cluster, node, creds)?,
+        cluster_configuration(cluster),
+        kubelet_configuration(cluster),
+        kube_proxy_configuration(cluster),
+    ];
+    Ok(header(cluster, node, "kubeadm init") + &yaml::documents(&docs))
+}
+
+/// `join.yaml` for any Kubernetes node (masters join as control-plane nodes).
+pub fn join_config(cluster: &Cluster, node: &Node, creds: &JoinCredentials) -> Result<String> {
+    let mut doc = json!({
+        "apiVersion": cluster.kubernetes_version.kubeadm_api(),
+        "kind": "JoinConfiguration",
+        "discovery": {
+            "bootstrapToken": {
+                "apiServerEndpoint": cluster.endpoint.host_port(),
+                "token": creds.token,
+                "caCertHashes": [creds.ca_cert_hash],
+            },
+            "tlsBootstrapToken": creds.token,
+        },
+        "nodeRegistration": node_registration(cluster, node),
+    });
+    if node.role == Role::Master {
+        // No certificateKey: masters carry the shared CA and SA keys already.
+        let ip = master_address(node)?;
+        doc["controlPlane"] = json!({
+            "localAPIEndpoint": {"advertiseAddress": ip.to_string(), "bindPort": APISERVER_PORT},
+        });
+    }
+    Ok(header(cluster, node, "kubeadm join") + &yaml::to_yaml(&doc))
+}
+
+fn header(cluster: &Cluster, node: &Node, verb: &str) -> String {
+    format!(
+        "# {verb} configuration for node {} of cluster {} (Kubernetes {}).\n\
+         # Written by hakube-build render; used by hakube-firstboot.\n",
+        node.name, cluster.name, cluster.kubernetes_version
+    )
+}

@@ -1,0 +1,124 @@
+//! Host basics: hostname, /etc/hosts, systemd-networkd files, kernel modules,
+//! sysctls, SSH access and the first-boot unit.
+
+use crate::spec::{Cluster, Node, NodeNetwork};
+use crate::tree::FileTree;
+use std::fmt::Write as _;
+
+pub const HOSTNAME: &str = "etc/hostname";
+pub const HOSTS: &str = "etc/hosts";
+pub const LINK_FILE: &str = "etc/systemd/network/10-hakube.link";
+pub const NETWORK_FILE: &str = "etc/systemd/network/10-hakube.network";
+pub const MODULES: &str = "etc/modules-load.d/hakube.conf";
+pub const SYSCTLS: &str = "etc/sysctl.d/90-hakube.conf";
+pub const SSH_KEYS: &str = "etc/ssh/authorized_keys/root";
+pub const SSHD_DROPIN: &str = "etc/ssh/sshd_config.d/hakube.conf";
+pub const FIRSTBOOT_UNIT: &str = "etc/systemd/system/hakube-firstboot.service";
+/// The interface name every node's uplink gets (keepalived binds to it).
+pub const IFACE: &str = "lan0";
+
+const FIRSTBOOT_UNIT_TEXT: &str = "\
+[Unit]
+Description=hakube first boot: form or join the cluster
+Wants=network-online.target
+After=network-online.target time-sync.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/bin/hakube-firstboot run
+StandardOutput=journal+console
+TimeoutStartSec=infinity
+
+[Install]
+WantedBy=multi-user.target
+";
+
+fn hosts(cluster: &Cluster) -> String {
+    let mut s = String::from(
+        "# Written by hakube-build render.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    );
+    for n in &cluster.nodes {
+        if let Some(ip) = n.address() {
+            let _ = writeln!(s, "{ip}\t{}", n.name);
+        }
+    }
+    s
+}
+
+fn link_file(node: &Node) -> String {
+    format!(
+        "# Written by hakube-build render: name the NIC with this node's MAC {IFACE}.\n\
+         [Match]\nMACAddress={}\n\n[Link]\nName={IFACE}\n",
+        node.mac
+    )
+}
+
+fn network_file(node: &Node) -> String {
+    let mut s = format!(
+        "# Written by hakube-build render.\n[Match]\nName={IFACE}\n\n[Network]\n"
+    );
+    match &node.network {
+        NodeNetwork::Static {
+            address,
+            gateway,
+            dns,
+        } => {
+            let _ = writeln!(s, "Address={address}");
+            if let Some(gw) = gateway {
+                let _ = writeln!(s, "Gateway={gw}");
+            }
+            for d in dns {
+                let _ = writeln!(s, "DNS={d}");
+            }
+        }
+        NodeNetwork::Dhcp => s.push_str("DHCP=ipv4\n"),
+    }
+    // The cluster is IPv4-only; no IPv6 autoconfiguration on the uplink.
+    s.push_str("LinkLocalAddressing=no\nIPv6AcceptRA=no\n");
+    s
+}
+
+fn modules(node: &Node) -> String {
+    let mut s = String::from("# Written by hakube-build render.\n");
+    for m in &node.kernel_modules {
+        let _ = writeln!(s, "{m}");
+    }
+    s
+}
+
+fn sysctls(node: &Node) -> String {
+    let mut s = String::from("# Written by hakube-build render.\n");
+    for (k, v) in &node.sysctls {
+        let _ = writeln!(s, "{k} = {v}");
+    }
+    s
+}
+
+/// Adds host files; returns whether SSH is configured (so sshd gets enabled).
+pub fn add(tree: &mut FileTree, cluster: &Cluster, node: &Node) -> bool {
+    tree.add_public(HOSTNAME, format!("{}\n", node.name));
+    tree.add_public(HOSTS, hosts(cluster));
+    tree.add_public(LINK_FILE, link_file(node));
+    tree.add_public(NETWORK_FILE, network_file(node));
+    tree.add_public(MODULES, modules(node));
+    tree.add_public(SYSCTLS, sysctls(node));
+    tree.add_public(FIRSTBOOT_UNIT, FIRSTBOOT_UNIT_TEXT);
+    if cluster.ssh_authorized_keys.is_empty() {
+        return false;
+    }
+    let mut keys = String::new();
+    for k in &cluster.ssh_authorized_keys {
+        let _ = writeln!(keys, "{}", k.trim());
+    }
+    tree.add(SSH_KEYS, keys, 0o600);
+    tree.add_public(
+        SSHD_DROPIN,
+        "# Written by hakube-build render: keys from the cluster spec only.\n\
+         AuthorizedKeysFile /etc/ssh/authorized_keys/%u\n\
+         PasswordAuthentication no\n\
+         KbdInteractiveAuthentication no\n\
+         PermitRootLogin prohibit-password\n",
+    );
+    true
+}
