@@ -35,7 +35,10 @@ pub fn create_dirs_0755(base: &Path, dir: &Path) -> Result<()> {
 /// their targets) to `epoch`.
 pub fn clamp_times(root: &Path, epoch: i64) -> Result<()> {
     let ts = TimeSpec::new(epoch, 0);
-    let mut stack = vec![root.to_path_buf()];
+    let mut stack = Vec::new();
+    if root.is_dir() && !root.is_symlink() {
+        stack.push(root.to_path_buf());
+    }
     let mut all = Vec::new();
     while let Some(dir) = stack.pop() {
         for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
@@ -50,7 +53,7 @@ pub fn clamp_times(root: &Path, epoch: i64) -> Result<()> {
     all.push(root.to_path_buf());
     // Children before parents is irrelevant for utimensat; set all.
     for p in all {
-        utimensat(None, &p, &ts, &ts, UtimensatFlags::NoFollowSymlink)
+        utimensat(nix::fcntl::AT_FDCWD, &p, &ts, &ts, UtimensatFlags::NoFollowSymlink)
             .with_context(|| format!("setting the timestamps of {}", p.display()))?;
     }
     Ok(())
