@@ -1,14 +1,263 @@
-//! `hakube-build summary`: the resolved cluster, without building anything.
+//! `hakube-build summary`: the resolved cluster, without building anything
+//! (like mkosi's `summary`). Text for people, `--json` for scripts; warnings
+//! go to stderr either way so stdout stays parseable.
 
 use crate::cli::SummaryArgs;
-use anyhow::Result;
+use crate::spec::model::{Cluster, NodeNetwork};
+use anyhow::{Context, Result};
+use hakube_node_profile::{EndpointMode, EtcdTopology};
+use std::io::Write;
 
 pub fn run(args: &SummaryArgs) -> Result<()> {
     let cluster = crate::spec::load(args.cluster.as_deref())?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&cluster)?);
-    } else {
-        println!("{cluster:#?}");
+    for w in &cluster.warnings {
+        eprintln!("warning: {}: {w}", cluster.source);
     }
-    Ok(())
+    let out = if args.json {
+        let mut s = serde_json::to_string_pretty(&to_json(&cluster))
+            .context("serialising the resolved cluster as JSON")?;
+        s.push('\n');
+        s
+    } else {
+        to_text(&cluster)
+    };
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(out.as_bytes()).and_then(|_| stdout.flush()) {
+        // A reader that stops early (`| head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing the summary to stdout"),
+    }
+}
+
+/// The resolved cluster as one JSON object: the serialised [`Cluster`] plus
+/// facts derived from it (source, kubeadm API version, init node, etcd
+/// members) and the warnings. Keys are sorted, so the output is stable.
+pub fn to_json(c: &Cluster) -> serde_json::Value {
+    let mut v = serde_json::to_value(c).unwrap_or(serde_json::Value::Null);
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("source".into(), c.source.to_string().into());
+        obj.insert(
+            "kubeadmApiVersion".into(),
+            c.kubernetes_version.kubeadm_api().into(),
+        );
+        obj.insert("initNode".into(), c.init_node().name.as_str().into());
+        obj.insert(
+            "etcdMembers".into(),
+            c.etcd_member_nodes()
+                .map(|n| serde_json::Value::from(n.name.as_str()))
+                .collect(),
+        );
+        obj.insert("warnings".into(), c.warnings.clone().into());
+    }
+    v
+}
+
+/// Human-readable summary: settings, then one row per node.
+pub fn to_text(c: &Cluster) -> String {
+    let mut rows: Vec<(&str, String)> = Vec::new();
+    rows.push(("Cluster", format!("{} (from {})", c.name, c.source)));
+    rows.push((
+        "Kubernetes",
+        format!(
+            "{} (kubeadm API {})",
+            c.kubernetes_version,
+            c.kubernetes_version.kubeadm_api()
+        ),
+    ));
+    let members: Vec<&str> = c.etcd_member_nodes().map(|n| n.name.as_str()).collect();
+    let topology = match c.etcd_topology {
+        EtcdTopology::Stacked => "stacked on the masters",
+        EtcdTopology::External => "external etcd nodes",
+    };
+    rows.push((
+        "etcd",
+        format!(
+            "{topology}, {} member(s): {}",
+            members.len(),
+            members.join(", ")
+        ),
+    ));
+    let e = &c.endpoint;
+    let endpoint = match e.mode {
+        EndpointMode::Vip => format!(
+            "vip {} (keepalived holds {} on the masters; haproxy on *:{} balances to the apiservers on :6443)",
+            e.host_port(),
+            e.vip.map(|v| v.to_string()).unwrap_or_default(),
+            e.port
+        ),
+        EndpointMode::Dns => format!(
+            "dns {} (the name must resolve round-robin to the masters)",
+            e.host_port()
+        ),
+        EndpointMode::External => format!("external load balancer {}", e.host_port()),
+    };
+    rows.push(("Endpoint", endpoint));
+    rows.push((
+        "Node-local API LB",
+        if c.local_lb.enabled {
+            format!(
+                "on: haproxy on 127.0.0.1:{} on every node, balancing the masters' :6443",
+                c.local_lb.port
+            )
+        } else {
+            "off: kubelets and kube-proxy use the endpoint directly".to_string()
+        },
+    ));
+    let n = &c.networking;
+    rows.push(("Pod CIDR", format!("{} (a /24 per node)", n.pod_cidr)));
+    rows.push((
+        "Service CIDR",
+        format!(
+            "{} (kubernetes service {}, cluster DNS {})",
+            n.service_cidr,
+            n.kubernetes_service_ip(),
+            n.cluster_dns_ip()
+        ),
+    ));
+    rows.push(("DNS domain", n.dns_domain.clone()));
+    rows.push(("CNI", c.cni.as_str().to_string()));
+    rows.push((
+        "Runtime",
+        format!("{} ({})", c.runtime.as_str(), c.runtime.cri_socket()),
+    ));
+    let certs = &c.certificates;
+    rows.push((
+        "Certificates",
+        format!(
+            "{} keys; CAs valid {} days, leaves (and the join token) {} days",
+            certs.key_algorithm.kubeadm_name(),
+            certs.ca_validity.days,
+            certs.leaf_validity.days
+        ),
+    ));
+    rows.push((
+        "Extra API SANs",
+        if c.api_server_extra_sans.is_empty() {
+            "none".to_string()
+        } else {
+            c.api_server_extra_sans
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    ));
+    rows.push((
+        "SSH keys",
+        match c.ssh_authorized_keys.len() {
+            0 => "none (nothing needs SSH)".to_string(),
+            k => format!("{k} authorized key(s)"),
+        },
+    ));
+
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (k, v) in &rows {
+        out.push_str(&format!("{k:<width$}  {v}\n"));
+    }
+    out.push('\n');
+    out.push_str(&node_table(c));
+    out
+}
+
+fn node_table(c: &Cluster) -> String {
+    let init = c.init_node().name.clone();
+    let header = ["NAME", "ROLE", "ADDRESS", "GATEWAY", "MAC", "TAINTS", "LABELS"];
+    let mut table: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for node in &c.nodes {
+        let (address, gateway) = match &node.network {
+            NodeNetwork::Static {
+                address, gateway, ..
+            } => (
+                address.to_string(),
+                gateway.map(|g| g.to_string()).unwrap_or_else(|| "-".into()),
+            ),
+            NodeNetwork::Dhcp => ("dhcp".to_string(), "dhcp".to_string()),
+        };
+        let name = if node.name == init {
+            format!("{} *", node.name)
+        } else {
+            node.name.to_string()
+        };
+        let taints = node
+            .taints
+            .iter()
+            .map(|t| match &t.value {
+                Some(v) => format!("{}={}:{}", t.key, v, t.effect),
+                None => format!("{}:{}", t.key, t.effect),
+            })
+            .collect::<Vec<_>>();
+        let labels = node
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>();
+        let or_dash = |v: Vec<String>| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.join(",")
+            }
+        };
+        table.push(vec![
+            name,
+            node.role.to_string(),
+            address,
+            gateway,
+            node.mac.to_string(),
+            or_dash(taints),
+            or_dash(labels),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|col| table.iter().map(|r| r[col].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &table {
+        let line = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out.push_str("* runs kubeadm init (the first master in the spec)\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_names_every_node_and_marks_the_init_node() {
+        let c = crate::spec::load(None).unwrap();
+        let t = to_text(&c);
+        assert!(t.contains("master-1 *"), "{t}");
+        assert!(!t.contains("master-2 *"), "{t}");
+        for name in ["master-2", "master-3", "worker-1"] {
+            assert!(t.contains(name), "{t}");
+        }
+        assert!(t.contains("vip 192.168.122.10:8443"), "{t}");
+        assert!(t.contains("kubeadm.k8s.io/v1beta4"), "{t}");
+        assert!(
+            t.contains("node-role.kubernetes.io/control-plane:NoSchedule"),
+            "{t}"
+        );
+        assert!(t.contains("10.96.0.10"), "{t}");
+    }
+
+    #[test]
+    fn json_adds_derived_facts() {
+        let c = crate::spec::load(None).unwrap();
+        let v = to_json(&c);
+        assert_eq!(v["initNode"], "master-1");
+        assert_eq!(v["kubeadmApiVersion"], "kubeadm.k8s.io/v1beta4");
+        assert_eq!(v["etcdMembers"].as_array().map(Vec::len), Some(3));
+        assert_eq!(v["nodes"].as_array().map(Vec::len), Some(4));
+        assert_eq!(v["endpoint"]["mode"], "vip");
+        assert_eq!(v["warnings"].as_array().map(Vec::len), Some(0));
+    }
 }

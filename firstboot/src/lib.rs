@@ -1,1 +1,132 @@
-//! hakube-firstboot: forms the cluster at first boot. (Skeleton.)
+//! hakube-firstboot: forms the cluster at first boot.
+//!
+//! `main` is one match from subcommand to [`run`], [`status`] or [`health`].
+//! The work is a table of idempotent steps per role ([`steps::plan`]), run
+//! against a journal ([`journal`]) that decides what is left. Side effects go
+//! through small traits ([`system`], [`etcd`]) with fakes in [`fakes`].
+
+pub mod cli;
+pub mod etcd;
+pub mod etcd_config;
+pub mod fakes;
+pub mod health;
+pub mod journal;
+pub mod status;
+pub mod steps;
+pub mod system;
+
+use anyhow::{Context, Result};
+use hakube_node_profile::{NodeProfile, PROFILE_PATH};
+use journal::{Journal, StepState};
+use std::path::Path;
+use std::time::Duration;
+
+/// Exit code for bad input (missing or invalid profile).
+pub const EXIT_BAD_INPUT: i32 = 2;
+
+/// A problem with the node's input, as opposed to a failed step.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+/// Exit code for an error returned by [`run`], [`status`] or [`health`].
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    if err.downcast_ref::<BadInput>().is_some() {
+        EXIT_BAD_INPUT
+    } else {
+        1
+    }
+}
+
+/// Reads and checks `<root>/etc/hakube/node.json`.
+pub fn load_profile(root: &Path) -> Result<NodeProfile> {
+    let path = root.join(PROFILE_PATH);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        BadInput(format!(
+            "cannot read the node profile {}: {e}; this image was not rendered for a node \
+             (hakube-build render writes etc/hakube/node.json)",
+            path.display()
+        ))
+    })?;
+    NodeProfile::from_json(&text)
+        .map_err(|e| BadInput(format!("{}: {e}", path.display())).into())
+}
+
+fn open_journal(root: &Path, p: &NodeProfile) -> Result<Journal> {
+    Journal::open(root, &p.node_name, p.role, &steps::plan_names(p))
+}
+
+/// `run`: every step not yet done.
+pub fn run(env: &steps::Env, retry: Option<&str>) -> Result<()> {
+    let profile = load_profile(&env.root)?;
+    let mut journal = open_journal(&env.root, &profile)?;
+    if let Some(name) = retry {
+        if journal.step(name).is_none() {
+            return Err(BadInput(format!(
+                "--retry {name}: no such step for this node; its steps are: {}",
+                steps::plan_names(&profile).join(", ")
+            ))
+            .into());
+        }
+        let rec = journal.step_mut(name);
+        rec.state = StepState::Pending;
+        journal.save()?;
+        steps::log(&format!("step {name}: marked pending by --retry"));
+    }
+    steps::run(env, &profile, &mut journal)
+}
+
+/// `status`: the journal as text or JSON.
+pub fn status(root: &Path, json: bool) -> Result<String> {
+    let profile = load_profile(root)?;
+    let journal = open_journal(root, &profile)?;
+    let s = status::status(&profile, &journal);
+    Ok(if json {
+        status::to_json(&s)
+    } else {
+        status::to_text(&s)
+    })
+}
+
+/// `health`: `Ok(summary)` only when this node's role is healthy.
+pub fn health(env: &steps::Env) -> Result<String> {
+    let profile = load_profile(&env.root)?;
+    health::check(env, &profile)
+}
+
+/// The real etcd client for this node's profile (TLS material under the root).
+pub fn etcd_client_for(root: &Path) -> Result<etcd::EtcdClient> {
+    let tls = load_profile(root)
+        .ok()
+        .and_then(|p| p.paths.etcd_client)
+        .map(|t| etcd::TlsFiles {
+            ca: steps::under(root, &t.ca_file),
+            cert: steps::under(root, &t.cert_file),
+            key: steps::under(root, &t.key_file),
+        });
+    etcd::EtcdClient::new(tls).context("setting up the etcd client")
+}
+
+/// Real implementations wired together, for `main`.
+pub fn real_env<'a>(
+    root: &Path,
+    wait_timeout: Option<u64>,
+    runner: &'a system::ProcessRunner,
+    svc: &'a system::Systemctl<'a>,
+    etcd: &'a etcd::EtcdClient,
+    probe: &'a system::NetProbe,
+    clock: &'a system::SystemClock,
+) -> steps::Env<'a> {
+    steps::Env {
+        root: root.to_path_buf(),
+        cmd: runner,
+        svc,
+        etcd,
+        probe,
+        clock,
+        waits: steps::Waits {
+            remote: wait_timeout.map(Duration::from_secs),
+            ..Default::default()
+        },
+    }
+}

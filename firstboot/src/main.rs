@@ -1,4 +1,39 @@
+use clap::Parser;
+use hakube_firstboot::cli::{Cli, Command};
+use hakube_firstboot::system::{NetProbe, ProcessRunner, SystemClock, Systemctl};
+use hakube_firstboot::{etcd_client_for, exit_code, health, real_env, run, status};
+use std::path::Path;
+use std::time::Duration;
+
 fn main() {
-    eprintln!("hakube-firstboot: not implemented yet");
-    std::process::exit(1);
+    let cli = Cli::parse();
+    let runner = ProcessRunner;
+    let svc = Systemctl { runner: &runner };
+    let probe = NetProbe {
+        timeout: Duration::from_secs(5),
+    };
+    let clock = SystemClock;
+    let with_env = |root: &Path, wait: Option<u64>, f: &dyn Fn(&hakube_firstboot::steps::Env) -> anyhow::Result<String>| {
+        // A bad profile must fail before anything is started.
+        hakube_firstboot::load_profile(root)?;
+        let etcd = etcd_client_for(root)?;
+        let env = real_env(root, wait, &runner, &svc, &etcd, &probe, &clock);
+        f(&env)
+    };
+    let result = match cli.command {
+        Command::Run(a) => with_env(&a.root.root, a.wait_timeout, &|env| {
+            run(env, a.retry.as_deref()).map(|()| String::new())
+        }),
+        Command::Status(a) => status(&a.root.root, a.json),
+        Command::Health(a) => with_env(&a.root, Some(0), &|env| {
+            health(env).map(|s| format!("healthy: {s}\n"))
+        }),
+    };
+    match result {
+        Ok(out) => print!("{out}"),
+        Err(err) => {
+            eprintln!("hakube-firstboot: error: {err:#}");
+            std::process::exit(exit_code(&err));
+        }
+    }
 }

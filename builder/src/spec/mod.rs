@@ -7,6 +7,7 @@ pub mod model;
 pub mod raw;
 pub mod resolve;
 pub mod types;
+mod node;
 mod validate;
 
 pub use model::{Cluster, Node, NodeNetwork, SpecSource};

@@ -23,7 +23,8 @@ pub struct RawCluster {
     pub container_runtime: Option<String>,
     #[serde(default)]
     pub ssh_authorized_keys: Vec<String>,
-    #[serde(default)]
+    /// Extra names/addresses in every apiserver certificate (`apiServerExtraSANs`).
+    #[serde(default, rename = "apiServerExtraSANs")]
     pub api_server_extra_sans: Vec<String>,
     #[serde(default)]
     pub certificates: Option<RawCertificates>,

@@ -2,10 +2,11 @@
 //! cross-field checks. Errors carry the field path of the offending value.
 
 use super::model::*;
+use super::node::{resolve_node, RoleProfiles};
 use super::raw::*;
 use super::types::*;
 use super::SpecError;
-use hakube_node_profile::{EndpointMode, EtcdTopology, Role, Runtime, Taint};
+use hakube_node_profile::{EndpointMode, EtcdTopology, Role, Runtime};
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -37,6 +38,12 @@ pub(crate) fn resolve(text: &str, source: SpecSource) -> Result<Cluster, SpecErr
     let ctx = Ctx {
         file: source.to_string(),
     };
+    let blank = text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
+    if blank {
+        return Err(ctx.err("", NO_DOCUMENT));
+    }
     let raw: RawCluster = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(&ctx, e))?;
     let profiles = RoleProfiles::embedded();
     let cluster = resolve_raw(&ctx, raw, &profiles, source)?;
@@ -46,44 +53,49 @@ pub(crate) fn resolve(text: &str, source: SpecSource) -> Result<Cluster, SpecErr
     })
 }
 
-/// serde_yaml_ng reports `nodes[2].network: unknown field ...` style paths in
-/// its message; keep its text but make the file explicit.
+const NO_DOCUMENT: &str = "holds no YAML document: a cluster spec (a mapping with name, \
+     kubernetesVersion, controlPlaneEndpoint and nodes) expected";
+
+/// Turns a serde_yaml_ng error into a [`SpecError`] with a field path.
+///
+/// serde_yaml_ng has no public accessor for the path; its message reads
+/// `PATH: MESSAGE at line L column C`, with no `PATH: ` at the document root.
+/// For unknown and missing fields the path is the enclosing mapping, so the
+/// field's own name is appended to point at the offending field itself.
 fn yaml_error(ctx: &Ctx, e: serde_yaml_ng::Error) -> SpecError {
-    let msg = e.to_string();
-    // Messages look like "nodes[0].network: unknown field `adress`, expected one of ..."
-    match msg.split_once(": ") {
-        Some((path, rest)) if !path.contains(' ') && !path.is_empty() && path != "invalid type" => {
-            ctx.err(path, rest)
+    let mut text = e.to_string();
+    let mut location = String::new();
+    if let Some(l) = e.location() {
+        let suffix = format!(" at line {} column {}", l.line(), l.column());
+        if let Some(t) = text.strip_suffix(&suffix) {
+            text = t.to_string();
         }
-        _ => ctx.err("", msg),
-    }
-}
-
-pub(crate) struct RoleProfiles {
-    pub master: RawRoleProfile,
-    pub worker: RawRoleProfile,
-    pub etcd: RawRoleProfile,
-}
-
-impl RoleProfiles {
-    pub fn embedded() -> Self {
-        let load = |text: &str, name: &str| -> RawRoleProfile {
-            serde_yaml_ng::from_str(text)
-                .unwrap_or_else(|e| panic!("embedded profiles/{name}.yaml is invalid: {e}"))
-        };
-        RoleProfiles {
-            master: load(super::MASTER_PROFILE_YAML, "master"),
-            worker: load(super::WORKER_PROFILE_YAML, "worker"),
-            etcd: load(super::ETCD_PROFILE_YAML, "etcd"),
+        // libyaml syntax errors carry their own position in the text.
+        if !text.contains(" at line ") {
+            location = format!(" (line {}, column {})", l.line(), l.column());
         }
     }
-    fn for_role(&self, role: Role) -> &RawRoleProfile {
-        match role {
-            Role::Master => &self.master,
-            Role::Worker => &self.worker,
-            Role::Etcd => &self.etcd,
-        }
+    if text.starts_with("EOF while parsing") {
+        return ctx.err("", NO_DOCUMENT);
     }
+    let is_path = |p: &str| {
+        !p.is_empty() && !p.contains(|c: char| c.is_whitespace() || c == '`' || c == '"')
+    };
+    let (path, message) = match text.split_once(": ") {
+        Some((p, m)) if is_path(p) => (p.to_string(), m.to_string()),
+        _ => (String::new(), text.clone()),
+    };
+    let named = ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name.to_string());
+    let field = match named {
+        Some(name) if path.is_empty() => name,
+        Some(name) => format!("{path}.{name}"),
+        None => path,
+    };
+    ctx.err(field, format!("{message}{location}"))
 }
 
 fn resolve_raw(
@@ -160,6 +172,14 @@ fn resolve_raw(
         .enumerate()
         .map(|(i, s)| ctx.parse(format!("apiServerExtraSANs[{i}]"), s))
         .collect::<Result<Vec<San>, _>>()?;
+    for (i, san) in api_server_extra_sans.iter().enumerate() {
+        if let Some(first) = api_server_extra_sans[..i].iter().position(|o| o == san) {
+            return Err(ctx.err(
+                format!("apiServerExtraSANs[{i}]"),
+                format!("repeats {san} (already apiServerExtraSANs[{first}]): each name once expected"),
+            ));
+        }
+    }
 
     let certs = raw.certificates.unwrap_or(RawCertificates {
         ca_validity: None,
@@ -180,6 +200,17 @@ fn resolve_raw(
             certs.key_algorithm.as_deref().unwrap_or("ecdsa-p256"),
         )?,
     };
+
+    if certificates.leaf_validity > certificates.ca_validity {
+        return Err(ctx.err(
+            "certificates.leafValidity",
+            format!(
+                "{} days is longer than caValidity ({} days): a leaf certificate cannot outlive its CA; \
+                 a validity at most the CA's expected",
+                certificates.leaf_validity.days, certificates.ca_validity.days
+            ),
+        ));
+    }
 
     let nodes = raw
         .nodes
@@ -270,151 +301,6 @@ fn check_ssh_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn resolve_node(
-    ctx: &Ctx,
-    i: usize,
-    n: &RawNode,
-    cluster: &str,
-    profiles: &RoleProfiles,
-) -> Result<Node, SpecError> {
-    let at = |f: &str| format!("nodes[{i}].{f}");
-    let name: NodeName = ctx.parse(at("name"), &n.name)?;
-    let role: Role = n
-        .role
-        .parse()
-        .map_err(|e: hakube_node_profile::UnknownRole| ctx.err(at("role"), e.to_string()))?;
-    let mac = match &n.mac {
-        Some(m) => ctx.parse(at("mac"), m)?,
-        None => MacAddr::derived(cluster, name.as_str()),
-    };
-    let network = resolve_network(ctx, i, &n.network)?;
-    let profile = profiles.for_role(role);
-
-    let mut labels = profile.labels.clone();
-    labels.extend(n.labels.clone());
-    let mut sysctls = profile.sysctls.clone();
-    sysctls.extend(n.sysctls.clone());
-    let mut kernel_modules = profile.kernel_modules.clone();
-    for m in &n.kernel_modules {
-        if !kernel_modules.contains(m) {
-            kernel_modules.push(m.clone());
-        }
-    }
-    let raw_taints = n.taints.as_ref().unwrap_or(&profile.taints);
-    let taints = raw_taints
-        .iter()
-        .enumerate()
-        .map(|(t, raw)| resolve_taint(ctx, &format!("nodes[{i}].taints[{t}]"), raw))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Node {
-        name,
-        role,
-        mac,
-        network,
-        labels,
-        taints,
-        sysctls,
-        kernel_modules,
-        services: profile.services.clone(),
-    })
-}
-
-fn resolve_taint(ctx: &Ctx, field: &str, t: &RawTaint) -> Result<Taint, SpecError> {
-    const EFFECTS: [&str; 3] = ["NoSchedule", "PreferNoSchedule", "NoExecute"];
-    if !EFFECTS.contains(&t.effect.as_str()) {
-        return Err(ctx.err(
-            format!("{field}.effect"),
-            format!(
-                "{:?} is not a taint effect: NoSchedule, PreferNoSchedule or NoExecute expected",
-                t.effect
-            ),
-        ));
-    }
-    if t.key.is_empty() {
-        return Err(ctx.err(format!("{field}.key"), "is empty: a label key expected"));
-    }
-    Ok(Taint {
-        key: t.key.clone(),
-        value: t.value.clone(),
-        effect: t.effect.clone(),
-    })
-}
-
-fn resolve_network(ctx: &Ctx, i: usize, n: &RawNodeNetwork) -> Result<NodeNetwork, SpecError> {
-    let at = |f: &str| format!("nodes[{i}].network.{f}");
-    if n.dhcp == Some(true) {
-        if n.address.is_some() || n.gateway.is_some() {
-            return Err(ctx.err(
-                at("dhcp"),
-                "dhcp: true cannot be combined with address or gateway: give one or the other",
-            ));
-        }
-        return Ok(NodeNetwork::Dhcp);
-    }
-    let Some(addr) = &n.address else {
-        return Err(ctx.err(
-            at("address"),
-            "is missing: ADDRESS/PREFIX like 192.168.122.11/24 expected (or dhcp: true)",
-        ));
-    };
-    let address: Ipv4Net = addr.parse().map_err(|_| {
-        ctx.err(
-            at("address"),
-            format!("{addr:?} is not ADDRESS/PREFIX like 192.168.122.11/24"),
-        )
-    })?;
-    if address.prefix_len() < 32
-        && (address.addr() == address.network() || address.addr() == address.broadcast())
-    {
-        return Err(ctx.err(
-            at("address"),
-            format!(
-                "{addr} is the network or broadcast address of its prefix {}: a host address expected",
-                address.trunc()
-            ),
-        ));
-    }
-    let gateway = match &n.gateway {
-        None => None,
-        Some(g) => {
-            let gw: Ipv4Addr = g
-                .parse()
-                .map_err(|_| ctx.err(at("gateway"), format!("{g:?} is not an IPv4 address")))?;
-            if !address.contains(&gw) {
-                return Err(ctx.err(
-                    at("gateway"),
-                    format!(
-                        "{gw} is outside the node's subnet {}: a gateway on that subnet expected",
-                        address.trunc()
-                    ),
-                ));
-            }
-            if gw == address.addr() {
-                return Err(ctx.err(at("gateway"), format!("{gw} is the node's own address")));
-            }
-            Some(gw)
-        }
-    };
-    let dns = n
-        .dns
-        .iter()
-        .enumerate()
-        .map(|(d, s)| {
-            s.parse::<Ipv4Addr>().map_err(|_| {
-                ctx.err(
-                    format!("nodes[{i}].network.dns[{d}]"),
-                    format!("{s:?} is not an IPv4 address"),
-                )
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(NodeNetwork::Static {
-        address,
-        gateway,
-        dns,
-    })
-}
-
 fn resolve_endpoint(ctx: &Ctx, e: &RawEndpoint, nodes: &[Node]) -> Result<Endpoint, SpecError> {
     let f = |x: &str| format!("controlPlaneEndpoint.{x}");
     match e.mode.as_str() {
@@ -431,9 +317,12 @@ fn resolve_endpoint(ctx: &Ctx, e: &RawEndpoint, nodes: &[Node]) -> Result<Endpoi
                     "is missing: the virtual IPv4 address keepalived holds expected",
                 ));
             };
-            let vip: Ipv4Addr = a
-                .parse()
-                .map_err(|_| ctx.err(f("address"), format!("{a:?} is not an IPv4 address")))?;
+            let vip: Ipv4Addr = a.parse().map_err(|_| {
+                ctx.err(
+                    f("address"),
+                    format!("{a:?} is not an IPv4 address: the virtual IPv4 address keepalived holds expected"),
+                )
+            })?;
             // The VIP takes the prefix of the first master's subnet; validation
             // checks that every master shares it.
             let prefix = nodes
@@ -448,7 +337,7 @@ fn resolve_endpoint(ctx: &Ctx, e: &RawEndpoint, nodes: &[Node]) -> Result<Endpoi
                 mode: EndpointMode::Vip,
                 host: vip.to_string(),
                 port: e.port.unwrap_or(8443),
-                vip: Some(Ipv4Net::new(vip, prefix).expect("prefix <= 32")),
+                vip: Some(Ipv4Net::new(vip, prefix).unwrap_or_else(|_| Ipv4Net::from(vip))),
             })
         }
         "dns" | "external" => {
@@ -465,8 +354,18 @@ fn resolve_endpoint(ctx: &Ctx, e: &RawEndpoint, nodes: &[Node]) -> Result<Endpoi
                 ));
             };
             if e.mode == "dns" {
+                if looks_like_ipv4(h) {
+                    return Err(ctx.err(
+                        f("host"),
+                        format!("{h:?} is an address, not a name: dns mode needs a DNS name that resolves to the masters (for an address use mode vip or external)"),
+                    ));
+                }
                 check_rfc1123_subdomain(h).map_err(|m| ctx.err(f("host"), m))?;
-            } else if h.parse::<Ipv4Addr>().is_err() {
+            } else if looks_like_ipv4(h) {
+                h.parse::<Ipv4Addr>().map_err(|_| {
+                    ctx.err(f("host"), format!("{h:?} is not a valid IPv4 address"))
+                })?;
+            } else {
                 check_rfc1123_subdomain(h).map_err(|m| {
                     ctx.err(
                         f("host"),

@@ -27,6 +27,12 @@ fn check_rfc1123_label(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Digits and dots only, like `10.0.0.300`: meant as an address, not a name
+/// (no DNS name has an all-numeric top-level label).
+pub fn looks_like_ipv4(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
 /// An RFC 1123 subdomain (dot-separated labels, at most 253 chars).
 pub fn check_rfc1123_subdomain(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 253 {
@@ -37,6 +43,95 @@ pub fn check_rfc1123_subdomain(s: &str) -> Result<(), String> {
     for label in s.split('.') {
         check_rfc1123_label(label)
             .map_err(|_| format!("{s:?} is not an RFC 1123 DNS name (label {label:?})"))?;
+    }
+    Ok(())
+}
+
+/// A Kubernetes "name" segment (label values, the name part of label keys):
+/// at most 63 chars of `[A-Za-z0-9-_.]`, starting and ending alphanumeric.
+fn check_qualified_name_part(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// A Kubernetes label or taint key: `[PREFIX/]NAME`, the prefix a DNS
+/// subdomain, the name as in [`check_label_value`] but non-empty. The API
+/// server refuses anything else, so refusing it here saves a failed boot.
+pub fn check_label_key(s: &str) -> Result<(), String> {
+    let expected = "[PREFIX/]NAME with NAME of 1 to 63 characters [A-Za-z0-9-_.] starting and ending alphanumeric, PREFIX a DNS name, expected";
+    let (prefix, name) = match s.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    if let Some(p) = prefix {
+        if check_rfc1123_subdomain(p).is_err() {
+            return Err(format!("{s:?} is not a label key (prefix {p:?}): {expected}"));
+        }
+    }
+    if !check_qualified_name_part(name) {
+        return Err(format!("{s:?} is not a label key: {expected}"));
+    }
+    Ok(())
+}
+
+/// A Kubernetes label or taint value: empty, or 1-63 chars of `[A-Za-z0-9-_.]`
+/// starting and ending alphanumeric.
+pub fn check_label_value(s: &str) -> Result<(), String> {
+    if s.is_empty() || check_qualified_name_part(s) {
+        Ok(())
+    } else {
+        Err(format!("{s:?} is not a label value: at most 63 characters [A-Za-z0-9-_.] starting and ending alphanumeric expected"))
+    }
+}
+
+/// A sysctl name as written in /etc/sysctl.d: dot-separated segments of
+/// `[a-z0-9_-]` (Kubernetes' own rule for sysctl names, with `.` only).
+pub fn check_sysctl_name(s: &str) -> Result<(), String> {
+    let seg_ok = |seg: &str| {
+        let b = seg.as_bytes();
+        !b.is_empty()
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-')
+            })
+    };
+    if s.len() > 253 || !s.contains('.') || !s.split('.').all(seg_ok) {
+        return Err(format!(
+            "{s:?} is not a sysctl name: dotted lower-case segments like net.ipv4.ip_forward expected"
+        ));
+    }
+    Ok(())
+}
+
+/// A sysctl value: one line, not empty.
+pub fn check_sysctl_value(s: &str) -> Result<(), String> {
+    if s.trim().is_empty() || s.contains(['\n', '\r']) {
+        return Err(format!(
+            "{s:?} is not a sysctl value: a non-empty single-line value (quoted, like \"1\") expected"
+        ));
+    }
+    Ok(())
+}
+
+/// A kernel module name as modules-load.d takes it: 1-55 chars of
+/// `[A-Za-z0-9_-]` (the kernel's MODULE_NAME_LEN is 56 with the NUL).
+pub fn check_kernel_module(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 55
+        && s
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-'));
+    if !ok {
+        return Err(format!(
+            "{s:?} is not a kernel module name: 1 to 55 characters [A-Za-z0-9_-] like br_netfilter expected"
+        ));
     }
     Ok(())
 }
@@ -232,7 +327,14 @@ impl FromStr for San {
         if let Ok(ip) = s.parse::<Ipv4Addr>() {
             return Ok(San::Ip(ip));
         }
-        check_rfc1123_subdomain(s)
+        // kubeadm accepts wildcard names in certSANs (`*.apps.example.com`).
+        let name = s.strip_prefix("*.").unwrap_or(s);
+        if looks_like_ipv4(name) {
+            return Err(format!(
+                "{s:?} is not a valid IPv4 address; an IPv4 address or a DNS name expected"
+            ));
+        }
+        check_rfc1123_subdomain(name)
             .map_err(|e| format!("{e}; an IPv4 address or a DNS name expected"))?;
         Ok(San::Dns(s.to_string()))
     }
@@ -302,5 +404,215 @@ impl FromStr for KeyAlgorithm {
                 "{s:?} is not a key algorithm: ecdsa-p256 or rsa-2048 expected"
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `parse` over good and bad inputs; bad ones must name the input or
+    /// say what was expected.
+    fn table<T, E: fmt::Debug>(
+        parse: impl Fn(&str) -> Result<T, E>,
+        good: &[&str],
+        bad: &[&str],
+    ) {
+        for g in good {
+            assert!(parse(g).is_ok(), "{g:?} should be accepted: {:?}", parse(g).err());
+        }
+        for b in bad {
+            assert!(parse(b).is_err(), "{b:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn node_and_cluster_names() {
+        let long = "a".repeat(63);
+        let too_long = "a".repeat(64);
+        let good = ["master-1", "a", "0", "w1", long.as_str(), "x-y-z"];
+        let bad = [
+            "",
+            "Master-1",
+            "-a",
+            "a-",
+            "a_b",
+            "a.b",
+            "a b",
+            too_long.as_str(),
+            "ä",
+        ];
+        table(|s| s.parse::<NodeName>(), &good, &bad);
+        table(|s| s.parse::<ClusterName>(), &good, &bad);
+        let err = "Master-1".parse::<NodeName>().unwrap_err();
+        assert!(err.contains("RFC 1123"), "{err}");
+    }
+
+    #[test]
+    fn rfc1123_subdomains() {
+        let long_label = format!("{}.example.com", "a".repeat(64));
+        table(
+            check_rfc1123_subdomain,
+            &["cluster.local", "a", "api.k8s.example.com", "1.2.3"],
+            &["", ".", "a..b", "-a.b", "A.b", "a_b.c", long_label.as_str()],
+        );
+    }
+
+    #[test]
+    fn mac_addresses() {
+        table(
+            |s| s.parse::<MacAddr>(),
+            &["52:54:00:12:34:56", "52:54:00:AB:cd:EF", "00:00:00:00:00:00"],
+            &[
+                "",
+                "52:54:00:12:34",
+                "52:54:00:12:34:56:78",
+                "52-54-00-12-34-56",
+                "52:54:00:12:34:5",
+                "52:54:00:12:34:5g",
+                "01:00:5e:00:00:01",
+                "ff:ff:ff:ff:ff:ff",
+            ],
+        );
+        let m: MacAddr = "52:54:00:AB:cd:EF".parse().unwrap();
+        assert_eq!(m.to_string(), "52:54:00:ab:cd:ef");
+        assert!("01:00:5e:00:00:01"
+            .parse::<MacAddr>()
+            .unwrap_err()
+            .contains("multicast"));
+    }
+
+    #[test]
+    fn derived_macs_are_stable_qemu_unicast_and_distinct() {
+        let a = MacAddr::derived("hakube", "master-1");
+        assert_eq!(a, MacAddr::derived("hakube", "master-1"));
+        assert_eq!(&a.0[..3], &[0x52, 0x54, 0x00]);
+        assert_ne!(a, MacAddr::derived("hakube", "master-2"));
+        assert_ne!(a, MacAddr::derived("other", "master-1"));
+        // Round-trips through its own text form.
+        assert_eq!(a.to_string().parse::<MacAddr>().unwrap(), a);
+    }
+
+    #[test]
+    fn kubernetes_versions() {
+        table(
+            |s| s.parse::<KubeVersion>(),
+            &["1.29.0", "1.31.4", "v1.31.4", "1.34.1"],
+            &[
+                "", "1.31", "1.31.x", "2.31.0", "1.28.9", "1.35.0", "v", "1.31.4.1", "1.31.-1",
+            ],
+        );
+        let v: KubeVersion = "v1.31.4".parse().unwrap();
+        assert_eq!(v.tag(), "v1.31.4");
+        assert_eq!(v.to_string(), "1.31.4");
+        assert_eq!(v.kubeadm_api(), "kubeadm.k8s.io/v1beta4");
+        let old: KubeVersion = "1.30.8".parse().unwrap();
+        assert_eq!(old.kubeadm_api(), "kubeadm.k8s.io/v1beta3");
+        assert!("1.28.9"
+            .parse::<KubeVersion>()
+            .unwrap_err()
+            .contains("not supported"));
+    }
+
+    #[test]
+    fn sans() {
+        table(
+            |s| s.parse::<San>(),
+            &[
+                "10.0.0.1",
+                "api.example.com",
+                "kubernetes",
+                "*.apps.example.com",
+            ],
+            &[
+                "",
+                "10.0.0.300",
+                "1.2.3.4.5.6.7.8.9",
+                "API.example.com",
+                "*.",
+                "a.*.b",
+                "under_score.example.com",
+                "http://x",
+            ],
+        );
+        assert_eq!(
+            "10.0.0.1".parse::<San>().unwrap(),
+            San::Ip(Ipv4Addr::new(10, 0, 0, 1))
+        );
+        assert_eq!(
+            "api.example.com".parse::<San>().unwrap(),
+            San::Dns("api.example.com".into())
+        );
+    }
+
+    #[test]
+    fn validities() {
+        table(
+            |s| s.parse::<Validity>(),
+            &["1d", "365d", "10y", "8760h", "24h", "100y"],
+            &["", "d", "0d", "1", "1w", "25h", "101y", "-1d", "1.5y", "10 y", "4294967295y"],
+        );
+        assert_eq!("10y".parse::<Validity>().unwrap().days, 3650);
+        assert_eq!("48h".parse::<Validity>().unwrap().days, 2);
+    }
+
+    #[test]
+    fn key_algorithms() {
+        table(
+            |s| s.parse::<KeyAlgorithm>(),
+            &["ecdsa-p256", "rsa-2048"],
+            &["", "ECDSA-P256", "rsa-4096", "ed25519"],
+        );
+        assert_eq!(KeyAlgorithm::Rsa2048.kubeadm_name(), "RSA-2048");
+    }
+
+    #[test]
+    fn label_keys_and_values() {
+        let long_name = "a".repeat(64);
+        table(
+            check_label_key,
+            &[
+                "node-role.kubernetes.io/control-plane",
+                "app",
+                "topology.kubernetes.io/zone",
+                "A_b.c-D",
+                "example.com/x",
+            ],
+            &[
+                "",
+                "/x",
+                "example.com/",
+                "Example.com/x",
+                "a/b/c",
+                "-x",
+                "x-",
+                "a b",
+                long_name.as_str(),
+            ],
+        );
+        table(
+            check_label_value,
+            &["", "true", "zone-a", "v1.2_3"],
+            &["-a", "a b", "a/b", long_name.as_str()],
+        );
+    }
+
+    #[test]
+    fn sysctls_and_modules() {
+        table(
+            check_sysctl_name,
+            &[
+                "net.ipv4.ip_forward",
+                "net.bridge.bridge-nf-call-iptables",
+                "vm.max_map_count",
+            ],
+            &["", "ip_forward", "net..ipv4", "net.ipv4.", "Net.ipv4.x", "net/ipv4/x", "net.ipv4 .x"],
+        );
+        table(check_sysctl_value, &["1", "0 65535"], &["", " ", "1\n2"]);
+        table(
+            check_kernel_module,
+            &["overlay", "br_netfilter", "nf-conntrack", "ip_vs_rr"],
+            &["", "a b", "mod.ko", "../x", &"m".repeat(56)],
+        );
     }
 }

@@ -1,0 +1,340 @@
+//! Kubernetes control plane: decide init or join, guard against a stale
+//! keyspace or a stale stacked etcd member, run kubeadm exactly once.
+
+use super::{log, Ctx};
+use crate::etcd::{member_label, quorum, voting_health};
+use crate::system::{run_checked, Cmd};
+use anyhow::{Context, Result};
+use hakube_node_profile::Role;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+/// Journal note: `init` or `join`, decided once by the init node.
+pub const DECISION: &str = "decision";
+/// Journal note: SHA-256 of the baked apiserver.crt, taken before kubeadm init.
+pub const APISERVER_FP: &str = "apiserver.crt.sha256";
+
+const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
+const APISERVER_CRT: &str = "/etc/kubernetes/pki/apiserver.crt";
+const APISERVER_MANIFEST: &str = "/etc/kubernetes/manifests/kube-apiserver.yaml";
+
+fn endpoint_url(ctx: &Ctx) -> String {
+    format!("https://{}/readyz", ctx.profile.endpoint.host_port())
+}
+
+fn etcd_endpoints(ctx: &Ctx) -> Vec<String> {
+    ctx.profile
+        .etcd_members
+        .iter()
+        .map(|m| m.client_url.clone())
+        .collect()
+}
+
+/// External topology: the etcd cluster is healthy (quorum of voting members).
+pub fn wait_etcd(ctx: &mut Ctx) -> Result<String> {
+    let eps = etcd_endpoints(ctx);
+    let etcd = ctx.env.etcd;
+    let summary = ctx.wait_for(
+        &format!("external etcd at {}", eps.join(",")),
+        ctx.env.waits.remote,
+        || {
+            let members = etcd.member_list(&eps).map_err(|e| format!("{e:#}"))?;
+            let (voters, healthy, down) = voting_health(etcd, &members);
+            if healthy.len() >= quorum(voters) {
+                Ok(format!("{} of {voters} members healthy", healthy.len()))
+            } else {
+                Err(format!(
+                    "{} of {voters} voting members healthy; not answering: {}",
+                    healthy.len(),
+                    down.join(", ")
+                ))
+            }
+        },
+    )?;
+    Ok(format!("etcd in quorum: {summary}"))
+}
+
+/// Init node: if an API server already answers (at the endpoint or any other
+/// master), this node joins instead of initialising. Decided once.
+pub fn init_or_join(ctx: &mut Ctx) -> Result<String> {
+    if let Some(d) = ctx.journal.note(DECISION) {
+        return Ok(format!("decided earlier: {d}"));
+    }
+    let mut urls = vec![endpoint_url(ctx)];
+    for m in &ctx.profile.masters {
+        if m.name != ctx.profile.node_name {
+            urls.push(format!("https://{}:6443/readyz", m.address));
+        }
+    }
+    let answering: Vec<&String> = urls
+        .iter()
+        .filter(|u| ctx.env.probe.https_answers(u))
+        .collect();
+    if let Some(u) = answering.first() {
+        ctx.journal.set_note(DECISION, "join")?;
+        Ok(format!("a cluster already answers at {u}: joining it"))
+    } else {
+        ctx.journal.set_note(DECISION, "init")?;
+        Ok(format!(
+            "no API server answers at {}: this node initialises the cluster",
+            urls.join(", ")
+        ))
+    }
+}
+
+/// Init node, external etcd: refuse to initialise over an existing keyspace.
+pub fn etcd_keyspace(ctx: &mut Ctx) -> Result<String> {
+    if !ctx.initialises() {
+        return Ok("skipped: joining an existing cluster".into());
+    }
+    let eps = etcd_endpoints(ctx);
+    let n = ctx
+        .env
+        .etcd
+        .count_keys(&eps, "/registry/")
+        .with_context(|| format!("counting keys under /registry/ in etcd at {}", eps.join(",")))?;
+    if n > 0 {
+        anyhow::bail!(
+            "refusing to run kubeadm init: the external etcd at {eps} already holds {n} keys under /registry/ \
+             (a Kubernetes keyspace from an earlier cluster; kubeadm reset does not clean an external etcd, and \
+             a new cluster would start on those stale objects). If that cluster is gone for good, back up etcd \
+             (etcdctl snapshot save) and wipe the keyspace deliberately with `etcdctl del --prefix /registry/`, \
+             or reimage the etcd nodes; then reboot this node or run `hakube-firstboot run`. If that cluster is \
+             still wanted, this node should join it instead: check that its API endpoint {ep} answers. \
+             Nothing was deleted.",
+            eps = eps.join(","),
+            ep = ctx.profile.endpoint.host_port(),
+        );
+    }
+    Ok("no keys under /registry/".into())
+}
+
+/// Stacked etcd, joining masters: a master rebuilt under the same name must
+/// first remove its previous etcd member, or kubeadm's member add fails.
+pub fn stale_etcd_member(ctx: &mut Ctx) -> Result<String> {
+    if ctx.initialises() {
+        return Ok("skipped: this node initialises the cluster".into());
+    }
+    if ctx.profile.paths.etcd_client.is_none() {
+        return Ok("skipped: the profile gives no etcd client certificate".into());
+    }
+    let data = ctx.path(&ctx.profile.paths.etcd_data_dir);
+    if data.join("member").is_dir() {
+        return Ok(format!("local etcd data in {} present: not a rebuilt member", data.display()));
+    }
+    let me = &ctx.profile.node_name;
+    let my_peer = ctx
+        .profile
+        .address
+        .map(|a| format!("https://{a}:2380"))
+        .unwrap_or_default();
+    let eps: Vec<String> = ctx
+        .profile
+        .etcd_members
+        .iter()
+        .filter(|m| m.name != *me)
+        .map(|m| m.client_url.clone())
+        .collect();
+    let etcd = ctx.env.etcd;
+    let members = ctx.wait_for(
+        &format!("stacked etcd on the other masters ({})", eps.join(",")),
+        ctx.env.waits.remote,
+        || etcd.member_list(&eps).map_err(|e| format!("{e:#}")),
+    )?;
+    let Some(stale) = members
+        .iter()
+        .find(|m| m.name == *me || m.peer_urls.contains(&my_peer))
+    else {
+        return Ok("no etcd member of this name: nothing to remove".into());
+    };
+    if !stale.is_learner {
+        let rest: Vec<_> = members.iter().filter(|m| m.id != stale.id).cloned().collect();
+        let (voters, healthy, down) = voting_health(etcd, &rest);
+        if healthy.len() < quorum(voters) {
+            anyhow::bail!(
+                "refusing to remove stale etcd member {}: this master was rebuilt, but removing its old member \
+                 would leave {} healthy of {voters} voting members, below the quorum of {}. Healthy: [{}]. Not \
+                 healthy: [{}]. Nothing was changed. Bring the other masters back, then reboot this node.",
+                member_label(stale),
+                healthy.len(),
+                quorum(voters),
+                healthy.join(", "),
+                down.join(", ")
+            );
+        }
+    }
+    etcd.member_remove(&eps, stale.id)
+        .with_context(|| format!("removing stale etcd member {}", member_label(stale)))?;
+    log(&format!("removed stale stacked etcd member {}", member_label(stale)));
+    Ok(format!("removed stale etcd member {}", member_label(stale)))
+}
+
+/// Joining nodes: the API endpoint answers.
+pub fn wait_api(ctx: &mut Ctx) -> Result<String> {
+    let url = endpoint_url(ctx);
+    let probe = ctx.env.probe;
+    ctx.wait_for(
+        &format!("the Kubernetes API at {url}"),
+        ctx.env.waits.remote,
+        || {
+            if probe.https_answers(&url) {
+                Ok(())
+            } else {
+                Err("no TLS answer".to_string())
+            }
+        },
+    )?;
+    Ok(format!("{url} answers"))
+}
+
+fn fingerprint(path: &Path) -> Result<String> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+/// `kubeadm init`, at most once per node. An earlier attempt (journal says
+/// running or failed) means kubeadm may have changed the node: this never
+/// runs a second full init but finishes from what it finds, or stops.
+pub fn kubeadm_init(ctx: &mut Ctx) -> Result<String> {
+    if !ctx.initialises() {
+        return Ok("skipped: joining an existing cluster".into());
+    }
+    let config = ctx.path(
+        ctx.profile
+            .paths
+            .kubeadm_config
+            .as_deref()
+            .context("node profile: paths.kubeadmConfig is missing")?,
+    );
+    let crt = ctx.path(APISERVER_CRT);
+    if ctx.resumed() {
+        return resume_init(ctx, &config);
+    }
+    let fp = fingerprint(&crt).context("the baked API server certificate must be in place before kubeadm init")?;
+    ctx.journal.set_note(APISERVER_FP, &fp)?;
+    let cmd = Cmd::new("kubeadm")
+        .args(["init", "--config"])
+        .arg(config.to_string_lossy());
+    run_checked(ctx.env.cmd, &cmd).context("kubeadm init failed; it will not be re-run automatically")?;
+    check_certs_kept(ctx)?;
+    Ok("kubeadm init done; baked certificates kept".into())
+}
+
+fn check_certs_kept(ctx: &Ctx) -> Result<()> {
+    let crt = ctx.path(APISERVER_CRT);
+    let now = fingerprint(&crt)?;
+    match ctx.journal.note(APISERVER_FP) {
+        Some(before) if before == now => Ok(()),
+        Some(before) => anyhow::bail!(
+            "kubeadm replaced the baked API server certificate {} (sha256 {before} before, {now} after): \
+             the image's certificates do not match its kubeadm config (SANs or CA); rebuild the images",
+            crt.display()
+        ),
+        None => anyhow::bail!("the journal has no fingerprint of {} from before kubeadm init", crt.display()),
+    }
+}
+
+/// Phases that finish an init whose control plane is up. Each is idempotent.
+const FINISH_PHASES: [&[&str]; 5] = [
+    &["upload-config", "all"],
+    &["mark-control-plane"],
+    &["bootstrap-token"],
+    &["kubelet-finalize", "all"],
+    &["addon", "all"],
+];
+
+fn resume_init(ctx: &mut Ctx, config: &Path) -> Result<String> {
+    let admin = ctx.path(ADMIN_CONF).exists();
+    let manifest = ctx.path(APISERVER_MANIFEST).exists();
+    let local_api = format!(
+        "https://{}:6443/readyz",
+        ctx.profile
+            .address
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "127.0.0.1".into())
+    );
+    let found = format!(
+        "admin.conf {}, kube-apiserver manifest {}",
+        if admin { "present" } else { "missing" },
+        if manifest { "present" } else { "missing" }
+    );
+    if !(admin && manifest) {
+        anyhow::bail!(
+            "kubeadm init was started on this node before and did not finish ({found}); a second full \
+             kubeadm init is never run. To start over deliberately: `kubeadm reset -f` on this node (and, with \
+             external etcd, back up and `etcdctl del --prefix /registry/`), then \
+             `hakube-firstboot run --retry kubeadm-init`."
+        );
+    }
+    log(&format!("kubeadm init was interrupted ({found}): finishing it"));
+    if !ctx.env.probe.https_answers(&local_api) {
+        ctx.env.svc.start("kubelet.service")?;
+        let probe = ctx.env.probe;
+        ctx.wait_for(
+            &format!("the local API server at {local_api}"),
+            Some(ctx.env.waits.local),
+            || if probe.https_answers(&local_api) { Ok(()) } else { Err("no TLS answer".into()) },
+        )
+        .context(
+            "the control plane of the interrupted kubeadm init does not come up; inspect \
+             `journalctl -u kubelet` and `crictl ps -a`, or start over with `kubeadm reset -f` and \
+             `hakube-firstboot run --retry kubeadm-init`",
+        )?;
+    }
+    let mut ran = Vec::new();
+    for phase in FINISH_PHASES {
+        let cmd = Cmd::new("kubeadm")
+            .args(["init", "phase"])
+            .args(phase.iter().copied())
+            .arg("--config")
+            .arg(config.to_string_lossy());
+        run_checked(ctx.env.cmd, &cmd)?;
+        ran.push(phase.join(" "));
+    }
+    check_certs_kept(ctx)?;
+    Ok(format!("resumed an interrupted kubeadm init: ran phases {}", ran.join(", ")))
+}
+
+/// `kubeadm join --config` (control plane on masters: join.yaml has a
+/// controlPlane section; kubeadm refuses --control-plane next to --config).
+pub fn kubeadm_join(ctx: &mut Ctx) -> Result<String> {
+    if ctx.initialises() {
+        return Ok("skipped: this node initialised the cluster".into());
+    }
+    let p = &ctx.profile.paths;
+    let cfg = if ctx.profile.init_node {
+        p.kubeadm_join_config
+            .as_deref()
+            .context("node profile: paths.kubeadmJoinConfig is missing on the init node")?
+    } else {
+        p.kubeadm_config
+            .as_deref()
+            .context("node profile: paths.kubeadmConfig is missing")?
+    };
+    let config = ctx.path(cfg);
+    let kubelet_conf = ctx.path(&p.kubelet_kubeconfig);
+    let master = ctx.profile.role == Role::Master;
+    if kubelet_conf.exists() {
+        // A previous attempt got at least as far as the kubelet's TLS bootstrap.
+        if master && !ctx.path(APISERVER_MANIFEST).exists() {
+            anyhow::bail!(
+                "an earlier kubeadm join on this master stopped half way ({} exists, {} does not); \
+                 run `kubeadm reset -f`, then `hakube-firstboot run --retry kubeadm-join`",
+                kubelet_conf.display(),
+                APISERVER_MANIFEST
+            );
+        }
+        ctx.env.svc.start("kubelet.service")?;
+        return Ok(format!("already joined ({} exists); kubelet started", kubelet_conf.display()));
+    }
+    let cmd = Cmd::new("kubeadm")
+        .args(["join", "--config"])
+        .arg(config.to_string_lossy());
+    run_checked(ctx.env.cmd, &cmd).context("kubeadm join failed")?;
+    Ok(if master {
+        "joined as a control-plane node".into()
+    } else {
+        "joined as a worker".into()
+    })
+}

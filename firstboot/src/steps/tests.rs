@@ -1,0 +1,716 @@
+//! Scenario tests: every role and path, driven by the recording runner and
+//! the fakes, including a simulated power cut after every side effect.
+
+use super::*;
+use crate::fakes::*;
+use crate::journal::JournalData;
+use crate::system::Output;
+use hakube_node_profile::*;
+use std::collections::BTreeMap;
+use std::fs;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+
+const VIP: &str = "10.0.0.100";
+const TOKEN: &str = "abcdef.0123456789abcdef";
+
+fn ip(last: u8) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(10, 0, 0, last)
+}
+
+fn etcd_member(name: &str, last: u8) -> EtcdMember {
+    EtcdMember {
+        name: name.into(),
+        address: ip(last),
+        peer_url: format!("https://{}:2380", ip(last)),
+        client_url: format!("https://{}:2379", ip(last)),
+    }
+}
+
+fn profile(name: &str, role: Role, topology: EtcdTopology) -> NodeProfile {
+    let masters: Vec<MasterRef> = (1..=3)
+        .map(|i| MasterRef {
+            name: format!("m{i}"),
+            address: ip(10 + i),
+        })
+        .collect();
+    let etcd_members = match topology {
+        EtcdTopology::External => (1..=3).map(|i| etcd_member(&format!("e{i}"), i)).collect(),
+        EtcdTopology::Stacked => (1..=3).map(|i| etcd_member(&format!("m{i}"), 10 + i)).collect(),
+    };
+    let address = match (role, name.as_bytes()[1] - b'0') {
+        (Role::Etcd, n) => ip(n),
+        (Role::Master, n) => ip(10 + n),
+        (Role::Worker, n) => ip(20 + n),
+    };
+    let k8s = role != Role::Etcd;
+    let init = name == "m1";
+    let mut labels = BTreeMap::new();
+    if role == Role::Master {
+        labels.insert("hakube.io/pool".to_string(), "control".to_string());
+    }
+    NodeProfile {
+        profile_version: PROFILE_VERSION,
+        cluster_name: "test".into(),
+        kubernetes_version: "1.31.4".into(),
+        node_name: name.into(),
+        role,
+        address: Some(address),
+        init_node: init,
+        runtime: Runtime::Containerd,
+        etcd_topology: topology,
+        endpoint: Endpoint {
+            mode: EndpointMode::Vip,
+            host: VIP.into(),
+            port: 8443,
+            vip_prefix: Some(24),
+        },
+        local_lb: LocalLb {
+            enabled: true,
+            port: 7443,
+        },
+        masters,
+        etcd_members,
+        labels,
+        taints: if role == Role::Master {
+            vec![Taint {
+                key: "node-role.kubernetes.io/control-plane".into(),
+                value: None,
+                effect: "NoSchedule".into(),
+            }]
+        } else {
+            vec![]
+        },
+        paths: Paths {
+            kubeadm_config: k8s.then(|| {
+                if init {
+                    "/etc/hakube/kubeadm/init.yaml".into()
+                } else {
+                    "/etc/hakube/kubeadm/join.yaml".into()
+                }
+            }),
+            kubeadm_join_config: init.then(|| "/etc/hakube/kubeadm/join.yaml".into()),
+            cni_manifest: (role == Role::Master).then(|| "/etc/hakube/cni/flannel.yaml".into()),
+            etcd_config: (role == Role::Etcd).then(|| "/etc/etcd/etcd.conf.yml".into()),
+            etcd_data_dir: "/var/lib/etcd".into(),
+            etcd_client: (role != Role::Worker).then(|| TlsClient {
+                ca_file: "/etc/kubernetes/pki/etcd/ca.crt".into(),
+                cert_file: "/etc/kubernetes/pki/apiserver-etcd-client.crt".into(),
+                key_file: "/etc/kubernetes/pki/apiserver-etcd-client.key".into(),
+            }),
+            admin_kubeconfig: (role == Role::Master).then(|| "/etc/kubernetes/admin.conf".into()),
+            kubelet_kubeconfig: "/etc/kubernetes/kubelet.conf".into(),
+            bootstrap_token: (role == Role::Master).then(|| "/etc/hakube/bootstrap-token".into()),
+        },
+    }
+}
+
+const KUBECONFIG: &str = "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: Q0E=\n    server: https://10.0.0.100:8443\n  name: test\nkind: Config\n";
+
+/// A node's root in a temp dir, and fakes that behave like the tools would.
+struct World {
+    root: tempfile::TempDir,
+    p: NodeProfile,
+    runner: Rc<FakeRunner>,
+    svc: FakeServices,
+    etcd: FakeEtcd,
+    probe: Rc<FakeProbe>,
+    clock: FakeClock,
+    cut: PowerCut,
+}
+
+fn write(root: &std::path::Path, rel: &str, text: &str) {
+    let p = root.join(rel.trim_start_matches('/'));
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, text).unwrap();
+}
+
+impl World {
+    fn new(p: NodeProfile, cluster: FakeCluster) -> World {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path().to_path_buf();
+        write(&r, PROFILE_PATH, &p.to_json());
+        let cri = "criSocket: unix:///run/containerd/containerd.sock\n";
+        write(&r, "etc/hakube/kubeadm/init.yaml", &format!(
+            "apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\nbootstrapTokens:\n- token: {TOKEN}\n  ttl: 8760h0m0s\nnodeRegistration:\n  {cri}"));
+        write(&r, "etc/hakube/kubeadm/join.yaml", &format!("kind: JoinConfiguration\nnodeRegistration:\n  {cri}"));
+        write(&r, "etc/hakube/cni/flannel.yaml", "kind: DaemonSet\n");
+        write(&r, "etc/hakube/bootstrap-token", &format!("{TOKEN}\n"));
+        write(&r, "etc/kubernetes/pki/apiserver.crt", "BAKED APISERVER CERT\n");
+        let members: Vec<String> = p.etcd_members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect();
+        write(&r, "etc/etcd/etcd.conf.yml", &format!(
+            "name: {}\ndata-dir: /var/lib/etcd\ninitial-cluster: {}\ninitial-cluster-state: new\nclient-transport-security:\n  cert-file: /etc/kubernetes/pki/etcd/server.crt\n",
+            p.node_name, members.join(",")));
+
+        let cut = PowerCut::default();
+        let runner = Rc::new(FakeRunner::with_cut(cut.clone()));
+        let probe = Rc::new(FakeProbe::default());
+        let mut etcd = FakeEtcd::new(cluster);
+        etcd.cut = cut.clone();
+        let svc = FakeServices::with_cut(cut.clone());
+        probe.tcp.borrow_mut().insert("127.0.0.1:7443".into());
+
+        runner.on("hostname", Output::ok(&format!("{}\n", p.node_name)));
+        let addr = p.address.unwrap().to_string();
+        runner.on(
+            "ip -j -4 addr show",
+            Output::ok(&format!(
+                r#"[{{"ifname":"lo","addr_info":[{{"local":"127.0.0.1"}}]}},{{"ifname":"lan0","addr_info":[{{"local":"{addr}"}}]}}]"#
+            )),
+        );
+        // kubeadm init and join write what the real tools write.
+        let (r2, probe2, addr2) = (r.clone(), probe.clone(), addr.clone());
+        runner.effect("kubeadm init --config", move |_| {
+            write(&r2, "etc/kubernetes/admin.conf", KUBECONFIG);
+            write(&r2, "etc/kubernetes/kubelet.conf", KUBECONFIG);
+            write(&r2, "etc/kubernetes/manifests/kube-apiserver.yaml", "kind: Pod\n");
+            probe2.answer(&format!("https://{addr2}:6443/readyz"), 0);
+            Output::ok("Your Kubernetes control-plane has initialized successfully!\n")
+        });
+        let (r3, master) = (r.clone(), p.role == Role::Master);
+        runner.effect("kubeadm join --config", move |_| {
+            write(&r3, "etc/kubernetes/kubelet.conf", KUBECONFIG);
+            if master {
+                write(&r3, "etc/kubernetes/admin.conf", KUBECONFIG);
+                write(&r3, "etc/kubernetes/manifests/kube-apiserver.yaml", "kind: Pod\n");
+            }
+            Output::ok("This node has joined the cluster\n")
+        });
+        let cm = serde_json::json!({"apiVersion":"v1","kind":"ConfigMap",
+            "metadata":{"name":"kube-proxy","namespace":"kube-system"},
+            "data":{"kubeconfig.conf": KUBECONFIG, "config.conf": "mode: iptables\n"}});
+        runner.on("kubectl --kubeconfig", Output::ok(""));
+        // (more specific rules first: the first match wins)
+        let w = World { root, p, runner, svc, etcd, probe, clock: FakeClock::default(), cut };
+        w.runner.rules_front(vec![
+            (format!("kubectl --kubeconfig {} -n kube-system get configmap kube-proxy", w.path("etc/kubernetes/admin.conf")),
+             Output::ok(&cm.to_string())),
+            (format!("kubectl --kubeconfig {} -n kube-system get secret", w.path("etc/kubernetes/admin.conf")),
+             Output::fail(1, "Error from server (NotFound): secrets \"bootstrap-token-abcdef\" not found")),
+        ]);
+        let rs = r.clone();
+        w.svc.on_start("containerd.service", move || write(&rs, "run/containerd/containerd.sock", ""));
+        if let Some(me) = w.p.own_etcd_member().cloned() {
+            if w.p.role == Role::Etcd {
+                let (c, r4) = (w.etcd.cluster.clone(), r.clone());
+                w.svc.on_start("etcd.service", move || {
+                    fs::create_dir_all(r4.join("var/lib/etcd/member/wal")).unwrap();
+                    c.borrow_mut().start(&me.name, &me.peer_url);
+                });
+            }
+        }
+        w
+    }
+
+    fn path(&self, rel: &str) -> String {
+        self.root.path().join(rel).to_string_lossy().into_owned()
+    }
+
+    fn env(&self) -> Env<'_> {
+        Env {
+            root: self.root.path().to_path_buf(),
+            cmd: &*self.runner,
+            svc: &self.svc,
+            etcd: &self.etcd,
+            probe: &*self.probe,
+            clock: &self.clock,
+            waits: Waits {
+                remote: Some(Duration::from_secs(3600)),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn run(&self) -> Result<()> {
+        crate::run(&self.env(), None)
+    }
+
+    fn journal(&self) -> JournalData {
+        let text = fs::read_to_string(Journal::path_under(self.root.path())).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn state(&self, step: &str) -> StepState {
+        self.journal().steps.iter().find(|s| s.name == step).unwrap().state
+    }
+
+    fn effective_etcd(&self) -> serde_yaml_ng::Value {
+        let text = fs::read_to_string(self.root.path().join(crate::etcd_config::EFFECTIVE_PATH)).unwrap();
+        serde_yaml_ng::from_str(&text).unwrap()
+    }
+}
+
+impl FakeRunner {
+    fn rules_front(&self, rules: Vec<(String, Output)>) {
+        for (prefix, out) in rules.into_iter().rev() {
+            self.on_front(&prefix, out);
+        }
+    }
+}
+
+fn etcd_nodes() -> Vec<(&'static str, &'static str)> {
+    vec![("e1", "10.0.0.1"), ("e2", "10.0.0.2"), ("e3", "10.0.0.3")]
+}
+
+fn stacked_nodes() -> Vec<(&'static str, &'static str)> {
+    vec![("m1", "10.0.0.11"), ("m2", "10.0.0.12"), ("m3", "10.0.0.13")]
+}
+
+// ---- plans -------------------------------------------------------------
+
+#[test]
+fn plan_per_role() {
+    let names = |p: &NodeProfile| plan_names(p).join(" ");
+    assert_eq!(names(&profile("e1", Role::Etcd, EtcdTopology::External)), "identity etcd-member");
+    assert_eq!(
+        names(&profile("m1", Role::Master, EtcdTopology::External)),
+        "identity container-runtime load-balancer vip wait-etcd init-or-join etcd-keyspace kubeadm-init \
+         kubeadm-join local-lb-clients cni labels-taints bootstrap-token"
+    );
+    assert_eq!(
+        names(&profile("m2", Role::Master, EtcdTopology::Stacked)),
+        "identity container-runtime load-balancer vip wait-api stale-etcd-member kubeadm-join \
+         local-lb-clients labels-taints"
+    );
+    let mut w = profile("w1", Role::Worker, EtcdTopology::Stacked);
+    assert_eq!(names(&w), "identity container-runtime load-balancer wait-api kubeadm-join local-lb-clients");
+    w.local_lb.enabled = false;
+    assert_eq!(names(&w), "identity container-runtime wait-api kubeadm-join");
+}
+
+// ---- external etcd members ---------------------------------------------
+
+#[test]
+fn etcd_fresh_formation() {
+    let mut c = FakeCluster::new(&etcd_nodes(), false);
+    // e2 is booting at the same time: up, but no cluster yet, so it serves no clients.
+    c.start("e2", "https://10.0.0.2:2380");
+    let w = World::new(profile("e1", Role::Etcd, EtcdTopology::External), c);
+    w.run().unwrap();
+    assert_eq!(w.state("etcd-member"), StepState::Done);
+    let cfg = w.effective_etcd();
+    assert_eq!(cfg["initial-cluster-state"].as_str(), Some("new"));
+    assert_eq!(
+        cfg["data-dir"].as_str().unwrap(),
+        w.path("var/lib/etcd")
+    );
+    assert_eq!(w.svc.calls(), ["start etcd.service"]);
+    assert_eq!(w.etcd.log(), ["start e2", "start e1"], "formation changes no membership");
+    // the effective config keeps the template's members
+    assert!(cfg["initial-cluster"].as_str().unwrap().contains("e3=https://10.0.0.3:2380"));
+}
+
+#[test]
+fn etcd_replacement_keeps_quorum_removes_adds_learner_promotes() {
+    let mut c = FakeCluster::new(&etcd_nodes(), true);
+    c.keys.insert("/registry/pods/a".into(), "x".into());
+    c.members[0].up = false; // the old e1 is gone; this is its reimaged disk
+    c.promote_refusals = 2; // the learner needs time to catch up
+    let w = World::new(profile("e1", Role::Etcd, EtcdTopology::External), c);
+    w.run().unwrap();
+    let log = w.etcd.log();
+    assert_eq!(log[0], "remove 10");
+    assert_eq!(log[1], "add learner https://10.0.0.1:2380");
+    assert_eq!(log[2], "start e1");
+    assert_eq!(log[3], "promote 100");
+    let cfg = w.effective_etcd();
+    assert_eq!(cfg["initial-cluster-state"].as_str(), Some("existing"));
+    let ic = cfg["initial-cluster"].as_str().unwrap();
+    for m in ["e1=https://10.0.0.1:2380", "e2=https://10.0.0.2:2380", "e3=https://10.0.0.3:2380"] {
+        assert!(ic.contains(m), "{ic}");
+    }
+    let cl = w.etcd.cluster.borrow();
+    assert!(cl.members.iter().all(|m| !m.member.is_learner && m.up));
+    assert_eq!(cl.keys.len(), 1, "keys are never deleted");
+    assert!(w.clock.slept.get() > Duration::ZERO, "promote was retried with backoff");
+}
+
+#[test]
+fn etcd_replacement_refused_when_quorum_would_be_lost() {
+    let mut c = FakeCluster::new(&etcd_nodes(), true);
+    c.members[0].up = false;
+    c.members[1].up = false; // two of three down: only e3 answers
+    let w = World::new(profile("e1", Role::Etcd, EtcdTopology::External), c);
+    let err = w.run().unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("refusing to replace etcd member e1"), "{msg}");
+    // e3 still answers, but alone it cannot serve a linearizable read
+    assert!(msg.contains("0 healthy of 2 voting members, below the quorum of 2"), "{msg}");
+    assert!(msg.contains("Not healthy: [e2 (id 11), e3 (id 12)]"), "{msg}");
+    assert!(msg.contains("Nothing was changed"), "{msg}");
+    assert_eq!(crate::exit_code(&err), 1);
+    assert!(w.etcd.log().is_empty(), "no membership change: {:?}", w.etcd.log());
+    assert!(w.svc.calls().is_empty(), "etcd not started");
+    assert_eq!(w.state("etcd-member"), StepState::Failed);
+    assert!(w.journal().steps[1].last_error.as_deref().unwrap().contains("refusing"));
+}
+
+#[test]
+fn etcd_member_that_booted_late_joins_the_forming_cluster() {
+    let mut c = FakeCluster::new(&etcd_nodes(), false);
+    c.start("e2", "https://10.0.0.2:2380");
+    c.start("e3", "https://10.0.0.3:2380");
+    let w = World::new(profile("e1", Role::Etcd, EtcdTopology::External), c);
+    w.run().unwrap();
+    assert_eq!(w.effective_etcd()["initial-cluster-state"].as_str(), Some("new"));
+    assert!(!w.etcd.log().iter().any(|l| l.starts_with("add") || l.starts_with("remove")));
+}
+
+// ---- first master ------------------------------------------------------
+
+fn init_world(topology: EtcdTopology) -> World {
+    let c = match topology {
+        EtcdTopology::External => FakeCluster::new(&etcd_nodes(), true),
+        EtcdTopology::Stacked => FakeCluster::default(),
+    };
+    World::new(profile("m1", Role::Master, topology), c)
+}
+
+#[test]
+fn init_node_initialises_over_external_etcd() {
+    let w = init_world(EtcdTopology::External);
+    w.run().unwrap();
+    let init = w.path("etc/hakube/kubeadm/init.yaml");
+    let admin = w.path("etc/kubernetes/admin.conf");
+    let calls = w.runner.calls();
+    assert_eq!(w.runner.count(&format!("kubeadm init --config {init}")), 1);
+    assert_eq!(w.runner.count("kubeadm join"), 0);
+    let pos = |needle: &str| calls.iter().position(|c| c.contains(needle)).unwrap_or_else(|| panic!("{needle} not in {calls:#?}"));
+    assert!(pos("kubeadm init --config") < pos("apply -f"));
+    assert!(calls.contains(&format!("kubectl --kubeconfig {admin} apply -f {}", w.path("etc/hakube/cni/flannel.yaml"))));
+    assert!(calls.contains(&format!("kubectl --kubeconfig {admin} label node m1 --overwrite hakube.io/pool=control")));
+    assert!(calls.contains(&format!("kubectl --kubeconfig {admin} taint node m1 node-role.kubernetes.io/control-plane:NoSchedule --overwrite")));
+    assert!(calls.contains(&format!("kubeadm token create {TOKEN} --ttl 8760h0m0s --kubeconfig {admin}")));
+    assert!(calls.iter().any(|c| c.contains("replace -f")), "kube-proxy configmap re-pointed");
+    let kubelet = fs::read_to_string(w.path("etc/kubernetes/kubelet.conf")).unwrap();
+    assert!(kubelet.contains("server: https://127.0.0.1:7443"), "{kubelet}");
+    let cm = fs::read_to_string(w.path("var/lib/hakube/firstboot/kube-proxy-configmap.json")).unwrap();
+    assert!(cm.contains("https://127.0.0.1:7443"), "{cm}");
+    let svc = w.svc.calls();
+    for u in ["start containerd.service", "start haproxy.service", "start keepalived.service", "restart kubelet.service"] {
+        assert!(svc.contains(&u.to_string()), "{u} in {svc:?}");
+    }
+    // keepalived holds the VIP before kubeadm init needs the endpoint
+    let j = w.journal();
+    assert_eq!(j.notes.get("decision").map(String::as_str), Some("init"));
+    assert!(j.steps.iter().all(|s| s.state == StepState::Done && s.attempts == 1));
+    assert_eq!(j.steps.iter().find(|s| s.name == "kubeadm-join").unwrap().outcome.as_deref(),
+        Some("skipped: this node initialised the cluster"));
+}
+
+#[test]
+fn init_refused_over_existing_registry_keyspace() {
+    let w = init_world(EtcdTopology::External);
+    {
+        let mut c = w.etcd.cluster.borrow_mut();
+        for k in ["/registry/pods/default/a", "/registry/secrets/x", "/other/key"] {
+            c.keys.insert(k.into(), "v".into());
+        }
+    }
+    let err = w.run().unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("already holds 2 keys under /registry/"), "{msg}");
+    assert!(msg.contains("https://10.0.0.1:2379"), "{msg}");
+    assert!(msg.contains("etcdctl del --prefix /registry/"), "{msg}");
+    assert!(msg.contains("Nothing was deleted"), "{msg}");
+    assert_eq!(w.runner.count("kubeadm"), 0);
+    assert_eq!(w.etcd.cluster.borrow().keys.len(), 3);
+    assert_eq!(w.state("etcd-keyspace"), StepState::Failed);
+}
+
+#[test]
+fn init_node_finding_a_cluster_joins_it() {
+    let w = init_world(EtcdTopology::Stacked);
+    w.probe.answer("https://10.0.0.12:6443/readyz", 0); // m2 already runs an API server
+    *w.etcd.cluster.borrow_mut() = FakeCluster::new(&[("m2", "10.0.0.12"), ("m3", "10.0.0.13")], true);
+    w.run().unwrap();
+    assert_eq!(w.runner.count("kubeadm init"), 0);
+    assert_eq!(w.runner.count(&format!("kubeadm join --config {}", w.path("etc/hakube/kubeadm/join.yaml"))), 1);
+    assert!(!w.runner.calls().iter().any(|c| c.contains("apply -f") || c.contains("token create")));
+    let j = w.journal();
+    assert_eq!(j.notes.get("decision").map(String::as_str), Some("join"));
+    assert!(j.steps.iter().find(|s| s.name == "cni").unwrap().outcome.as_deref().unwrap().starts_with("skipped"));
+}
+
+// ---- other masters and workers -----------------------------------------
+
+#[test]
+fn rebuilt_master_removes_stale_stacked_member_then_joins() {
+    let mut c = FakeCluster::new(&stacked_nodes(), true);
+    c.members[1].up = false; // the old m2
+    let w = World::new(profile("m2", Role::Master, EtcdTopology::Stacked), c);
+    w.probe.answer(&format!("https://{VIP}:8443/readyz"), 0);
+    w.run().unwrap();
+    assert_eq!(w.etcd.log(), ["remove 11"]);
+    let calls = w.runner.calls();
+    assert_eq!(w.runner.count("kubeadm join --config"), 1);
+    assert!(!calls.iter().any(|c| c.contains("--control-plane")), "join.yaml carries controlPlane");
+}
+
+#[test]
+fn rebuilt_master_refuses_when_removing_would_lose_quorum() {
+    let mut c = FakeCluster::new(&stacked_nodes(), true);
+    c.members[1].up = false;
+    c.members[2].up = false;
+    let w = World::new(profile("m2", Role::Master, EtcdTopology::Stacked), c);
+    w.probe.answer(&format!("https://{VIP}:8443/readyz"), 0);
+    let msg = format!("{:#}", w.run().unwrap_err());
+    assert!(msg.contains("refusing to remove stale etcd member m2"), "{msg}");
+    assert_eq!(w.runner.count("kubeadm"), 0);
+    assert!(w.etcd.log().is_empty());
+}
+
+#[test]
+fn worker_waits_for_the_api_then_joins() {
+    let w = World::new(profile("w1", Role::Worker, EtcdTopology::Stacked), FakeCluster::default());
+    w.probe.answer(&format!("https://{VIP}:8443/readyz"), 12);
+    w.run().unwrap();
+    assert_eq!(w.runner.count("kubeadm join --config"), 1);
+    assert_eq!(w.probe.probes.get(), 13);
+    // 12 failed probes: 1+2+4+8+16 then capped at 30 s
+    assert_eq!(w.clock.slept.get(), Duration::from_secs(1 + 2 + 4 + 8 + 16 + 30 * 7));
+    let kubelet = fs::read_to_string(w.path("etc/kubernetes/kubelet.conf")).unwrap();
+    assert!(kubelet.contains("https://127.0.0.1:7443"));
+}
+
+#[test]
+fn unreachable_endpoint_is_waited_for_and_reported_not_skipped() {
+    let w = World::new(profile("w1", Role::Worker, EtcdTopology::Stacked), FakeCluster::default());
+    let msg = format!("{:#}", w.run().unwrap_err());
+    assert!(msg.contains("gave up waiting for the Kubernetes API at https://10.0.0.100:8443/readyz after 3"), "{msg}");
+    assert_eq!(w.runner.count("kubeadm"), 0);
+    assert_eq!(w.state("wait-api"), StepState::Failed);
+}
+
+// ---- failures and resume ----------------------------------------------
+
+#[test]
+fn failed_kubeadm_init_is_reported_with_its_output_and_never_rerun() {
+    let w = init_world(EtcdTopology::External);
+    w.runner.push_front(
+        "kubeadm init --config",
+        Output {
+            status: 1,
+            stdout: "[preflight] Running pre-flight checks\n".into(),
+            stderr: "error execution phase preflight: [ERROR Port-6443]: Port 6443 is in use\n".into(),
+        },
+    );
+    let err = w.run().unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("[ERROR Port-6443]: Port 6443 is in use"), "{msg}");
+    assert!(msg.contains("exited with status 1"), "{msg}");
+    let rec = w.journal().steps.into_iter().find(|s| s.name == "kubeadm-init").unwrap();
+    assert_eq!(rec.state, StepState::Failed);
+    assert!(rec.last_error.unwrap().contains("Port 6443 is in use"));
+    // next boot: no second kubeadm init, a message for the operator instead
+    let msg = format!("{:#}", w.run().unwrap_err());
+    assert!(msg.contains("a second full kubeadm init is never run"), "{msg}");
+    assert!(msg.contains("kubeadm reset -f"), "{msg}");
+    assert_eq!(w.runner.count("kubeadm init --config"), 1);
+    // the operator cleans up and retries deliberately
+    crate::run(&w.env(), Some("kubeadm-init")).unwrap();
+    assert_eq!(w.runner.count("kubeadm init --config"), 2);
+}
+
+#[test]
+fn kubeadm_replacing_the_baked_certificate_is_an_error() {
+    let w = init_world(EtcdTopology::External);
+    let r = w.root.path().to_path_buf();
+    w.runner.effect_front("kubeadm init --config", move |_| {
+        write(&r, "etc/kubernetes/pki/apiserver.crt", "REGENERATED\n");
+        Output::ok("")
+    });
+    let msg = format!("{:#}", w.run().unwrap_err());
+    assert!(msg.contains("kubeadm replaced the baked API server certificate"), "{msg}");
+}
+
+/// Runs `make()` once per side effect of a clean run, cutting power after
+/// the n-th; then boots again and checks the node ends where a clean run does.
+fn power_cut_everywhere(make: impl Fn() -> World, after_cut: impl Fn(&World), check: impl Fn(&World)) {
+    let mut n = 0;
+    loop {
+        let w = make();
+        w.cut.arm(n);
+        let first = catch_unwind(AssertUnwindSafe(|| w.run()));
+        let crashed = first.is_err();
+        w.cut.disarm();
+        if !crashed {
+            first.unwrap().unwrap();
+            assert!(n >= 3, "the scenario has side effects");
+            return;
+        }
+        let before = w.journal();
+        let running: Vec<_> = before.steps.iter().filter(|s| s.state == StepState::Running).collect();
+        assert_eq!(running.len(), 1, "cut {n}: exactly the interrupted step is running: {before:#?}");
+        let done_before: Vec<String> = before.steps.iter().filter(|s| s.state == StepState::Done).map(|s| s.name.clone()).collect();
+        after_cut(&w);
+        w.run().unwrap_or_else(|e| panic!("cut {n}: resume failed: {e:#}"));
+        let after = w.journal();
+        for s in &after.steps {
+            assert_eq!(s.state, StepState::Done, "cut {n}: {}", s.name);
+            if done_before.contains(&s.name) {
+                assert_eq!(s.attempts, 1, "cut {n}: completed step {} was repeated", s.name);
+            }
+        }
+        assert_eq!(
+            after.steps.iter().find(|s| s.name == running[0].name).unwrap().attempts,
+            2,
+            "cut {n}: the interrupted step was re-checked"
+        );
+        check(&w);
+        n += 1;
+    }
+}
+
+#[test]
+fn power_cut_at_every_step_of_the_init_node() {
+    power_cut_everywhere(
+        || init_world(EtcdTopology::External),
+        |_| {},
+        |w| assert_eq!(w.runner.count("kubeadm init --config"), 1, "{:#?}", w.runner.calls()),
+    );
+}
+
+#[test]
+fn power_cut_at_every_step_of_a_worker() {
+    power_cut_everywhere(
+        || {
+            let w = World::new(profile("w1", Role::Worker, EtcdTopology::Stacked), FakeCluster::default());
+            w.probe.answer(&format!("https://{VIP}:8443/readyz"), 0);
+            w
+        },
+        |_| {},
+        |w| assert_eq!(w.runner.count("kubeadm join --config"), 1),
+    );
+}
+
+#[test]
+fn power_cut_at_every_step_of_a_replacement_etcd_member() {
+    power_cut_everywhere(
+        || {
+            let mut c = FakeCluster::new(&etcd_nodes(), true);
+            c.members[0].up = false;
+            World::new(profile("e1", Role::Etcd, EtcdTopology::External), c)
+        },
+        // the power cut also stopped this node's etcd
+        |w| w.etcd.cluster.borrow_mut().stop("e1"),
+        |w| {
+            let c = w.etcd.cluster.borrow();
+            assert_eq!(c.members.len(), 3, "{:#?}", c.members);
+            assert!(c.members.iter().all(|m| m.up && !m.member.is_learner));
+        },
+    );
+}
+
+#[test]
+fn power_cut_at_every_step_of_a_forming_etcd_member() {
+    power_cut_everywhere(
+        || {
+            let mut c = FakeCluster::new(&etcd_nodes(), false);
+            c.start("e2", "https://10.0.0.2:2380");
+            World::new(profile("e1", Role::Etcd, EtcdTopology::External), c)
+        },
+        |w| w.etcd.cluster.borrow_mut().stop("e1"),
+        |w| assert!(w.etcd.log().iter().all(|l| l.starts_with("start"))),
+    );
+}
+
+#[test]
+fn interrupted_init_with_a_control_plane_is_finished_by_phases() {
+    let w = init_world(EtcdTopology::External);
+    // kubeadm init does its work, then the power goes.
+    let (r, probe) = (w.root.path().to_path_buf(), w.probe.clone());
+    w.runner.effect_front("kubeadm init --config", move |_| {
+        write(&r, "etc/kubernetes/admin.conf", KUBECONFIG);
+        write(&r, "etc/kubernetes/kubelet.conf", KUBECONFIG);
+        write(&r, "etc/kubernetes/manifests/kube-apiserver.yaml", "kind: Pod\n");
+        probe.answer("https://10.0.0.11:6443/readyz", 0);
+        panic!("simulated power cut during kubeadm init");
+    });
+    let r = catch_unwind(AssertUnwindSafe(|| w.run()));
+    assert!(r.is_err());
+    assert_eq!(w.state("kubeadm-init"), StepState::Running);
+    w.run().unwrap();
+    assert_eq!(w.runner.count("kubeadm init --config"), 1);
+    let config = w.path("etc/hakube/kubeadm/init.yaml");
+    for phase in ["upload-config all", "mark-control-plane", "bootstrap-token", "kubelet-finalize all", "addon all"] {
+        assert_eq!(w.runner.count(&format!("kubeadm init phase {phase} --config {config}")), 1, "{phase}");
+    }
+    let rec = w.journal().steps.into_iter().find(|s| s.name == "kubeadm-init").unwrap();
+    assert!(rec.outcome.unwrap().starts_with("resumed an interrupted kubeadm init"));
+}
+
+// ---- status, health, bad input ------------------------------------------
+
+#[test]
+fn status_json_reports_states_timings_attempts_errors() {
+    let w = World::new(profile("w1", Role::Worker, EtcdTopology::Stacked), FakeCluster::default());
+    let _ = w.run();
+    let v: serde_json::Value = serde_json::from_str(&crate::status(w.root.path(), true).unwrap()).unwrap();
+    assert_eq!(v["node"], "w1");
+    assert_eq!(v["role"], "worker");
+    assert_eq!(v["overall"], "failed");
+    let steps = v["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["name"], "identity");
+    assert_eq!(steps[0]["state"], "done");
+    assert_eq!(steps[0]["attempts"], 1);
+    assert!(steps[0]["started"].as_str().unwrap().starts_with("2027-"));
+    assert!(steps[0]["durationMs"].is_u64());
+    let wait = steps.iter().find(|s| s["name"] == "wait-api").unwrap();
+    assert_eq!(wait["state"], "failed");
+    assert!(wait["lastError"].as_str().unwrap().contains("gave up waiting"));
+    assert_eq!(wait["durationMs"], 3601 * 1000); // fake clock: waited to the limit
+    let join = steps.iter().find(|s| s["name"] == "kubeadm-join").unwrap();
+    assert_eq!(join["state"], "pending");
+    let text = crate::status(w.root.path(), false).unwrap();
+    assert!(text.contains("wait-api             failed"), "{text}");
+    assert!(text.contains("last error of wait-api"), "{text}");
+}
+
+#[test]
+fn health_of_etcd_member() {
+    let w = World::new(profile("e1", Role::Etcd, EtcdTopology::External), FakeCluster::new(&etcd_nodes(), true));
+    assert!(crate::health(&w.env()).is_ok());
+    w.etcd.cluster.borrow_mut().stop("e2");
+    assert!(crate::health(&w.env()).is_ok(), "2 of 3 is quorum");
+    w.etcd.cluster.borrow_mut().stop("e3");
+    let msg = format!("{:#}", crate::health(&w.env()).unwrap_err());
+    assert!(msg.contains("does not answer health reads"), "{msg}");
+}
+
+fn node_json(ready: &str) -> String {
+    serde_json::json!({"kind":"Node","status":{"conditions":[
+        {"type":"MemoryPressure","status":"False"},
+        {"type":"Ready","status":ready,"reason":"KubeletReady","message":"kubelet is posting ready status"}]}})
+    .to_string()
+}
+
+#[test]
+fn health_of_kubernetes_node() {
+    let w = World::new(profile("w1", Role::Worker, EtcdTopology::Stacked), FakeCluster::default());
+    let msg = format!("{:#}", crate::health(&w.env()).unwrap_err());
+    assert!(msg.contains("kubelet.service is not active"), "{msg}");
+    w.svc.active.borrow_mut().insert("kubelet.service".into());
+    let get = format!("kubectl --kubeconfig {} get node w1 -o json", w.path("etc/kubernetes/kubelet.conf"));
+    w.runner.push_front(&get, Output::ok(&node_json("False")));
+    let msg = format!("{:#}", crate::health(&w.env()).unwrap_err());
+    assert!(msg.contains("not Ready: Ready=False"), "{msg}");
+    w.runner.push_front(&get, Output::ok(&node_json("True")));
+    assert_eq!(crate::health(&w.env()).unwrap(), "kubelet active; node w1 Ready");
+}
+
+#[test]
+fn missing_or_invalid_profile_is_bad_input_and_runs_nothing() {
+    let w = World::new(profile("w1", Role::Worker, EtcdTopology::Stacked), FakeCluster::default());
+    fs::remove_file(w.root.path().join(PROFILE_PATH)).unwrap();
+    let err = w.run().unwrap_err();
+    assert_eq!(crate::exit_code(&err), 2);
+    assert!(format!("{err:#}").contains("cannot read the node profile"));
+    write(w.root.path(), PROFILE_PATH, "{\"profileVersion\": 1, \"surprise\": true}");
+    let err = w.run().unwrap_err();
+    assert_eq!(crate::exit_code(&err), 2);
+    assert!(format!("{err:#}").contains("node.json"), "{err:#}");
+    assert!(w.runner.calls().is_empty());
+    assert!(w.svc.calls().is_empty());
+    assert!(!Journal::path_under(w.root.path()).exists());
+}
