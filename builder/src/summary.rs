@@ -22,7 +22,10 @@ pub fn run(args: &SummaryArgs) -> Result<()> {
         to_text(&cluster)
     };
     let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(out.as_bytes()).and_then(|_| stdout.flush()) {
+    match stdout
+        .write_all(out.as_bytes())
+        .and_then(|_| stdout.flush())
+    {
         // A reader that stops early (`| head`) is not an error.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => r.context("writing the summary to stdout"),
@@ -162,7 +165,9 @@ pub fn to_text(c: &Cluster) -> String {
 
 fn node_table(c: &Cluster) -> String {
     let init = c.init_node().name.clone();
-    let header = ["NAME", "ROLE", "ADDRESS", "GATEWAY", "MAC", "TAINTS", "LABELS"];
+    let header = [
+        "NAME", "ROLE", "ADDRESS", "GATEWAY", "MAC", "TAINTS", "LABELS",
+    ];
     let mut table: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for node in &c.nodes {
         let (address, gateway) = match &node.network {

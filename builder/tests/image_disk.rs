@@ -108,7 +108,10 @@ fn node_disk_has_the_documented_layout_and_contents() {
     names.sort();
     assert_eq!(names, ["worker-1.qcow2", "worker-1.xml"]);
 
-    let info = sh(&format!("qemu-img info --output=json {}", img.qcow2.display()));
+    let info = sh(&format!(
+        "qemu-img info --output=json {}",
+        img.qcow2.display()
+    ));
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["format"], "qcow2");
     assert_eq!(info["virtual-size"], 20u64 << 30);
@@ -130,8 +133,16 @@ fn node_disk_has_the_documented_layout_and_contents() {
     assert!(field(2, "attrs").contains("GUID:63"), "{:?}", parts[2]);
     assert!(!field(1, "attrs").contains("GUID:63"));
     // sfdisk found no problem with the backup header or CRCs.
-    let verify = Command::new("sfdisk").arg("--verify").arg(&raw).output().unwrap();
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    let verify = Command::new("sfdisk")
+        .arg("--verify")
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
     let gpt = disk::plan("hakube", "worker-1", &disk::Layout::default());
     assert_eq!(
         pt["id"].as_str().unwrap().to_lowercase(),
@@ -152,7 +163,12 @@ fn node_disk_has_the_documented_layout_and_contents() {
     // var: the OS root's /var plus the node tree (etc/ in the overlay upper).
     let var = dir.path().join("var.img");
     extract(&raw, sect(3, "start"), sect(3, "size"), &var);
-    let cat = |p: &str| sh(&format!("debugfs -R 'cat {p}' {} 2>/dev/null", var.display()));
+    let cat = |p: &str| {
+        sh(&format!(
+            "debugfs -R 'cat {p}' {} 2>/dev/null",
+            var.display()
+        ))
+    };
     assert_eq!(cat("/lib/dpkg/status"), "Package: base\n");
     assert_eq!(cat("/lib/hakube/overlay/etc/upper/hostname"), "worker-1\n");
     assert_eq!(cat("/lib/hakube/marker"), "from the node tree");
@@ -167,8 +183,14 @@ fn node_disk_has_the_documented_layout_and_contents() {
         var.display()
     ));
     assert!(link.contains("Type: symlink"), "{link}");
-    assert!(link.contains("/etc/systemd/system/hakube-firstboot.service"), "{link}");
-    let ls = sh(&format!("debugfs -R 'ls -p /lib/hakube/overlay' {} 2>/dev/null", var.display()));
+    assert!(
+        link.contains("/etc/systemd/system/hakube-firstboot.service"),
+        "{link}"
+    );
+    let ls = sh(&format!(
+        "debugfs -R 'ls -p /lib/hakube/overlay' {} 2>/dev/null",
+        var.display()
+    ));
     for d in ["etc", "cni-bin"] {
         assert!(ls.contains(&format!("/{d}/")), "{ls}");
     }
@@ -181,7 +203,10 @@ fn node_disk_has_the_documented_layout_and_contents() {
     extract(&raw, sect(0, "start"), sect(0, "size"), &esp);
     let mtype = |p: &str| sh(&format!("mtype -i {} ::/{p}", esp.display()));
     assert_eq!(mtype("EFI/BOOT/BOOTX64.EFI"), "MZ stand-in systemd-boot");
-    assert_eq!(mtype("EFI/systemd/systemd-bootx64.efi"), "MZ stand-in systemd-boot");
+    assert_eq!(
+        mtype("EFI/systemd/systemd-bootx64.efi"),
+        "MZ stand-in systemd-boot"
+    );
     let entry = mtype("loader/entries/hakube-a+3.conf");
     assert!(entry.contains("linux /hakube/a/vmlinuz"), "{entry}");
     assert!(entry.contains("initrd /hakube/a/initrd.img"), "{entry}");
@@ -283,8 +308,16 @@ fn gpt_writer_round_trips_through_sfdisk() {
     assert_eq!(p[1]["size"], 64 * 2048 - 34 - 4096 + 1);
     assert!(p[1]["attrs"].as_str().unwrap().contains("GUID:63"));
     assert_eq!(j["partitiontable"]["lastlba"], 64 * 2048 - 34);
-    let verify = Command::new("sfdisk").arg("--verify").arg(&path).output().unwrap();
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    let verify = Command::new("sfdisk")
+        .arg("--verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
     // Overlapping partitions are refused.
     let mut bad = g.clone();
     bad.partitions[1].first_lba = 4000;

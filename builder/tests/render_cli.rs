@@ -75,7 +75,10 @@ fn default_cluster_renders_with_no_other_argument() {
     for n in nodes {
         assert!(stdout.contains(n), "{stdout}");
         let dir = cwd.path().join("out").join(n);
-        assert_eq!(std::fs::read_to_string(dir.join("etc/hostname")).unwrap(), format!("{n}\n"));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("etc/hostname")).unwrap(),
+            format!("{n}\n")
+        );
         assert!(cwd.path().join(format!("out/{n}.ign")).is_file());
     }
     // The state landed in the working directory, private.
@@ -83,7 +86,10 @@ fn default_cluster_renders_with_no_other_argument() {
     let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
     // The per-node apiserver certificate exists where kubeadm looks for it.
-    assert!(cwd.path().join("out/master-2/etc/kubernetes/pki/apiserver.crt").is_file());
+    assert!(cwd
+        .path()
+        .join("out/master-2/etc/kubernetes/pki/apiserver.crt")
+        .is_file());
 }
 
 #[test]
@@ -91,8 +97,14 @@ fn rendering_twice_gives_identical_trees() {
     let cwd = tempfile::tempdir().unwrap();
     let spec = fixture("external-etcd.yaml");
     let spec = spec.to_str().unwrap();
-    ok(&render(cwd.path(), &["--cluster", spec, "--state", "st", "--out", "a"]));
-    ok(&render(cwd.path(), &["--cluster", spec, "--state", "st", "--out", "b"]));
+    ok(&render(
+        cwd.path(),
+        &["--cluster", spec, "--state", "st", "--out", "a"],
+    ));
+    ok(&render(
+        cwd.path(),
+        &["--cluster", spec, "--state", "st", "--out", "b"],
+    ));
     let a = snapshot(&cwd.path().join("a"));
     let b = snapshot(&cwd.path().join("b"));
     assert_eq!(a.len(), b.len());
@@ -100,7 +112,10 @@ fn rendering_twice_gives_identical_trees() {
         assert_eq!(Some(entry), b.get(path), "{path} differs between runs");
     }
     // Rendering again into the same directory replaces it cleanly.
-    ok(&render(cwd.path(), &["--cluster", spec, "--state", "st", "--out", "a"]));
+    ok(&render(
+        cwd.path(),
+        &["--cluster", spec, "--state", "st", "--out", "a"],
+    ));
     assert_eq!(snapshot(&cwd.path().join("a")), b);
 }
 
@@ -132,7 +147,10 @@ fn ignition_holds_exactly_the_written_tree() {
         from_ign.insert(f.path[1..].to_string(), Entry::File(data, mode));
     }
     for l in storage.links.unwrap_or_default() {
-        from_ign.insert(l.path[1..].to_string(), Entry::Link(l.target.unwrap().into()));
+        from_ign.insert(
+            l.path[1..].to_string(),
+            Entry::Link(l.target.unwrap().into()),
+        );
     }
     assert_eq!(from_ign, tree);
 }
@@ -141,7 +159,10 @@ fn ignition_holds_exactly_the_written_tree() {
 fn every_file_a_profile_names_is_in_its_tree_and_roles_hold_no_foreign_keys() {
     let cwd = tempfile::tempdir().unwrap();
     let spec = fixture("external-etcd.yaml");
-    ok(&render(cwd.path(), &["--cluster", spec.to_str().unwrap(), "--out", "out"]));
+    ok(&render(
+        cwd.path(),
+        &["--cluster", spec.to_str().unwrap(), "--out", "out"],
+    ));
     let out = cwd.path().join("out");
     let mut roles = Vec::new();
     for e in std::fs::read_dir(&out).unwrap() {
@@ -180,7 +201,11 @@ fn every_file_a_profile_names_is_in_its_tree_and_roles_hold_no_foreign_keys() {
         if profile.role != Role::Master {
             for key in ["ca.key", "sa.key", "front-proxy-ca.key", "etcd/ca.key"] {
                 let path = format!("etc/kubernetes/pki/{key}");
-                assert!(!tree.contains_key(&path), "{}: holds {path}", profile.node_name);
+                assert!(
+                    !tree.contains_key(&path),
+                    "{}: holds {path}",
+                    profile.node_name
+                );
             }
         }
         // The etcd config points at certificates the member holds.
@@ -188,7 +213,10 @@ fn every_file_a_profile_names_is_in_its_tree_and_roles_hold_no_foreign_keys() {
             let conf = std::fs::read_to_string(dir.join("etc/etcd/etcd.conf.yml")).unwrap();
             for f in ["server.crt", "server.key", "peer.crt", "peer.key", "ca.crt"] {
                 assert!(conf.contains(&format!("/etc/kubernetes/pki/etcd/{f}")));
-                assert!(tree.contains_key(&format!("etc/kubernetes/pki/etcd/{f}")), "{f}");
+                assert!(
+                    tree.contains_key(&format!("etc/kubernetes/pki/etcd/{f}")),
+                    "{f}"
+                );
             }
         }
     }
@@ -203,9 +231,17 @@ fn bad_spec_writes_nothing_and_exits_2() {
     let good = std::fs::read_to_string(fixture("v1beta4.yaml")).unwrap();
     std::fs::write(&spec, good.replace("name: master-2", "name: Master_2")).unwrap();
     let out = render(cwd.path(), &["--cluster", "bad.yaml", "--out", "out"]);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("bad.yaml") && stderr.contains("nodes[1]"), "{stderr}");
+    assert!(
+        stderr.contains("bad.yaml") && stderr.contains("nodes[1]"),
+        "{stderr}"
+    );
     assert!(!cwd.path().join("out").exists());
     assert!(!cwd.path().join(".hakube").exists());
 }
@@ -216,7 +252,10 @@ fn unknown_node_names_the_nodes_and_writes_nothing() {
     let out = render(cwd.path(), &["--out", "out", "--node", "master-9"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("master-9") && stderr.contains("master-1, master-2, master-3, worker-1"), "{stderr}");
+    assert!(
+        stderr.contains("master-9") && stderr.contains("master-1, master-2, master-3, worker-1"),
+        "{stderr}"
+    );
     assert!(!cwd.path().join("out").exists());
     assert!(!cwd.path().join(".hakube").exists());
 }

@@ -32,7 +32,9 @@ fn creds() -> JoinCredentials {
 }
 
 fn tree(cluster: &Cluster, node: &str) -> FileTree {
-    let node = cluster.node(node).unwrap_or_else(|| panic!("no node {node}"));
+    let node = cluster
+        .node(node)
+        .unwrap_or_else(|| panic!("no node {node}"));
     render::config_tree(cluster, node, &creds()).unwrap()
 }
 
@@ -53,7 +55,10 @@ fn check_golden(name: &str, actual: &str) {
         return;
     }
     let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display())
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
+            path.display()
+        )
     });
     assert!(
         expected == actual,
@@ -66,18 +71,39 @@ fn kubeadm_configs_match_golden_files() {
     for (spec_file, dir) in [("v1beta3.yaml", "v1beta3"), ("v1beta4.yaml", "v1beta4")] {
         let c = load(spec_file);
         let m1 = tree(&c, "master-1");
-        check_golden(&format!("{dir}/master-1-init.yaml"), &text(&m1, paths::KUBEADM_INIT));
-        check_golden(&format!("{dir}/master-1-join.yaml"), &text(&m1, paths::KUBEADM_JOIN));
+        check_golden(
+            &format!("{dir}/master-1-init.yaml"),
+            &text(&m1, paths::KUBEADM_INIT),
+        );
+        check_golden(
+            &format!("{dir}/master-1-join.yaml"),
+            &text(&m1, paths::KUBEADM_JOIN),
+        );
         let m2 = tree(&c, "master-2");
-        check_golden(&format!("{dir}/master-2-join.yaml"), &text(&m2, paths::KUBEADM_JOIN));
+        check_golden(
+            &format!("{dir}/master-2-join.yaml"),
+            &text(&m2, paths::KUBEADM_JOIN),
+        );
         let w1 = tree(&c, "worker-1");
-        check_golden(&format!("{dir}/worker-1-join.yaml"), &text(&w1, paths::KUBEADM_JOIN));
+        check_golden(
+            &format!("{dir}/worker-1-join.yaml"),
+            &text(&w1, paths::KUBEADM_JOIN),
+        );
     }
     let c = load("external-etcd.yaml");
     let m1 = tree(&c, "master-1");
-    check_golden("external-etcd/master-1-init.yaml", &text(&m1, paths::KUBEADM_INIT));
-    check_golden("external-etcd/master-2-join.yaml", &text(&tree(&c, "master-2"), paths::KUBEADM_JOIN));
-    check_golden("external-etcd/etcd-1.conf.yml", &text(&tree(&c, "etcd-1"), paths::ETCD_CONFIG));
+    check_golden(
+        "external-etcd/master-1-init.yaml",
+        &text(&m1, paths::KUBEADM_INIT),
+    );
+    check_golden(
+        "external-etcd/master-2-join.yaml",
+        &text(&tree(&c, "master-2"), paths::KUBEADM_JOIN),
+    );
+    check_golden(
+        "external-etcd/etcd-1.conf.yml",
+        &text(&tree(&c, "etcd-1"), paths::ETCD_CONFIG),
+    );
 }
 
 /// Parses a multi-document YAML file (as kubeadm does) into JSON values.
@@ -113,7 +139,10 @@ fn kubeadm_configs_parse_with_the_expected_kinds_and_values() {
             let is_init = node.name.as_str() == init_node;
             assert_eq!(t.contains(paths::KUBEADM_INIT), is_init, "{}", node.name);
             let join = documents(&text(&t, paths::KUBEADM_JOIN));
-            assert_eq!(kinds(&join), vec![(api.to_string(), "JoinConfiguration".to_string())]);
+            assert_eq!(
+                kinds(&join),
+                vec![(api.to_string(), "JoinConfiguration".to_string())]
+            );
             let j = &join[0];
             let bt = &j["discovery"]["bootstrapToken"];
             assert_eq!(bt["apiServerEndpoint"], c.endpoint.host_port().as_str());
@@ -153,8 +182,14 @@ fn kubeadm_configs_parse_with_the_expected_kinds_and_values() {
                 vec![
                     (api.to_string(), "InitConfiguration".to_string()),
                     (api.to_string(), "ClusterConfiguration".to_string()),
-                    ("kubelet.config.k8s.io/v1beta1".into(), "KubeletConfiguration".into()),
-                    ("kubeproxy.config.k8s.io/v1alpha1".into(), "KubeProxyConfiguration".into()),
+                    (
+                        "kubelet.config.k8s.io/v1beta1".into(),
+                        "KubeletConfiguration".into()
+                    ),
+                    (
+                        "kubeproxy.config.k8s.io/v1alpha1".into(),
+                        "KubeProxyConfiguration".into()
+                    ),
                 ]
             );
             let tok = &init[0]["bootstrapTokens"][0];
@@ -165,7 +200,10 @@ fn kubeadm_configs_parse_with_the_expected_kinds_and_values() {
             let cc = &init[1];
             assert_eq!(cc["controlPlaneEndpoint"], c.endpoint.host_port().as_str());
             assert_eq!(cc["kubernetesVersion"], c.kubernetes_version.tag().as_str());
-            assert_eq!(cc["networking"]["podSubnet"], c.networking.pod_cidr.to_string().as_str());
+            assert_eq!(
+                cc["networking"]["podSubnet"],
+                c.networking.pod_cidr.to_string().as_str()
+            );
             let sans: Vec<&str> = cc["apiServer"]["certSANs"]
                 .as_array()
                 .unwrap()
@@ -183,25 +221,42 @@ fn kubeadm_configs_parse_with_the_expected_kinds_and_values() {
                 hakube_node_profile::EtcdTopology::External => {
                     let ext = &cc["etcd"]["external"];
                     assert_eq!(ext["endpoints"].as_array().unwrap().len(), 3);
-                    assert_eq!(ext["certFile"], "/etc/kubernetes/pki/apiserver-etcd-client.crt");
+                    assert_eq!(
+                        ext["certFile"],
+                        "/etc/kubernetes/pki/apiserver-etcd-client.crt"
+                    );
                 }
             }
             if api.ends_with("v1beta4") {
-                assert_eq!(cc["encryptionAlgorithm"], c.certificates.key_algorithm.kubeadm_name());
+                assert_eq!(
+                    cc["encryptionAlgorithm"],
+                    c.certificates.key_algorithm.kubeadm_name()
+                );
             } else {
                 assert_eq!(cc["featureGates"]["PublicKeysECDSA"], true);
                 assert!(cc.get("encryptionAlgorithm").is_none());
             }
             assert_eq!(init[2]["cgroupDriver"], "systemd");
-            assert_eq!(init[2]["clusterDNS"][0], c.networking.cluster_dns_ip().to_string().as_str());
-            assert_eq!(init[3]["clusterCIDR"], c.networking.pod_cidr.to_string().as_str());
+            assert_eq!(
+                init[2]["clusterDNS"][0],
+                c.networking.cluster_dns_ip().to_string().as_str()
+            );
+            assert_eq!(
+                init[3]["clusterCIDR"],
+                c.networking.pod_cidr.to_string().as_str()
+            );
         }
     }
 }
 
 #[test]
 fn trees_hold_what_each_role_needs_and_nothing_else() {
-    for spec_file in ["v1beta3.yaml", "v1beta4.yaml", "external-etcd.yaml", "dns-nolb.yaml"] {
+    for spec_file in [
+        "v1beta3.yaml",
+        "v1beta4.yaml",
+        "external-etcd.yaml",
+        "dns-nolb.yaml",
+    ] {
         let c = load(spec_file);
         for node in &c.nodes {
             let t = tree(&c, node.name.as_str());
@@ -221,8 +276,15 @@ fn trees_hold_what_each_role_needs_and_nothing_else() {
                 None => assert!(network.contains("DHCP=ipv4"), "{name}"),
             }
             let hosts = text(&t, paths::HOSTS);
-            for other in c.nodes.iter().filter_map(|n| n.address().map(|a| (a, &n.name))) {
-                assert!(hosts.contains(&format!("{}\t{}\n", other.0, other.1)), "{name}");
+            for other in c
+                .nodes
+                .iter()
+                .filter_map(|n| n.address().map(|a| (a, &n.name)))
+            {
+                assert!(
+                    hosts.contains(&format!("{}\t{}\n", other.0, other.1)),
+                    "{name}"
+                );
             }
             let kube = node.role != Role::Etcd;
             let vip_master = node.role == Role::Master
@@ -232,24 +294,40 @@ fn trees_hold_what_each_role_needs_and_nothing_else() {
             assert_eq!(t.contains(paths::HAPROXY_CONFIG), haproxy, "{name}");
             assert_eq!(t.contains(paths::KUBEADM_JOIN), kube, "{name}");
             assert_eq!(t.contains(paths::ETCD_CONFIG), !kube, "{name}");
-            assert_eq!(t.contains(paths::BOOTSTRAP_TOKEN), node.role == Role::Master);
-            assert_eq!(t.contains(paths::cni_manifest(c.cni)), node.role == Role::Master);
+            assert_eq!(
+                t.contains(paths::BOOTSTRAP_TOKEN),
+                node.role == Role::Master
+            );
+            assert_eq!(
+                t.contains(paths::cni_manifest(c.cni)),
+                node.role == Role::Master
+            );
             let runtime_cfg = match c.runtime {
                 hakube_node_profile::Runtime::Containerd => paths::CONTAINERD_CONFIG,
                 hakube_node_profile::Runtime::CriO => paths::CRIO_DROPIN,
             };
             assert_eq!(t.contains(runtime_cfg), kube, "{name}");
-            let wants = |unit: &str| t.contains(format!("etc/systemd/system/multi-user.target.wants/{unit}"));
+            let wants = |unit: &str| {
+                t.contains(format!("etc/systemd/system/multi-user.target.wants/{unit}"))
+            };
             assert!(wants("hakube-firstboot.service"), "{name}");
             assert_eq!(wants("keepalived.service"), vip_master, "{name}");
             assert_eq!(wants("haproxy.service"), haproxy, "{name}");
             assert_eq!(wants("kubelet.service"), kube, "{name}");
             assert_eq!(wants(c.runtime.unit()), kube, "{name}");
             assert_eq!(wants("etcd.service"), !kube, "{name}");
-            assert_eq!(wants("ssh.service"), !c.ssh_authorized_keys.is_empty(), "{name}");
-            assert_eq!(t.contains(paths::SSH_KEYS), !c.ssh_authorized_keys.is_empty());
             assert_eq!(
-                text(&t, paths::FIRSTBOOT_UNIT).contains("ExecStart=/usr/local/bin/hakube-firstboot run\n"),
+                wants("ssh.service"),
+                !c.ssh_authorized_keys.is_empty(),
+                "{name}"
+            );
+            assert_eq!(
+                t.contains(paths::SSH_KEYS),
+                !c.ssh_authorized_keys.is_empty()
+            );
+            assert_eq!(
+                text(&t, paths::FIRSTBOOT_UNIT)
+                    .contains("ExecStart=/usr/local/bin/hakube-firstboot run\n"),
                 true
             );
             // The profile reads back, and every config path it names is in the tree.
@@ -266,7 +344,10 @@ fn trees_hold_what_each_role_needs_and_nothing_else() {
             .into_iter()
             .flatten()
             {
-                assert!(t.contains(path.trim_start_matches('/')), "{name}: profile names {path}");
+                assert!(
+                    t.contains(path.trim_start_matches('/')),
+                    "{name}: profile names {path}"
+                );
             }
         }
     }
@@ -276,7 +357,11 @@ fn trees_hold_what_each_role_needs_and_nothing_else() {
 fn secrets_bearing_configs_are_private() {
     let c = load("v1beta4.yaml");
     let t = tree(&c, "master-1");
-    for path in [paths::KUBEADM_INIT, paths::KUBEADM_JOIN, paths::BOOTSTRAP_TOKEN] {
+    for path in [
+        paths::KUBEADM_INIT,
+        paths::KUBEADM_JOIN,
+        paths::BOOTSTRAP_TOKEN,
+    ] {
         match t.get(path) {
             Some(FileEntry::File { mode, .. }) => assert_eq!(*mode, 0o600, "{path}"),
             other => panic!("{path}: {other:?}"),
@@ -288,15 +373,27 @@ fn secrets_bearing_configs_are_private() {
 fn cni_manifests_carry_the_pod_cidr() {
     let c = load("v1beta4.yaml");
     let flannel = documents(&text(&tree(&c, "master-2"), "etc/hakube/cni/flannel.yaml"));
-    let kinds: Vec<String> = flannel.iter().map(|d| d["kind"].as_str().unwrap().to_string()).collect();
+    let kinds: Vec<String> = flannel
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(
         kinds,
-        ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"]
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "DaemonSet"
+        ]
     );
-    let net: Value = serde_json::from_str(flannel[4]["data"]["net-conf.json"].as_str().unwrap()).unwrap();
+    let net: Value =
+        serde_json::from_str(flannel[4]["data"]["net-conf.json"].as_str().unwrap()).unwrap();
     assert_eq!(net["Network"], "10.244.0.0/16");
     assert_eq!(net["Backend"]["Type"], "vxlan");
-    let cni: Value = serde_json::from_str(flannel[4]["data"]["cni-conf.json"].as_str().unwrap()).unwrap();
+    let cni: Value =
+        serde_json::from_str(flannel[4]["data"]["cni-conf.json"].as_str().unwrap()).unwrap();
     assert_eq!(cni["plugins"][0]["type"], "flannel");
     let init: Vec<&str> = flannel[5]["spec"]["template"]["spec"]["initContainers"]
         .as_array()
@@ -326,10 +423,16 @@ fn etcd_config_lists_every_member_with_tls() {
         e["initial-cluster"],
         "etcd-1=https://10.20.0.21:2380,etcd-2=https://10.20.0.22:2380,etcd-3=https://10.20.0.23:2380"
     );
-    assert_eq!(e["listen-client-urls"], "https://10.20.0.22:2379,https://127.0.0.1:2379");
+    assert_eq!(
+        e["listen-client-urls"],
+        "https://10.20.0.22:2379,https://127.0.0.1:2379"
+    );
     for side in ["client-transport-security", "peer-transport-security"] {
         assert_eq!(e[side]["client-cert-auth"], true, "{side}");
-        assert_eq!(e[side]["trusted-ca-file"], "/etc/kubernetes/pki/etcd/ca.crt");
+        assert_eq!(
+            e[side]["trusted-ca-file"],
+            "/etc/kubernetes/pki/etcd/ca.crt"
+        );
     }
 }
 
@@ -358,7 +461,9 @@ fn ignition_holds_exactly_the_tree() {
         let src = f.contents.as_ref().unwrap().source.as_ref().unwrap();
         let b64 = src.strip_prefix("data:;base64,").unwrap();
         use base64::Engine as _;
-        let decoded = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
         assert_eq!(&decoded, contents, "{}", f.path);
     }
     for l in &links {
@@ -389,20 +494,36 @@ fn haproxy_accepts_its_configs() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    for (spec_file, node) in [("v1beta4.yaml", "master-1"), ("v1beta4.yaml", "worker-1"), ("external-etcd.yaml", "master-3")] {
+    for (spec_file, node) in [
+        ("v1beta4.yaml", "master-1"),
+        ("v1beta4.yaml", "worker-1"),
+        ("external-etcd.yaml", "master-3"),
+    ] {
         let c = load(spec_file);
         let cfg = text(&tree(&c, node), paths::HAPROXY_CONFIG);
         let p = write_temp(dir.path(), "haproxy.cfg", &cfg);
-        let out = Command::new("haproxy").arg("-c").arg("-f").arg(&p).output().unwrap();
+        let out = Command::new("haproxy")
+            .arg("-c")
+            .arg("-f")
+            .arg(&p)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "{spec_file}:{node}: haproxy -c failed:\n{}{}\n{cfg}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let servers = cfg.lines().filter(|l| l.trim_start().starts_with("server ")).count();
+        let servers = cfg
+            .lines()
+            .filter(|l| l.trim_start().starts_with("server "))
+            .count();
         assert_eq!(servers, 3);
-        assert_eq!(cfg.contains("bind *:8443"), node.starts_with("master"), "{node}");
+        assert_eq!(
+            cfg.contains("bind *:8443"),
+            node.starts_with("master"),
+            "{node}"
+        );
         assert!(cfg.contains("bind 127.0.0.1:7443"), "{node}");
     }
 }
@@ -430,10 +551,26 @@ fn keepalived_accepts_its_configs() {
         let cfg = text(&tree(&c, node), paths::KEEPALIVED_CONFIG);
         // lan0 exists only on the node (and keepalived refuses loopback):
         // check the file against one of this machine's interfaces.
-        let p = write_temp(dir.path(), "keepalived.conf", &cfg.replace(" lan0", &format!(" {iface}")));
-        let out = Command::new("keepalived").arg("-t").arg("-f").arg(&p).output().unwrap();
-        let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "{node}: keepalived -t failed:\n{log}\n{cfg}");
+        let p = write_temp(
+            dir.path(),
+            "keepalived.conf",
+            &cfg.replace(" lan0", &format!(" {iface}")),
+        );
+        let out = Command::new("keepalived")
+            .arg("-t")
+            .arg("-f")
+            .arg(&p)
+            .output()
+            .unwrap();
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "{node}: keepalived -t failed:\n{log}\n{cfg}"
+        );
         assert!(!log.contains("WARNING"), "{node}: keepalived warns:\n{log}");
         assert!(cfg.contains("192.168.122.10/24 dev lan0"), "{cfg}");
         let own = c.node(node).unwrap().address().unwrap().to_string();
@@ -469,9 +606,21 @@ fn containerd_accepts_its_config() {
     let c = load("v1beta4.yaml");
     let cfg = text(&tree(&c, "worker-1"), paths::CONTAINERD_CONFIG);
     let p = write_temp(dir.path(), "config.toml", &cfg);
-    let out = Command::new("containerd").arg("--config").arg(&p).args(["config", "dump"]).output().unwrap();
+    let out = Command::new("containerd")
+        .arg("--config")
+        .arg(&p)
+        .args(["config", "dump"])
+        .output()
+        .unwrap();
     let dump = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(dump.contains("SystemdCgroup = true"), "{dump}");
-    assert!(dump.contains("sandbox_image = \"registry.k8s.io/pause:3.10\""), "{dump}");
+    assert!(
+        dump.contains("sandbox_image = \"registry.k8s.io/pause:3.10\""),
+        "{dump}"
+    );
 }

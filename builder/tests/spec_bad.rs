@@ -42,7 +42,11 @@ fn every_bad_spec_is_refused_naming_its_field() {
         let text = std::fs::read_to_string(file).expect("fixture readable");
         let field = header(&text, "expect-field", file);
         let fragment = header(&text, "expect-message", file);
-        assert!(!fragment.is_empty(), "{}: empty expect-message", file.display());
+        assert!(
+            !fragment.is_empty(),
+            "{}: empty expect-message",
+            file.display()
+        );
         match spec::load(Some(file)) {
             Ok(_) => failures.push(format!("{}: accepted", file.display())),
             Err(e) => {

@@ -30,7 +30,12 @@ fn every_example_loads_without_warnings() {
         if path.extension().is_some_and(|x| x == "yaml") {
             let c = spec::load(Some(&path))
                 .unwrap_or_else(|e| panic!("{} is refused: {e}", path.display()));
-            assert!(c.warnings.is_empty(), "{}: {:?}", path.display(), c.warnings);
+            assert!(
+                c.warnings.is_empty(),
+                "{}: {:?}",
+                path.display(),
+                c.warnings
+            );
             n += 1;
         }
     }
@@ -48,7 +53,10 @@ fn embedded_default_cluster() {
     assert_eq!(c.etcd_topology, EtcdTopology::Stacked);
     assert_eq!(c.endpoint.mode, EndpointMode::Vip);
     assert_eq!(c.endpoint.host_port(), "192.168.122.10:8443");
-    assert_eq!(c.endpoint.vip.map(|v| v.to_string()).as_deref(), Some("192.168.122.10/24"));
+    assert_eq!(
+        c.endpoint.vip.map(|v| v.to_string()).as_deref(),
+        Some("192.168.122.10/24")
+    );
     assert!(c.local_lb.enabled);
     assert_eq!(c.local_lb.port, 7443);
     assert_eq!(c.networking.pod_cidr.to_string(), "10.244.0.0/16");
@@ -62,14 +70,25 @@ fn embedded_default_cluster() {
         .iter()
         .map(|n| n.address().map(|a| a.to_string()).unwrap_or_default())
         .collect();
-    assert_eq!(addrs, ["192.168.122.11", "192.168.122.12", "192.168.122.13", "192.168.122.21"]);
+    assert_eq!(
+        addrs,
+        [
+            "192.168.122.11",
+            "192.168.122.12",
+            "192.168.122.13",
+            "192.168.122.21"
+        ]
+    );
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     // Role profiles applied: masters tainted, workers not, both load br_netfilter.
     let m = c.node("master-2").expect("master-2");
     assert_eq!(m.taints.len(), 1);
     assert_eq!(m.taints[0].key, "node-role.kubernetes.io/control-plane");
     assert!(m.kernel_modules.iter().any(|k| k == "br_netfilter"));
-    assert_eq!(m.sysctls.get("net.ipv4.ip_forward").map(String::as_str), Some("1"));
+    assert_eq!(
+        m.sysctls.get("net.ipv4.ip_forward").map(String::as_str),
+        Some("1")
+    );
     assert!(c.node("worker-1").expect("worker-1").taints.is_empty());
 }
 
@@ -96,7 +115,10 @@ fn dns_endpoint_example() {
     let c = load("profiles/examples/dns-endpoint.yaml");
     assert_eq!(c.etcd_topology, EtcdTopology::Stacked);
     assert_eq!(c.endpoint.mode, EndpointMode::Dns);
-    assert_eq!(c.endpoint.host_port(), "api.hakube-dns.example.internal:6443");
+    assert_eq!(
+        c.endpoint.host_port(),
+        "api.hakube-dns.example.internal:6443"
+    );
     assert_eq!(c.endpoint.vip, None);
     assert_eq!(count(&c, Role::Master), 3);
     assert_eq!(count(&c, Role::Worker), 2);
@@ -113,10 +135,15 @@ fn annotated_example_uses_every_optional_field() {
     assert_eq!(m1.mac.to_string(), "52:54:00:0a:00:11");
     let w1 = c.node("worker-1").expect("worker-1");
     assert_eq!(
-        w1.labels.get("topology.kubernetes.io/zone").map(String::as_str),
+        w1.labels
+            .get("topology.kubernetes.io/zone")
+            .map(String::as_str),
         Some("rack-1")
     );
-    assert_eq!(w1.sysctls.get("vm.max_map_count").map(String::as_str), Some("262144"));
+    assert_eq!(
+        w1.sysctls.get("vm.max_map_count").map(String::as_str),
+        Some("262144")
+    );
     // Node sysctls merge over the profile's rather than replacing them.
     assert!(w1.sysctls.contains_key("net.ipv4.ip_forward"));
     assert!(w1.kernel_modules.iter().any(|m| m == "ip_vs"));
@@ -154,5 +181,9 @@ fn minimal_spec_gets_defaults_and_choices() {
     let cp = c.node("cp").expect("cp");
     assert_eq!(cp.mac, spec::types::MacAddr::derived("lab", "cp"));
     assert_eq!(cp.taints.len(), 1);
-    assert!(c.warnings.iter().any(|w| w.contains("single member")), "{:?}", c.warnings);
+    assert!(
+        c.warnings.iter().any(|w| w.contains("single member")),
+        "{:?}",
+        c.warnings
+    );
 }

@@ -22,7 +22,8 @@ fn firstboot_bin() -> PathBuf {
     if !fb.exists() {
         let profile_release = exe.parent().and_then(|p| p.file_name()) == Some("release".as_ref());
         let mut c = Command::new(env!("CARGO"));
-        c.current_dir(repo()).args(["build", "-q", "-p", "hakube-firstboot"]);
+        c.current_dir(repo())
+            .args(["build", "-q", "-p", "hakube-firstboot"]);
         if profile_release {
             c.arg("--release");
         }
@@ -38,7 +39,10 @@ fn check(agent: &mut support::vm::Agent, what: &str, cmd: &str, vm: &Vm) -> Stri
             "{what}: `{cmd}` exited {code}: {out}\n--- serial log tail ---\n{}",
             vm.serial_tail(60)
         ),
-        Err(e) => panic!("{what}: {e}\n--- serial log tail ---\n{}", vm.serial_tail(60)),
+        Err(e) => panic!(
+            "{what}: {e}\n--- serial log tail ---\n{}",
+            vm.serial_tail(60)
+        ),
     }
 }
 
@@ -120,20 +124,43 @@ fn worker_image_boots_with_readonly_root_and_persistent_etc_and_var() {
         );
         std::thread::sleep(Duration::from_secs(3));
     }
-    eprintln!("vm_boot: first boot to multi-user in {:?}", started.elapsed());
+    eprintln!(
+        "vm_boot: first boot to multi-user in {:?}",
+        started.elapsed()
+    );
 
     let root = check(&mut agent, "root", "findmnt -n -o FSTYPE,OPTIONS /", &vm);
     assert!(root.starts_with("erofs ") && root.contains("ro"), "{root}");
-    check(&mut agent, "root is read-only", "! touch /usr/hakube-probe 2>/dev/null", &vm);
+    check(
+        &mut agent,
+        "root is read-only",
+        "! touch /usr/hakube-probe 2>/dev/null",
+        &vm,
+    );
     let etc = check(&mut agent, "/etc", "findmnt -n -o FSTYPE /etc", &vm);
     assert_eq!(etc.trim(), "overlay");
-    check(&mut agent, "write /etc", "echo persist-etc > /etc/hakube-probe && sync", &vm);
-    check(&mut agent, "write /var", "echo persist-var > /var/hakube-probe && sync", &vm);
+    check(
+        &mut agent,
+        "write /etc",
+        "echo persist-etc > /etc/hakube-probe && sync",
+        &vm,
+    );
+    check(
+        &mut agent,
+        "write /var",
+        "echo persist-var > /var/hakube-probe && sync",
+        &vm,
+    );
     let host = check(&mut agent, "hostname", "hostname", &vm);
     assert_eq!(host.trim(), "worker-1");
     let addr = check(&mut agent, "address", "ip -4 -o addr show dev lan0", &vm);
     assert!(addr.contains("192.168.122.21/24"), "{addr}");
-    let containerd = check(&mut agent, "containerd", "systemctl is-active containerd", &vm);
+    let containerd = check(
+        &mut agent,
+        "containerd",
+        "systemctl is-active containerd",
+        &vm,
+    );
     assert_eq!(containerd.trim(), "active");
     check(
         &mut agent,
@@ -159,14 +186,25 @@ fn worker_image_boots_with_readonly_root_and_persistent_etc_and_var() {
     // After boot-complete.target, systemd-bless-boot marks it good.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let (_, s) = agent.sh("systemctl is-active systemd-bless-boot.service boot-complete.target").unwrap();
+        let (_, s) = agent
+            .sh("systemctl is-active systemd-bless-boot.service boot-complete.target")
+            .unwrap();
         if s.lines().all(|l| l.trim() == "active") && s.lines().count() == 2 {
             break;
         }
-        assert!(Instant::now() < deadline, "boot not blessed: {s}\n{}", vm.serial_tail(60));
+        assert!(
+            Instant::now() < deadline,
+            "boot not blessed: {s}\n{}",
+            vm.serial_tail(60)
+        );
         std::thread::sleep(Duration::from_secs(3));
     }
-    let boot_id = check(&mut agent, "boot id", "cat /proc/sys/kernel/random/boot_id", &vm);
+    let boot_id = check(
+        &mut agent,
+        "boot id",
+        "cat /proc/sys/kernel/random/boot_id",
+        &vm,
+    );
 
     // Reboot, then the files written to /etc and /var are still there.
     let _ = agent.spawn("sleep 1; systemctl reboot");
@@ -177,15 +215,28 @@ fn worker_image_boots_with_readonly_root_and_persistent_etc_and_var() {
         let mut a = vm
             .wait_agent(BOOT_LIMIT)
             .unwrap_or_else(|e| panic!("second boot: {e}\n{}", vm.serial_tail(80)));
-        let id = a.sh("cat /proc/sys/kernel/random/boot_id").map(|r| r.1).unwrap_or_default();
+        let id = a
+            .sh("cat /proc/sys/kernel/random/boot_id")
+            .map(|r| r.1)
+            .unwrap_or_default();
         if !id.is_empty() && id != boot_id {
             break a;
         }
-        assert!(Instant::now() < deadline, "the VM did not reboot\n{}", vm.serial_tail(60));
+        assert!(
+            Instant::now() < deadline,
+            "the VM did not reboot\n{}",
+            vm.serial_tail(60)
+        );
         std::thread::sleep(Duration::from_secs(5));
     };
-    assert_eq!(check(&mut agent, "etc after reboot", "cat /etc/hakube-probe", &vm), "persist-etc\n");
-    assert_eq!(check(&mut agent, "var after reboot", "cat /var/hakube-probe", &vm), "persist-var\n");
+    assert_eq!(
+        check(&mut agent, "etc after reboot", "cat /etc/hakube-probe", &vm),
+        "persist-etc\n"
+    );
+    assert_eq!(
+        check(&mut agent, "var after reboot", "cat /var/hakube-probe", &vm),
+        "persist-var\n"
+    );
     // The entry has been blessed: the ESP file lost its counter.
     let esp = check(
         &mut agent,

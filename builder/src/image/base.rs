@@ -106,15 +106,20 @@ pub fn cache_key(source_date_epoch: Option<i64>) -> String {
 }
 
 /// Returns the cached base, building it with mmdebstrap when missing.
-pub fn ensure(runner: &dyn Runner, cache_dir: &Path, source_date_epoch: Option<i64>) -> Result<Base> {
+pub fn ensure(
+    runner: &dyn Runner,
+    cache_dir: &Path,
+    source_date_epoch: Option<i64>,
+) -> Result<Base> {
     let key = cache_key(source_date_epoch);
     let dir = cache_dir.join("rootfs");
     let tar = dir.join(format!("{key}.tar"));
     let meta = dir.join(format!("{key}.json"));
     if tar.is_file() && meta.is_file() {
-        let text = fs::read_to_string(&meta).with_context(|| format!("reading {}", meta.display()))?;
-        let mut base: Base = serde_json::from_str(&text)
-            .with_context(|| format!("parsing {}", meta.display()))?;
+        let text =
+            fs::read_to_string(&meta).with_context(|| format!("reading {}", meta.display()))?;
+        let mut base: Base =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", meta.display()))?;
         base.tar = tar;
         base.cache_hit = true;
         return Ok(base);
@@ -148,7 +153,11 @@ pub fn ensure(runner: &dyn Runner, cache_dir: &Path, source_date_epoch: Option<i
         .arg(format!("--essential-hook=sync-in {} /", early.display()))
         .arg(format!("--customize-hook=sync-in {} /", late.display()))
         .arg(format!("--customize-hook={}", hook.display()))
-        .args([SUITE.to_string(), out.display().to_string(), MIRROR.to_string()]);
+        .args([
+            SUITE.to_string(),
+            out.display().to_string(),
+            MIRROR.to_string(),
+        ]);
     if let Some(e) = source_date_epoch {
         inv = inv.env("SOURCE_DATE_EPOCH", e.to_string());
     }

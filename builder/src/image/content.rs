@@ -24,7 +24,11 @@ macro_rules! os_file {
 /// Laid in before the kernel package is installed, so its postinst builds the
 /// initramfs with them once (no second update-initramfs run).
 pub const INITRAMFS_FILES: &[OsFile] = &[
-    os_file!("etc/initramfs-tools/hooks/hakube", 0o755, "initramfs/hakube-hook"),
+    os_file!(
+        "etc/initramfs-tools/hooks/hakube",
+        0o755,
+        "initramfs/hakube-hook"
+    ),
     os_file!(
         "etc/initramfs-tools/scripts/local-bottom/hakube-var",
         0o755,
@@ -80,7 +84,11 @@ pub const ROOT_FILES: &[OsFile] = &[
         0o644,
         "rootfs/usr/lib/systemd/system-preset/00-hakube.preset"
     ),
-    os_file!("usr/lib/hakube/grow-var", 0o755, "rootfs/usr/lib/hakube/grow-var"),
+    os_file!(
+        "usr/lib/hakube/grow-var",
+        0o755,
+        "rootfs/usr/lib/hakube/grow-var"
+    ),
     os_file!(
         "usr/lib/hakube/boot-health",
         0o755,
@@ -104,8 +112,7 @@ pub fn write_files(dir: &std::path::Path, files: &[OsFile]) -> anyhow::Result<()
         if let Some(parent) = path.parent() {
             super::fsutil::create_dirs_0755(dir, parent)?;
         }
-        std::fs::write(&path, f.contents)
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, f.contents).with_context(|| format!("writing {}", path.display()))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode))
             .with_context(|| format!("setting the mode of {}", path.display()))?;
     }
@@ -134,8 +141,9 @@ mod tests {
                 .map(|f| std::str::from_utf8(f.contents).unwrap())
                 .unwrap_or_else(|| panic!("{p} missing"))
         };
-        assert!(find("usr/lib/systemd/system/etcd.service")
-            .contains("ExecStart=/usr/local/bin/etcd --config-file=/var/lib/hakube/etcd/etcd.conf.yml"));
+        assert!(find("usr/lib/systemd/system/etcd.service").contains(
+            "ExecStart=/usr/local/bin/etcd --config-file=/var/lib/hakube/etcd/etcd.conf.yml"
+        ));
         let dropin = find("usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf");
         assert!(dropin.contains("--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf"));
         assert!(dropin.contains("EnvironmentFile=-/var/lib/kubelet/kubeadm-flags.env"));

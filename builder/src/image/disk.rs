@@ -113,7 +113,16 @@ pub fn to_qcow2(runner: &dyn Runner, raw: &Path, qcow2: &Path) -> Result<()> {
     runner
         .run(
             &Invocation::new(QEMU_IMG)
-                .args(["convert", "-q", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=65536"])
+                .args([
+                    "convert",
+                    "-q",
+                    "-f",
+                    "raw",
+                    "-O",
+                    "qcow2",
+                    "-o",
+                    "cluster_size=65536",
+                ])
                 .arg(raw)
                 .arg(qcow2),
         )

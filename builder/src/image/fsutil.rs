@@ -53,8 +53,14 @@ pub fn clamp_times(root: &Path, epoch: i64) -> Result<()> {
     all.push(root.to_path_buf());
     // Children before parents is irrelevant for utimensat; set all.
     for p in all {
-        utimensat(nix::fcntl::AT_FDCWD, &p, &ts, &ts, UtimensatFlags::NoFollowSymlink)
-            .with_context(|| format!("setting the timestamps of {}", p.display()))?;
+        utimensat(
+            nix::fcntl::AT_FDCWD,
+            &p,
+            &ts,
+            &ts,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .with_context(|| format!("setting the timestamps of {}", p.display()))?;
     }
     Ok(())
 }
@@ -117,7 +123,8 @@ pub fn copy_sparse_into(src: &Path, disk: &File, offset: u64, max_len: u64) -> R
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0u64;
     loop {
-        let n = read_full(&mut f, &mut buf).with_context(|| format!("reading {}", src.display()))?;
+        let n =
+            read_full(&mut f, &mut buf).with_context(|| format!("reading {}", src.display()))?;
         if n == 0 {
             break;
         }

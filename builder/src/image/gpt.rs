@@ -67,7 +67,9 @@ impl Gpt {
         }
         let mut prev_last = self.first_usable() - 1;
         for p in &self.partitions {
-            if p.first_lba <= prev_last || p.last_lba < p.first_lba || p.last_lba > self.last_usable()
+            if p.first_lba <= prev_last
+                || p.last_lba < p.first_lba
+                || p.last_lba > self.last_usable()
             {
                 bail!(
                     "partition {} ({}..{}) overlaps another or lies outside {}..{}",
@@ -143,7 +145,10 @@ impl Gpt {
     /// `disk_sectors * 512` bytes long.
     pub fn write_to(&self, file: &File) -> Result<()> {
         self.check()?;
-        let len = file.metadata().context("reading the disk file's size")?.len();
+        let len = file
+            .metadata()
+            .context("reading the disk file's size")?
+            .len();
         if len != self.disk_sectors * SECTOR {
             bail!(
                 "disk file is {len} bytes, expected {}",

@@ -137,7 +137,15 @@ fn build(runner: &dyn Runner, args: &BuildArgs, steps: &mut Steps) -> Result<Bui
         let tree = steps.run(&format!("{name}: render node tree"), || {
             render::node_tree(&plan.cluster, &secrets, node)
         })?;
-        let img = assemble_node(runner, steps, plan.cluster.name.as_str(), node, &os, &tree, &out_dir)?;
+        let img = assemble_node(
+            runner,
+            steps,
+            plan.cluster.name.as_str(),
+            node,
+            &os,
+            &tree,
+            &out_dir,
+        )?;
         entries.insert(
             name.to_string(),
             manifest::ImageEntry {
@@ -271,7 +279,8 @@ fn find_firstboot(explicit: Option<&Path>) -> Result<PathBuf> {
             .context("locating the hakube-build executable")?
             .with_file_name("hakube-firstboot"),
     };
-    let hint = "build it with `cargo build --release -p hakube-firstboot` or pass --firstboot-bin FILE";
+    let hint =
+        "build it with `cargo build --release -p hakube-firstboot` or pass --firstboot-bin FILE";
     let head = match fs::File::open(&path) {
         Ok(mut f) => {
             let mut h = [0u8; 20];
@@ -399,9 +408,7 @@ fn make_manifest(
 ) -> Result<manifest::Manifest> {
     let spec_bytes = match &plan.cluster.source {
         SpecSource::Embedded => spec::DEFAULT_CLUSTER_YAML.as_bytes().to_vec(),
-        SpecSource::File(p) => {
-            fs::read(p).with_context(|| format!("reading {}", p.display()))?
-        }
+        SpecSource::File(p) => fs::read(p).with_context(|| format!("reading {}", p.display()))?,
     };
     Ok(manifest::Manifest {
         builder_version: env!("CARGO_PKG_VERSION").into(),

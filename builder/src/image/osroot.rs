@@ -83,7 +83,8 @@ pub fn ensure(runner: &dyn Runner, cache_dir: &Path, inputs: &Inputs) -> Result<
     let dir = parent.join(&key);
     let meta = dir.join("meta.json");
     if meta.is_file() {
-        let text = fs::read_to_string(&meta).with_context(|| format!("reading {}", meta.display()))?;
+        let text =
+            fs::read_to_string(&meta).with_context(|| format!("reading {}", meta.display()))?;
         let mut os: OsRoot =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", meta.display()))?;
         os.dir = dir;
@@ -107,7 +108,12 @@ pub fn ensure(runner: &dyn Runner, cache_dir: &Path, inputs: &Inputs) -> Result<
                 .arg(&inputs.base.tar)
                 .args(["--directory"])
                 .arg(&stage)
-                .args(["--numeric-owner", "--preserve-permissions", "--xattrs", "--xattrs-include=*"]),
+                .args([
+                    "--numeric-owner",
+                    "--preserve-permissions",
+                    "--xattrs",
+                    "--xattrs-include=*",
+                ]),
         )
         .context("extracting the base root filesystem")?;
 

@@ -1,6 +1,6 @@
 //! Partition images made from directories, without mounts: the node's /var
 //! (ext4 via `mke2fs -d`) and the EFI system partition (FAT via `mkfs.vfat`
-//! + mtools). Timestamps are clamped and identifiers seeded, so the same
+//! and mtools). Timestamps are clamped and identifiers seeded, so the same
 //! inputs give the same bytes.
 
 use super::content::KERNEL_CMDLINE_A;
@@ -35,7 +35,12 @@ pub fn stage_var(runner: &dyn Runner, os: &OsRoot, tree: &FileTree, stage: &Path
                 .arg(os.var_tar())
                 .arg("--directory")
                 .arg(stage)
-                .args(["--numeric-owner", "--preserve-permissions", "--xattrs", "--xattrs-include=*"]),
+                .args([
+                    "--numeric-owner",
+                    "--preserve-permissions",
+                    "--xattrs",
+                    "--xattrs-include=*",
+                ]),
         )
         .context("extracting the OS root's /var")?;
     for sub in [
@@ -186,8 +191,19 @@ pub fn make_esp(
     let mut dirs: Vec<String> = Vec::new();
     for (path, _) in files {
         let mut acc = String::new();
-        for part in path.split('/').rev().skip(1).collect::<Vec<_>>().into_iter().rev() {
-            acc = if acc.is_empty() { part.to_string() } else { format!("{acc}/{part}") };
+        for part in path
+            .split('/')
+            .rev()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            acc = if acc.is_empty() {
+                part.to_string()
+            } else {
+                format!("{acc}/{part}")
+            };
             if !dirs.contains(&acc) {
                 dirs.push(acc.clone());
             }

@@ -212,9 +212,18 @@ mod tests {
             .require(&[MKFS_EROFS, TAR, MCOPY, MMD, QEMU_IMG])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("mkfs.erofs (Debian package erofs-utils)"), "{err}");
-        assert!(err.contains("qemu-img (Debian package qemu-utils)"), "{err}");
-        assert!(err.contains("apt-get install erofs-utils mtools qemu-utils"), "{err}");
+        assert!(
+            err.contains("mkfs.erofs (Debian package erofs-utils)"),
+            "{err}"
+        );
+        assert!(
+            err.contains("qemu-img (Debian package qemu-utils)"),
+            "{err}"
+        );
+        assert!(
+            err.contains("apt-get install erofs-utils mtools qemu-utils"),
+            "{err}"
+        );
         assert!(!err.contains("tar (Debian"), "{err}");
     }
 

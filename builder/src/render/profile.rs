@@ -87,7 +87,8 @@ pub fn profile(cluster: &Cluster, node: &Node) -> Result<np::NodeProfile> {
         paths: np::Paths {
             kubeadm_config,
             kubeadm_join_config: init_node.then(|| abs(paths::KUBEADM_JOIN)),
-            cni_manifest: (node.role == Role::Master).then(|| abs(&cni::manifest_path(cluster.cni))),
+            cni_manifest: (node.role == Role::Master)
+                .then(|| abs(&cni::manifest_path(cluster.cni))),
             etcd_config: (node.role == Role::Etcd).then(|| abs(etcd::ETCD_CONFIG)),
             etcd_data_dir: etcd::DATA_DIR.to_string(),
             etcd_client: etcd_client(cluster, node),

@@ -55,9 +55,7 @@ fn link_file(node: &Node) -> String {
 }
 
 fn network_file(node: &Node) -> String {
-    let mut s = format!(
-        "# Written by hakube-build render.\n[Match]\nName={IFACE}\n\n[Network]\n"
-    );
+    let mut s = format!("# Written by hakube-build render.\n[Match]\nName={IFACE}\n\n[Network]\n");
     match &node.network {
         NodeNetwork::Static {
             address,

@@ -11,10 +11,7 @@ use serde_json::Value;
 
 /// Writes several documents separated by `---`.
 pub fn documents(docs: &[Value]) -> String {
-    docs.iter()
-        .map(to_yaml)
-        .collect::<Vec<_>>()
-        .join("---\n")
+    docs.iter().map(to_yaml).collect::<Vec<_>>().join("---\n")
 }
 
 /// One YAML document (block style, two-space indent, trailing newline).
@@ -102,10 +99,7 @@ fn emit_seq(out: &mut String, items: &[Value], indent: usize) {
 }
 
 fn key(k: &str) -> String {
-    let plain = k
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic())
+    let plain = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
         && k.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
         && !is_ambiguous_word(k);
@@ -199,8 +193,14 @@ mod tests {
         });
         assert_eq!(roundtrip(&v), v);
         let text = to_yaml(&v);
-        assert!(text.starts_with("apiVersion: \"v1\"\nkind: \"X\"\n"), "{text}");
-        assert!(text.contains("text: |\n  line 1\n    indented\n\n  last\n"), "{text}");
+        assert!(
+            text.starts_with("apiVersion: \"v1\"\nkind: \"X\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("text: |\n  line 1\n    indented\n\n  last\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -4,10 +4,10 @@
 //! [`SpecError`] naming the file, the field path and what was expected.
 
 pub mod model;
+mod node;
 pub mod raw;
 pub mod resolve;
 pub mod types;
-mod node;
 mod validate;
 
 pub use model::{Cluster, Node, NodeNetwork, SpecSource};

@@ -78,9 +78,8 @@ fn yaml_error(ctx: &Ctx, e: serde_yaml_ng::Error) -> SpecError {
     if text.starts_with("EOF while parsing") {
         return ctx.err("", NO_DOCUMENT);
     }
-    let is_path = |p: &str| {
-        !p.is_empty() && !p.contains(|c: char| c.is_whitespace() || c == '`' || c == '"')
-    };
+    let is_path =
+        |p: &str| !p.is_empty() && !p.contains(|c: char| c.is_whitespace() || c == '`' || c == '"');
     let (path, message) = match text.split_once(": ") {
         Some((p, m)) if is_path(p) => (p.to_string(), m.to_string()),
         _ => (String::new(), text.clone()),
@@ -176,7 +175,9 @@ fn resolve_raw(
         if let Some(first) = api_server_extra_sans[..i].iter().position(|o| o == san) {
             return Err(ctx.err(
                 format!("apiServerExtraSANs[{i}]"),
-                format!("repeats {san} (already apiServerExtraSANs[{first}]): each name once expected"),
+                format!(
+                    "repeats {san} (already apiServerExtraSANs[{first}]): each name once expected"
+                ),
             ));
         }
     }

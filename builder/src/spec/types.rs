@@ -55,8 +55,7 @@ fn check_qualified_name_part(s: &str) -> bool {
         && b.len() <= 63
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
@@ -71,7 +70,9 @@ pub fn check_label_key(s: &str) -> Result<(), String> {
     };
     if let Some(p) = prefix {
         if check_rfc1123_subdomain(p).is_err() {
-            return Err(format!("{s:?} is not a label key (prefix {p:?}): {expected}"));
+            return Err(format!(
+                "{s:?} is not a label key (prefix {p:?}): {expected}"
+            ));
         }
     }
     if !check_qualified_name_part(name) {
@@ -98,9 +99,8 @@ pub fn check_sysctl_name(s: &str) -> Result<(), String> {
         !b.is_empty()
             && b[0].is_ascii_alphanumeric()
             && b[b.len() - 1].is_ascii_alphanumeric()
-            && b.iter().all(|c| {
-                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-')
-            })
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-'))
     };
     if s.len() > 253 || !s.contains('.') || !s.split('.').all(seg_ok) {
         return Err(format!(
@@ -125,8 +125,7 @@ pub fn check_sysctl_value(s: &str) -> Result<(), String> {
 pub fn check_kernel_module(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 55
-        && s
-            .bytes()
+        && s.bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-'));
     if !ok {
         return Err(format!(
@@ -413,13 +412,13 @@ mod tests {
 
     /// Runs `parse` over good and bad inputs; bad ones must name the input or
     /// say what was expected.
-    fn table<T, E: fmt::Debug>(
-        parse: impl Fn(&str) -> Result<T, E>,
-        good: &[&str],
-        bad: &[&str],
-    ) {
+    fn table<T, E: fmt::Debug>(parse: impl Fn(&str) -> Result<T, E>, good: &[&str], bad: &[&str]) {
         for g in good {
-            assert!(parse(g).is_ok(), "{g:?} should be accepted: {:?}", parse(g).err());
+            assert!(
+                parse(g).is_ok(),
+                "{g:?} should be accepted: {:?}",
+                parse(g).err()
+            );
         }
         for b in bad {
             assert!(parse(b).is_err(), "{b:?} should be refused");
@@ -462,7 +461,11 @@ mod tests {
     fn mac_addresses() {
         table(
             |s| s.parse::<MacAddr>(),
-            &["52:54:00:12:34:56", "52:54:00:AB:cd:EF", "00:00:00:00:00:00"],
+            &[
+                "52:54:00:12:34:56",
+                "52:54:00:AB:cd:EF",
+                "00:00:00:00:00:00",
+            ],
             &[
                 "",
                 "52:54:00:12:34",
@@ -550,7 +553,19 @@ mod tests {
         table(
             |s| s.parse::<Validity>(),
             &["1d", "365d", "10y", "8760h", "24h", "100y"],
-            &["", "d", "0d", "1", "1w", "25h", "101y", "-1d", "1.5y", "10 y", "4294967295y"],
+            &[
+                "",
+                "d",
+                "0d",
+                "1",
+                "1w",
+                "25h",
+                "101y",
+                "-1d",
+                "1.5y",
+                "10 y",
+                "4294967295y",
+            ],
         );
         assert_eq!("10y".parse::<Validity>().unwrap().days, 3650);
         assert_eq!("48h".parse::<Validity>().unwrap().days, 2);
@@ -606,7 +621,15 @@ mod tests {
                 "net.bridge.bridge-nf-call-iptables",
                 "vm.max_map_count",
             ],
-            &["", "ip_forward", "net..ipv4", "net.ipv4.", "Net.ipv4.x", "net/ipv4/x", "net.ipv4 .x"],
+            &[
+                "",
+                "ip_forward",
+                "net..ipv4",
+                "net.ipv4.",
+                "Net.ipv4.x",
+                "net/ipv4/x",
+                "net.ipv4 .x",
+            ],
         );
         table(check_sysctl_value, &["1", "0 65535"], &["", " ", "1\n2"]);
         table(

@@ -58,7 +58,10 @@ fn check_nodes_unique(ctx: &Ctx, c: &Cluster) -> Result<(), SpecError> {
             if o.name == n.name {
                 return Err(ctx.err(
                     format!("nodes[{j}].name"),
-                    format!("{} is already the name of nodes[{i}]: unique node names expected", n.name),
+                    format!(
+                        "{} is already the name of nodes[{i}]: unique node names expected",
+                        n.name
+                    ),
                 ));
             }
             if o.mac == n.mac {
@@ -272,7 +275,10 @@ fn reserved(port: u16) -> Option<&'static str> {
 fn check_ports(ctx: &Ctx, c: &Cluster) -> Result<(), SpecError> {
     let e = &c.endpoint;
     if e.port == 0 {
-        return Err(ctx.err("controlPlaneEndpoint.port", "is 0: a TCP port 1-65535 expected"));
+        return Err(ctx.err(
+            "controlPlaneEndpoint.port",
+            "is 0: a TCP port 1-65535 expected",
+        ));
     }
     match e.mode {
         EndpointMode::Vip => {
@@ -304,7 +310,10 @@ fn check_ports(ctx: &Ctx, c: &Cluster) -> Result<(), SpecError> {
         return Ok(());
     }
     if lb.port == 0 {
-        return Err(ctx.err("nodeLocalLoadBalancer.port", "is 0: a TCP port 1-65535 expected"));
+        return Err(ctx.err(
+            "nodeLocalLoadBalancer.port",
+            "is 0: a TCP port 1-65535 expected",
+        ));
     }
     if let Some(what) = reserved(lb.port) {
         return Err(ctx.err(

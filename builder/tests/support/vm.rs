@@ -86,16 +86,25 @@ impl Vm {
                 "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
             ])
             .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()))
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ))
             .arg("-drive")
             .arg(format!("file={},if=virtio,format=qcow2", disk.display()))
             .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
             .arg("-device")
             .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"))
             .arg("-chardev")
-            .arg(format!("socket,id=qga0,path={},server=on,wait=off", qga.display()))
+            .arg(format!(
+                "socket,id=qga0,path={},server=on,wait=off",
+                qga.display()
+            ))
             .args(["-device", "virtio-serial-pci"])
-            .args(["-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"])
+            .args([
+                "-device",
+                "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+            ])
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
             .args(["-display", "none", "-monitor", "none"])
@@ -194,7 +203,10 @@ impl Agent {
         let mut line = String::new();
         loop {
             line.clear();
-            let n = self.reader.read_line(&mut line).map_err(|e| e.to_string())?;
+            let n = self
+                .reader
+                .read_line(&mut line)
+                .map_err(|e| e.to_string())?;
             if n == 0 {
                 return Err("agent channel closed".into());
             }
@@ -230,7 +242,8 @@ impl Agent {
             }))?;
             if st["exited"] == serde_json::json!(true) {
                 let dec = |k: &str| {
-                    st[k].as_str()
+                    st[k]
+                        .as_str()
                         .map(|s| {
                             base64::engine::general_purpose::STANDARD
                                 .decode(s)
