@@ -36,6 +36,8 @@ pub const PACKAGES: &[&str] = &[
     "qemu-guest-agent",
     "socat",
     "systemd",
+    // systemd-bless-boot and its generator (boot counting), bootctl.
+    "systemd-boot",
     "systemd-boot-efi",
     "systemd-sysv",
     "systemd-timesyncd",
