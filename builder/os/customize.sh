@@ -14,7 +14,7 @@ in_root systemctl disable ssh.service haproxy.service keepalived.service
 rm -f "$root"/etc/ssh/ssh_host_*_key "$root"/etc/ssh/ssh_host_*_key.pub
 rm -f "$root/etc/hostname" "$root/etc/resolv.conf"
 # Mount points and directories the OS root needs.
-mkdir -p "$root/opt/cni/bin" "$root/etc/cni/net.d" "$root/usr/local/bin" "$root/usr/local/sbin"
+mkdir -p "$root/efi" "$root/opt/cni/bin" "$root/etc/cni/net.d" "$root/usr/local/bin" "$root/usr/local/sbin"
 mkdir -p "$root/var/lib/hakube/overlay/etc/upper" "$root/var/lib/hakube/overlay/etc/work" \
 	"$root/var/lib/hakube/overlay/cni-bin/upper" "$root/var/lib/hakube/overlay/cni-bin/work"
 # Nothing from the build that is not needed at runtime.
