@@ -1,10 +1,439 @@
 //! Image assembly: the `hakube-build --profile ROLE` pipeline.
-//! (Owned by the image work; this is the agreed interface.)
+//!
+//! resolve spec -> select nodes -> check host tools -> load secrets ->
+//! resolve artifacts (before anything slow, so an unreachable upstream fails
+//! fast and nothing is written under --out) -> base rootfs (cached) -> OS root
+//! erofs (cached, shared by every node and role) -> per node: render tree ->
+//! var partition -> ESP -> GPT disk -> qcow2 -> libvirt XML -> manifest.json.
+//!
+//! Reproducibility: every timestamp is SOURCE_DATE_EPOCH when set, else the
+//! creation time of the cached base root filesystem, so rebuilding with a warm
+//! cache gives bit-identical images; identifiers are uuid v5 of
+//! cluster/node/partition.
 
+pub mod base;
+pub mod content;
+pub mod disk;
+pub mod fsutil;
+pub mod gpt;
+pub mod libvirt;
+pub mod manifest;
+pub mod osroot;
+pub mod partitions;
+pub mod tools;
+
+use crate::artifacts::{self, Resolved, Source};
 use crate::cli::BuildArgs;
-use anyhow::Result;
+use crate::errors::bad_input;
+use crate::pki::{self, ClusterSecrets};
+use crate::render;
+use crate::spec::{self, Cluster, Node, SpecSource};
+use crate::tree::FileTree;
+use crate::ui::{StepTiming, Steps};
+use anyhow::{Context, Result};
+use hakube_node_profile::Role;
+use osroot::OsRoot;
+use std::fs;
+use std::path::{Path, PathBuf};
+use tools::{HostRunner, Runner};
 
 /// `hakube-build --profile ROLE ...`
-pub fn run(_args: &BuildArgs) -> Result<()> {
-    anyhow::bail!("build: not implemented yet")
+pub fn run(args: &BuildArgs) -> Result<()> {
+    let runner = HostRunner;
+    let mut steps = Steps::new(false);
+    let result = build(&runner, args, &mut steps);
+    steps.print_summary();
+    let result = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        for img in &result.images {
+            eprintln!(
+                "{}: {} ({} MiB, sha256 {})",
+                img.node,
+                img.qcow2.display(),
+                img.size >> 20,
+                img.sha256
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What `--json` prints.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildResult {
+    pub cluster: String,
+    pub role: String,
+    pub images: Vec<BuiltImage>,
+    pub manifest: PathBuf,
+    pub source_date_epoch: i64,
+    pub cache: CacheHits,
+    pub timings: Vec<StepTiming>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheHits {
+    pub base_rootfs: bool,
+    pub os_root: bool,
+    pub base_key: String,
+    pub os_root_key: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuiltImage {
+    pub node: String,
+    pub qcow2: PathBuf,
+    pub xml: PathBuf,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Validated inputs of a build.
+struct Plan {
+    cluster: Cluster,
+    role: Role,
+    nodes: Vec<Node>,
+    state: PathBuf,
+    lock: PathBuf,
+    cache: PathBuf,
+    firstboot: PathBuf,
+    out: PathBuf,
+    source: Source,
+    env_epoch: Option<i64>,
+}
+
+fn build(runner: &dyn Runner, args: &BuildArgs, steps: &mut Steps) -> Result<BuildResult> {
+    let plan = steps.run("resolve spec and inputs", || plan(args))?;
+    steps.run("check host tools", || runner.require(tools::ASSEMBLY_TOOLS))?;
+    let secrets = steps.run("load cluster secrets", || {
+        ClusterSecrets::load_or_create(&plan.cluster, &plan.state)
+    })?;
+    let resolved = steps.run("resolve artifacts", || {
+        artifacts::resolve(&artifacts::Request {
+            cluster: &plan.cluster,
+            source: plan.source.clone(),
+            lock_path: plan.lock.clone(),
+            cache_dir: plan.cache.clone(),
+        })
+    })?;
+    let base = steps.run("base rootfs (mmdebstrap, cached)", || {
+        base::ensure(runner, &plan.cache, plan.env_epoch)
+    })?;
+    let epoch = plan.env_epoch.unwrap_or(base.created_epoch);
+    let os = steps.run("OS root erofs (cached)", || {
+        build_os_root(runner, &plan, &base, &resolved, epoch)
+    })?;
+
+    let out_dir = plan.out.join(plan.cluster.name.as_str());
+    fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let mut images = Vec::new();
+    let mut entries = std::collections::BTreeMap::new();
+    for node in &plan.nodes {
+        let name = node.name.as_str();
+        let tree = steps.run(&format!("{name}: render node tree"), || {
+            render::node_tree(&plan.cluster, &secrets, node)
+        })?;
+        let img = assemble_node(
+            runner,
+            steps,
+            plan.cluster.name.as_str(),
+            node,
+            &os,
+            &tree,
+            &out_dir,
+        )?;
+        entries.insert(
+            name.to_string(),
+            manifest::ImageEntry {
+                role: node.role.as_str().into(),
+                qcow2: file_name(&img.qcow2),
+                xml: file_name(&img.xml),
+                size: img.size,
+                sha256: img.sha256.clone(),
+                os_root_key: os.key.clone(),
+                source_date_epoch: epoch,
+            },
+        );
+        images.push(img);
+    }
+    let manifest_path = out_dir.join("manifest.json");
+    steps.run("manifest", || {
+        make_manifest(&plan, &base, &os, &resolved, entries)?.merge_and_write(&manifest_path)
+    })?;
+    Ok(BuildResult {
+        cluster: plan.cluster.name.as_str().into(),
+        role: plan.role.as_str().into(),
+        images,
+        manifest: manifest_path,
+        source_date_epoch: epoch,
+        cache: CacheHits {
+            base_rootfs: base.cache_hit,
+            os_root: os.cache_hit,
+            base_key: base.key.clone(),
+            os_root_key: os.key.clone(),
+        },
+        timings: steps.timings().to_vec(),
+    })
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn plan(args: &BuildArgs) -> Result<Plan> {
+    let cluster = spec::load(args.cluster.cluster.as_deref())?;
+    let role: Role = args
+        .profile
+        .ok_or_else(|| bad_input("--profile ROLE is required (master, worker or etcd)"))?
+        .into();
+    let nodes = select_nodes(&cluster, role, args.node.as_deref())?;
+    let state = args
+        .cluster
+        .state
+        .clone()
+        .unwrap_or_else(|| pki::default_state_dir(&cluster));
+    let lock = args.lock.clone().unwrap_or_else(|| match &cluster.source {
+        SpecSource::File(p) => p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .join("hakube.lock"),
+        SpecSource::Embedded => PathBuf::from("hakube.lock"),
+    });
+    let cache = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(artifacts::default_cache_dir);
+    let firstboot = find_firstboot(args.firstboot_bin.as_deref())?;
+    let env_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => Some(v.trim().parse::<i64>().map_err(|_| {
+            bad_input(format!(
+                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds since 1970"
+            ))
+        })?),
+        _ => None,
+    };
+    Ok(Plan {
+        cluster,
+        role,
+        nodes,
+        state,
+        lock,
+        cache,
+        firstboot,
+        out: args.out.clone(),
+        source: match &args.artifacts {
+            Some(m) => Source::Mirror(m.clone()),
+            None => Source::Upstream,
+        },
+        env_epoch,
+    })
+}
+
+/// The nodes to build: all of `role`, or the one `--node` (which must have it).
+pub fn select_nodes(cluster: &Cluster, role: Role, only: Option<&str>) -> Result<Vec<Node>> {
+    let present: Vec<&str> = cluster.roles_present().iter().map(|r| r.as_str()).collect();
+    if let Some(name) = only {
+        let Some(node) = cluster.node(name) else {
+            let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+            return Err(bad_input(format!(
+                "--node {name}: no such node in {}; its nodes are: {}",
+                cluster.source,
+                names.join(", ")
+            )));
+        };
+        if node.role != role {
+            return Err(bad_input(format!(
+                "--node {name} has role {} in {}, not {} (--profile)",
+                node.role.as_str(),
+                cluster.source,
+                role.as_str()
+            )));
+        }
+        return Ok(vec![node.clone()]);
+    }
+    let nodes: Vec<Node> = cluster.nodes_with_role(role).cloned().collect();
+    if nodes.is_empty() {
+        return Err(bad_input(format!(
+            "--profile {}: {} has no node with that role; it has: {}",
+            role.as_str(),
+            cluster.source,
+            present.join(", ")
+        )));
+    }
+    Ok(nodes)
+}
+
+/// `--firstboot-bin`, else `hakube-firstboot` next to this executable; it
+/// must be an x86-64 ELF executable.
+fn find_firstboot(explicit: Option<&Path>) -> Result<PathBuf> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()
+            .context("locating the hakube-build executable")?
+            .with_file_name("hakube-firstboot"),
+    };
+    let hint =
+        "build it with `cargo build --release -p hakube-firstboot` or pass --firstboot-bin FILE";
+    let head = match fs::File::open(&path) {
+        Ok(mut f) => {
+            let mut h = [0u8; 20];
+            std::io::Read::read_exact(&mut f, &mut h).ok().map(|_| h)
+        }
+        Err(_) => {
+            return Err(bad_input(format!(
+                "the hakube-firstboot binary was not found at {}; {hint}",
+                path.display()
+            )))
+        }
+    };
+    // ELF magic, and e_machine 0x3e (x86-64) at offset 18.
+    match head {
+        Some(h) if &h[0..4] == b"\x7fELF" && h[18] == 0x3e && h[19] == 0 => Ok(path),
+        _ => Err(bad_input(format!(
+            "{} is not an x86-64 Linux executable; {hint}",
+            path.display()
+        ))),
+    }
+}
+
+fn build_os_root(
+    runner: &dyn Runner,
+    plan: &Plan,
+    base: &base::Base,
+    resolved: &Resolved,
+    epoch: i64,
+) -> Result<OsRoot> {
+    osroot::ensure(
+        runner,
+        &plan.cache,
+        &osroot::Inputs {
+            base,
+            artifacts: resolved,
+            firstboot_bin: &plan.firstboot,
+            source_date_epoch: epoch,
+        },
+    )
+}
+
+/// Builds one node's qcow2 and libvirt XML in `out_dir` from the shared OS
+/// root and the node's tree. Files appear under their final names only when
+/// complete.
+pub fn assemble_node(
+    runner: &dyn Runner,
+    steps: &mut Steps,
+    cluster: &str,
+    node: &Node,
+    os: &OsRoot,
+    tree: &FileTree,
+    out_dir: &Path,
+) -> Result<BuiltImage> {
+    let name = node.name.as_str();
+    let layout = disk::Layout::default();
+    let epoch = os.source_date_epoch;
+    let work = tempfile::Builder::new()
+        .prefix(&format!(".{name}.work-"))
+        .tempdir_in(out_dir)
+        .with_context(|| format!("creating a work directory in {}", out_dir.display()))?;
+    let var_img = work.path().join("var.ext4");
+    steps.run(&format!("{name}: var partition"), || {
+        let stage = work.path().join("var");
+        partitions::stage_var(runner, os, tree, &stage)?;
+        let ids = partitions::VarIds {
+            uuid: disk::seeded_uuid(cluster, name, "fs/var"),
+            hash_seed: disk::seeded_uuid(cluster, name, "fs/var/hash-seed"),
+        };
+        partitions::make_var(runner, &stage, &var_img, layout.var, &ids, epoch)
+    })?;
+    let esp_img = work.path().join("esp.vfat");
+    steps.run(&format!("{name}: EFI system partition"), || {
+        let files = partitions::esp_files(os)?;
+        let volid = disk::seeded_uuid(cluster, name, "fs/esp").as_u128() as u32;
+        partitions::make_esp(runner, &files, &esp_img, layout.esp, volid, epoch)
+    })?;
+    let raw = work.path().join("disk.raw");
+    steps.run(&format!("{name}: GPT disk"), || {
+        let gpt = disk::plan(cluster, name, &layout);
+        disk::assemble_raw(
+            &gpt,
+            &disk::Contents {
+                esp: &esp_img,
+                root_a: &os.erofs(),
+                var: &var_img,
+            },
+            &raw,
+        )
+    })?;
+    let qcow2 = out_dir.join(format!("{name}.qcow2"));
+    let qcow2_tmp = work.path().join(format!("{name}.qcow2"));
+    let (size, sha256) = steps.run(&format!("{name}: qcow2"), || {
+        disk::to_qcow2(runner, &raw, &qcow2_tmp)?;
+        fs::remove_file(&raw).ok();
+        let size = fs::metadata(&qcow2_tmp)
+            .with_context(|| format!("reading {}", qcow2_tmp.display()))?
+            .len();
+        Ok((size, fsutil::sha256_file(&qcow2_tmp)?))
+    })?;
+    let xml = out_dir.join(format!("{name}.xml"));
+    steps.run(&format!("{name}: libvirt domain"), || {
+        let abs = std::path::absolute(&qcow2)
+            .with_context(|| format!("resolving {}", qcow2.display()))?;
+        let tmp = work.path().join(format!("{name}.xml"));
+        fs::write(&tmp, libvirt::domain_xml(cluster, node, &abs))
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fsutil::commit(&qcow2_tmp, &qcow2)?;
+        fsutil::commit(&tmp, &xml)
+    })?;
+    Ok(BuiltImage {
+        node: name.into(),
+        qcow2,
+        xml,
+        size,
+        sha256,
+    })
+}
+
+fn make_manifest(
+    plan: &Plan,
+    base: &base::Base,
+    os: &OsRoot,
+    resolved: &Resolved,
+    images: std::collections::BTreeMap<String, manifest::ImageEntry>,
+) -> Result<manifest::Manifest> {
+    let spec_bytes = match &plan.cluster.source {
+        SpecSource::Embedded => spec::DEFAULT_CLUSTER_YAML.as_bytes().to_vec(),
+        SpecSource::File(p) => fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+    };
+    Ok(manifest::Manifest {
+        builder_version: env!("CARGO_PKG_VERSION").into(),
+        cluster: plan.cluster.name.as_str().into(),
+        spec: manifest::SpecInfo {
+            source: plan.cluster.source.to_string(),
+            sha256: fsutil::sha256_bytes(&spec_bytes),
+            kubernetes_version: plan.cluster.kubernetes_version.to_string(),
+        },
+        base: manifest::BaseInfo {
+            cache_key: base.key.clone(),
+            suite: base.suite.clone(),
+            mirror: base.mirror.clone(),
+            packages: base.packages.clone(),
+        },
+        os_root: manifest::OsRootInfo {
+            cache_key: os.key.clone(),
+            erofs_sha256: os.erofs_sha256.clone(),
+            kernel_version: os.kernel_version.clone(),
+            source_date_epoch: os.source_date_epoch,
+        },
+        firstboot: manifest::FileInfo {
+            sha256: fsutil::sha256_file(&plan.firstboot)?,
+        },
+        artifacts: resolved.artifacts.iter().map(Into::into).collect(),
+        images,
+    })
 }

@@ -1,0 +1,271 @@
+//! Boot-test support: a private network namespace with a bridge and a tap,
+//! QEMU with OVMF inside it, and a qemu-guest-agent client (guest-exec).
+//! Everything started here is torn down on drop (also on panic).
+
+#![allow(dead_code)]
+
+use base64::Engine;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ip netns add hakube-test-<pid>` with br0 and tap0 inside; deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new() -> Netns {
+        let name = format!("hakube-test-{}", std::process::id());
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns { name };
+        for args in [
+            vec!["link", "set", "lo", "up"],
+            vec!["link", "add", "br0", "type", "bridge"],
+            vec!["tuntap", "add", "dev", "tap0", "mode", "tap"],
+            vec!["link", "set", "tap0", "master", "br0"],
+            vec!["link", "set", "br0", "up"],
+            vec!["link", "set", "tap0", "up"],
+        ] {
+            run(Command::new("ip").arg("-n").arg(&ns.name).args(args));
+        }
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+/// A running VM; killed on drop.
+pub struct Vm {
+    child: Child,
+    pub qga: PathBuf,
+    pub serial: PathBuf,
+}
+
+impl Vm {
+    pub fn start(ns: &Netns, accel: Accel, disk: &Path, mac: &str, dir: &Path, tag: &str) -> Vm {
+        let vars = dir.join(format!("{tag}-OVMF_VARS.fd"));
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("ovmf installed");
+        let qga = dir.join(format!("{tag}-qga.sock"));
+        let serial = dir.join(format!("{tag}-serial.log"));
+        let (accel_s, cpu) = match accel {
+            Accel::Kvm => ("kvm", "host"),
+            Accel::Tcg => ("tcg", "max"),
+        };
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "qemu-system-x86_64"])
+            .args(["-machine", &format!("q35,accel={accel_s}")])
+            .args(["-cpu", cpu, "-m", "2048", "-smp", "2"])
+            .args([
+                "-drive",
+                "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+            ])
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ))
+            .arg("-drive")
+            .arg(format!("file={},if=virtio,format=qcow2", disk.display()))
+            .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
+            .arg("-device")
+            .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"))
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=qga0,path={},server=on,wait=off",
+                qga.display()
+            ))
+            .args(["-device", "virtio-serial-pci"])
+            .args([
+                "-device",
+                "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+            ])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .args(["-display", "none", "-monitor", "none"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join(format!("{tag}-qemu.err"))).unwrap(),
+            ))
+            .spawn()
+            .expect("starting qemu-system-x86_64");
+        Vm { child, qga, serial }
+    }
+
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    pub fn serial_tail(&self, lines: usize) -> String {
+        let s = std::fs::read_to_string(&self.serial).unwrap_or_default();
+        let v: Vec<&str> = s.lines().collect();
+        v[v.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Waits until the guest agent answers, up to `limit`.
+    pub fn wait_agent(&mut self, limit: Duration) -> Result<Agent, String> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.exited() {
+                return Err("qemu exited".into());
+            }
+            if let Ok(mut a) = Agent::connect(&self.qga) {
+                if a.sync(Duration::from_secs(5)).is_ok() {
+                    return Ok(a);
+                }
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        Err(format!("no guest agent within {limit:?}"))
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A qemu-guest-agent client over the virtio-serial channel.
+pub struct Agent {
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+    next_id: u64,
+}
+
+impl Agent {
+    fn connect(path: &Path) -> std::io::Result<Agent> {
+        let stream = UnixStream::connect(path)?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(Agent {
+            stream,
+            reader,
+            next_id: std::process::id() as u64 * 1000,
+        })
+    }
+
+    /// guest-sync: discards stale replies left in the channel.
+    fn sync(&mut self, wait: Duration) -> Result<(), String> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let req = serde_json::json!({"execute": "guest-sync", "arguments": {"id": id}});
+        self.send(&req)?;
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            let v = self.recv(deadline)?;
+            if v["return"] == serde_json::json!(id) {
+                return Ok(());
+            }
+        }
+        Err("guest-sync timed out".into())
+    }
+
+    fn send(&mut self, v: &serde_json::Value) -> Result<(), String> {
+        let mut line = v.to_string();
+        line.push('\n');
+        self.stream
+            .write_all(line.as_bytes())
+            .map_err(|e| e.to_string())
+    }
+
+    fn recv(&mut self, deadline: Instant) -> Result<serde_json::Value, String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(50))))
+            .map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self
+                .reader
+                .read_line(&mut line)
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("agent channel closed".into());
+            }
+            let t = line.trim_start_matches('\u{ff}').trim();
+            if t.is_empty() {
+                continue;
+            }
+            return serde_json::from_str(t).map_err(|e| format!("{e}: {t}"));
+        }
+    }
+
+    fn call(&mut self, v: serde_json::Value) -> Result<serde_json::Value, String> {
+        self.send(&v)?;
+        let r = self.recv(Instant::now() + Duration::from_secs(30))?;
+        if let Some(e) = r.get("error") {
+            return Err(e.to_string());
+        }
+        Ok(r["return"].clone())
+    }
+
+    /// Runs `sh -c cmd` in the guest; returns (exit code, stdout+stderr).
+    pub fn sh(&mut self, cmd: &str) -> Result<(i64, String), String> {
+        let pid = self.call(serde_json::json!({
+            "execute": "guest-exec",
+            "arguments": {"path": "/bin/sh", "arg": ["-c", cmd], "capture-output": true}
+        }))?["pid"]
+            .as_i64()
+            .ok_or("guest-exec returned no pid")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let st = self.call(serde_json::json!({
+                "execute": "guest-exec-status", "arguments": {"pid": pid}
+            }))?;
+            if st["exited"] == serde_json::json!(true) {
+                let dec = |k: &str| {
+                    st[k]
+                        .as_str()
+                        .map(|s| {
+                            base64::engine::general_purpose::STANDARD
+                                .decode(s)
+                                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                                .unwrap_or_default()
+                        })
+                        .unwrap_or_default()
+                };
+                let code = st["exitcode"].as_i64().unwrap_or(-1);
+                return Ok((code, dec("out-data") + &dec("err-data")));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Err(format!("{cmd}: did not finish within 60 s"))
+    }
+
+    /// Starts `sh -c cmd` without waiting (e.g. a reboot).
+    pub fn spawn(&mut self, cmd: &str) -> Result<(), String> {
+        self.call(serde_json::json!({
+            "execute": "guest-exec",
+            "arguments": {"path": "/bin/sh", "arg": ["-c", cmd]}
+        }))
+        .map(|_| ())
+    }
+}

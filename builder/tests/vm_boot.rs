@@ -1,0 +1,251 @@
+//! Boot test: builds worker-1 of the default cluster from a local test mirror
+//! (tests/make-mirror), boots it under QEMU with OVMF (KVM when a short smoke
+//! boot works, TCG otherwise) in a private network namespace, and checks from
+//! inside the VM through the qemu-guest-agent channel. Needs root.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::vm::{run, Accel, Netns, Vm};
+
+const BOOT_LIMIT: Duration = Duration::from_secs(240);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn firstboot_bin() -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_hakube-build"));
+    let fb = exe.with_file_name("hakube-firstboot");
+    if !fb.exists() {
+        let profile_release = exe.parent().and_then(|p| p.file_name()) == Some("release".as_ref());
+        let mut c = Command::new(env!("CARGO"));
+        c.current_dir(repo())
+            .args(["build", "-q", "-p", "hakube-firstboot"]);
+        if profile_release {
+            c.arg("--release");
+        }
+        run(&mut c);
+    }
+    fb
+}
+
+fn check(agent: &mut support::vm::Agent, what: &str, cmd: &str, vm: &Vm) -> String {
+    match agent.sh(cmd) {
+        Ok((0, out)) => out,
+        Ok((code, out)) => panic!(
+            "{what}: `{cmd}` exited {code}: {out}\n--- serial log tail ---\n{}",
+            vm.serial_tail(60)
+        ),
+        Err(e) => panic!(
+            "{what}: {e}\n--- serial log tail ---\n{}",
+            vm.serial_tail(60)
+        ),
+    }
+}
+
+#[test]
+fn worker_image_boots_with_readonly_root_and_persistent_etc_and_var() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the boot test needs root (mmdebstrap, network namespaces)"
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("hakube-vm-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let d = dir.path();
+    run(Command::new(repo().join("tests/make-mirror")).arg(d.join("mirror")));
+    let out = Command::new(env!("CARGO_BIN_EXE_hakube-build"))
+        .args(["--profile", "worker", "--node", "worker-1", "--json"])
+        .arg("--artifacts")
+        .arg(d.join("mirror"))
+        .arg("--cache-dir")
+        .arg(d.join("cache"))
+        .arg("--state")
+        .arg(d.join("state"))
+        .arg("--out")
+        .arg(d.join("out"))
+        .arg("--lock")
+        .arg(d.join("hakube.lock"))
+        .arg("--firstboot-bin")
+        .arg(firstboot_bin())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "hakube-build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let qcow2 = PathBuf::from(result["images"][0]["qcow2"].as_str().unwrap());
+    let cluster = hakube_build::spec::load(None).unwrap();
+    let mac = cluster.node("worker-1").unwrap().mac.to_string();
+
+    let ns = Netns::new();
+    // Smoke boot under KVM on a throwaway overlay; fall back to TCG.
+    let overlay = d.join("smoke.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&qcow2)
+        .arg(&overlay));
+    let accel = if Path::new("/dev/kvm").exists() {
+        let mut smoke = Vm::start(&ns, Accel::Kvm, &overlay, &mac, d, "smoke");
+        let ok = smoke.wait_agent(Duration::from_secs(90)).is_ok();
+        drop(smoke);
+        if ok {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        }
+    } else {
+        Accel::Tcg
+    };
+    eprintln!("vm_boot: using {accel:?}");
+
+    let started = Instant::now();
+    let mut vm = Vm::start(&ns, accel, &qcow2, &mac, d, "boot");
+    let mut agent = vm
+        .wait_agent(BOOT_LIMIT)
+        .unwrap_or_else(|e| panic!("first boot: {e}\n{}", vm.serial_tail(80)));
+    // multi-user.target reached, or waiting only for hakube-firstboot: on a
+    // lone worker it waits for the masters, and multi-user.target is ordered
+    // after the units it wants.
+    let deadline = Instant::now() + BOOT_LIMIT;
+    loop {
+        let (_, s) = agent
+            .sh("systemctl is-active multi-user.target; systemctl list-jobs --no-legend")
+            .unwrap();
+        let running: Vec<&str> = s.lines().filter(|l| l.contains(" running")).collect();
+        let only_firstboot = running.len() == 1 && running[0].contains("hakube-firstboot.service");
+        if s.starts_with("active") || only_firstboot {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "multi-user.target not reached: {s}\n{}",
+            vm.serial_tail(80)
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    eprintln!(
+        "vm_boot: first boot to multi-user in {:?}",
+        started.elapsed()
+    );
+
+    let root = check(&mut agent, "root", "findmnt -n -o FSTYPE,OPTIONS /", &vm);
+    assert!(root.starts_with("erofs ") && root.contains("ro"), "{root}");
+    check(
+        &mut agent,
+        "root is read-only",
+        "! touch /usr/hakube-probe 2>/dev/null",
+        &vm,
+    );
+    let etc = check(&mut agent, "/etc", "findmnt -n -o FSTYPE /etc", &vm);
+    assert_eq!(etc.trim(), "overlay");
+    check(
+        &mut agent,
+        "write /etc",
+        "echo persist-etc > /etc/hakube-probe && sync",
+        &vm,
+    );
+    check(
+        &mut agent,
+        "write /var",
+        "echo persist-var > /var/hakube-probe && sync",
+        &vm,
+    );
+    let host = check(&mut agent, "hostname", "hostname", &vm);
+    assert_eq!(host.trim(), "worker-1");
+    let addr = check(&mut agent, "address", "ip -4 -o addr show dev lan0", &vm);
+    assert!(addr.contains("192.168.122.21/24"), "{addr}");
+    let containerd = check(
+        &mut agent,
+        "containerd",
+        "systemctl is-active containerd",
+        &vm,
+    );
+    assert_eq!(containerd.trim(), "active");
+    check(
+        &mut agent,
+        "firstboot unit",
+        "systemctl cat hakube-firstboot.service >/dev/null && systemctl is-enabled hakube-firstboot.service",
+        &vm,
+    );
+    // Boot counting: the entry systemd-boot started is the counted one.
+    let entry = check(
+        &mut agent,
+        "boot entry",
+        "cat /sys/firmware/efi/efivars/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f | tr -d '\\000' | tail -c +5",
+        &vm,
+    );
+    assert!(entry.contains("hakube-a"), "{entry:?}");
+    let counting = check(
+        &mut agent,
+        "boot counting",
+        "test -e /sys/firmware/efi/efivars/LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f && echo counted",
+        &vm,
+    );
+    assert_eq!(counting.trim(), "counted");
+    // After boot-complete.target, systemd-bless-boot marks it good.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, s) = agent
+            .sh("systemctl is-active systemd-bless-boot.service boot-complete.target")
+            .unwrap();
+        if s.lines().all(|l| l.trim() == "active") && s.lines().count() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "boot not blessed: {s}\n{}",
+            vm.serial_tail(60)
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    let boot_id = check(
+        &mut agent,
+        "boot id",
+        "cat /proc/sys/kernel/random/boot_id",
+        &vm,
+    );
+
+    // Reboot, then the files written to /etc and /var are still there.
+    let _ = agent.spawn("sleep 1; systemctl reboot");
+    drop(agent);
+    std::thread::sleep(Duration::from_secs(10));
+    let deadline = Instant::now() + BOOT_LIMIT;
+    let mut agent = loop {
+        let mut a = vm
+            .wait_agent(BOOT_LIMIT)
+            .unwrap_or_else(|e| panic!("second boot: {e}\n{}", vm.serial_tail(80)));
+        let id = a
+            .sh("cat /proc/sys/kernel/random/boot_id")
+            .map(|r| r.1)
+            .unwrap_or_default();
+        if !id.is_empty() && id != boot_id {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the VM did not reboot\n{}",
+            vm.serial_tail(60)
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    };
+    assert_eq!(
+        check(&mut agent, "etc after reboot", "cat /etc/hakube-probe", &vm),
+        "persist-etc\n"
+    );
+    assert_eq!(
+        check(&mut agent, "var after reboot", "cat /var/hakube-probe", &vm),
+        "persist-var\n"
+    );
+    // The entry has been blessed: the ESP file lost its counter.
+    let esp = check(&mut agent, "blessed entry", "ls /efi/loader/entries", &vm);
+    assert!(esp.contains("hakube-a.conf"), "{esp}");
+    drop(vm);
+    drop(ns);
+}
