@@ -329,7 +329,12 @@ fn trees_hold_what_each_role_needs_and_nothing_else() {
             for line in [
                 "Type=oneshot\n",
                 "RemainAfterExit=yes\n",
-                "After=network-online.target time-sync.target\n",
+                "After=sysinit.target basic.target network-online.target time-sync.target\n",
+                // Opts out of the implicit After= a target adds to the units it
+                // wants: firstboot may wait hours for its peers, and must not
+                // hold up multi-user.target (or boot blessing) meanwhile.
+                "DefaultDependencies=no\n",
+                "Conflicts=shutdown.target\n",
                 "Wants=network-online.target\n",
                 "ExecStart=/usr/local/bin/hakube-firstboot run\n",
                 "StandardOutput=journal+console\n",
@@ -631,4 +636,25 @@ fn containerd_accepts_its_config() {
         dump.contains("sandbox_image = \"registry.k8s.io/pause:3.10\""),
         "{dump}"
     );
+}
+
+#[test]
+fn static_nodes_get_their_resolvers_and_dhcp_nodes_none() {
+    let c = load("v1beta4.yaml");
+    let t = tree(&c, "worker-1");
+    let want: String = match &c.node("worker-1").unwrap().network {
+        spec::NodeNetwork::Static { dns, .. } => {
+            dns.iter().map(|d| format!("nameserver {d}\n")).collect()
+        }
+        spec::NodeNetwork::Dhcp => panic!("fixture worker-1 is static"),
+    };
+    assert!(!want.is_empty());
+    assert!(text(&t, paths::RESOLV_CONF).ends_with(&want));
+    let mut dhcp = c.clone();
+    dhcp.nodes
+        .iter_mut()
+        .find(|n| n.name.as_str() == "worker-1")
+        .unwrap()
+        .network = spec::NodeNetwork::Dhcp;
+    assert!(!tree(&dhcp, "worker-1").contains(paths::RESOLV_CONF));
 }

@@ -13,6 +13,7 @@ pub const MODULES: &str = "etc/modules-load.d/hakube.conf";
 pub const SYSCTLS: &str = "etc/sysctl.d/90-hakube.conf";
 pub const SSH_KEYS: &str = "etc/ssh/authorized_keys/root";
 pub const SSHD_DROPIN: &str = "etc/ssh/sshd_config.d/hakube.conf";
+pub const RESOLV_CONF: &str = "etc/resolv.conf";
 pub const FIRSTBOOT_UNIT: &str = "etc/systemd/system/hakube-firstboot.service";
 /// The interface name every node's uplink gets (keepalived binds to it).
 pub const IFACE: &str = "lan0";
@@ -20,8 +21,16 @@ pub const IFACE: &str = "lan0";
 const FIRSTBOOT_UNIT_TEXT: &str = "\
 [Unit]
 Description=hakube first boot: form or join the cluster
+# No default dependencies: a target waits for the units it wants unless they
+# opt out, and this one may wait hours for its peers. multi-user.target (and
+# boot blessing) must not hang on cluster formation; `hakube-firstboot status`
+# tells how far it got. The default dependencies it still needs are below.
+DefaultDependencies=no
+Requires=sysinit.target
 Wants=network-online.target
-After=network-online.target time-sync.target
+After=sysinit.target basic.target network-online.target time-sync.target
+Conflicts=shutdown.target
+Before=shutdown.target
 
 [Service]
 Type=oneshot
@@ -77,6 +86,23 @@ fn network_file(node: &Node) -> String {
     s
 }
 
+/// `/etc/resolv.conf` for a node with static DNS servers. The image has no
+/// systemd-resolved, so networkd's DNS= lines alone would reach nobody; the
+/// kubelet hands this file to pods as their upstream resolvers.
+fn resolv_conf(node: &Node) -> Option<String> {
+    let NodeNetwork::Static { dns, .. } = &node.network else {
+        return None;
+    };
+    if dns.is_empty() {
+        return None;
+    }
+    let mut s = String::from("# Written by hakube-build render from the cluster spec.\n");
+    for d in dns {
+        let _ = writeln!(s, "nameserver {d}");
+    }
+    Some(s)
+}
+
 fn modules(node: &Node) -> String {
     let mut s = String::from("# Written by hakube-build render.\n");
     for m in &node.kernel_modules {
@@ -99,6 +125,9 @@ pub fn add(tree: &mut FileTree, cluster: &Cluster, node: &Node) -> bool {
     tree.add_public(HOSTS, hosts(cluster));
     tree.add_public(LINK_FILE, link_file(node));
     tree.add_public(NETWORK_FILE, network_file(node));
+    if let Some(text) = resolv_conf(node) {
+        tree.add_public(RESOLV_CONF, text);
+    }
     tree.add_public(MODULES, modules(node));
     tree.add_public(SYSCTLS, sysctls(node));
     tree.add_public(FIRSTBOOT_UNIT, FIRSTBOOT_UNIT_TEXT);
