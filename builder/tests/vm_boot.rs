@@ -214,7 +214,7 @@ fn worker_image_boots_with_readonly_root_and_persistent_etc_and_var() {
     let entry = check(
         &mut agent,
         "boot entry",
-        "cat /sys/firmware/efi/efivars/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f | tr -d '\\000' | tail -c +5",
+        "cat /sys/firmware/efi/efivars/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f | tail -c +5 | tr -d '\\000'",
         &vm,
     );
     assert!(entry.contains("hakube-a"), "{entry:?}");
