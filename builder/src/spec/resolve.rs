@@ -8,7 +8,6 @@ use super::types::*;
 use super::SpecError;
 use hakube_node_profile::{EndpointMode, EtcdTopology, Role, Runtime};
 use ipnet::Ipv4Net;
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 /// Collects the file name so every error can name it.
@@ -399,9 +398,4 @@ fn resolve_endpoint(ctx: &Ctx, e: &RawEndpoint, nodes: &[Node]) -> Result<Endpoi
             format!("{other:?} is not an endpoint mode: vip, dns or external expected"),
         )),
     }
-}
-
-/// Merged label map helper for callers that need role defaults only.
-pub fn role_defaults(role: Role) -> BTreeMap<String, String> {
-    RoleProfiles::embedded().for_role(role).labels.clone()
 }
