@@ -10,7 +10,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-$(mktemp -d /var/tmp/hakube-bench.XXXXXX)}
 mkdir -p "$work"
 cd "$repo"
-cargo build --quiet --release -p hakube-build -p hakube-firstboot -p hakube-test-doubles
+cargo build --quiet --release -p hakube-build -p hakube-firstboot
 bin=${CARGO_TARGET_DIR:-$repo/target}/release/hakube-build
 [[ -d $work/mirror ]] || tests/make-mirror "$work/mirror" >/dev/null
 

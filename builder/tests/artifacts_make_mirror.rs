@@ -1,11 +1,12 @@
-//! tests/make-mirror against the real catalogue: its versions match the
-//! default cluster's artifact set, and the mirror it builds resolves and
-//! installs, giving a root whose Debian binaries run and whose doubles say
-//! they are doubles.
+//! tests/make-mirror against the real catalogue: the mirror it lays out from
+//! the binaries srcbuild/build made from source resolves (URLs, checksum
+//! files, archive layouts) and installs, and every installed binary is the
+//! real tool at the catalogue's version.
 //!
-//! The mirror is built in `$HAKUBE_TEST_MIRROR` when set, else under cargo's
-//! per-target temporary directory (kept between runs; the script is
-//! idempotent, so a warm re-run only repacks).
+//! Needs `HAKUBE_TEST_MIRROR` (a mirror made by tests/make-mirror, as
+//! scripts/test-all exports it) or `HAKUBE_SRCBUILD_BIN` (srcbuild/build's
+//! output directory; the mirror is then made under cargo's per-target
+//! temporary directory, kept between runs: a warm re-run changes nothing).
 
 use hakube_build::artifacts::{catalog, resolve, Request, Source};
 use hakube_build::spec;
@@ -19,34 +20,15 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-fn script_var(text: &str, name: &str) -> String {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}=")))
-        .unwrap_or_else(|| panic!("tests/make-mirror sets no {name}"))
-        .to_string()
-}
-
-#[test]
-fn make_mirror_versions_match_the_catalogue() {
-    let text = std::fs::read_to_string(repo().join("tests/make-mirror")).unwrap();
-    let c = spec::load(None).unwrap();
-    let set = catalog::for_cluster(&c);
-    let version = |n: &str| set.iter().find(|a| a.name == n).unwrap().version.clone();
-    assert_eq!(script_var(&text, "K8S_VERSION"), version("kubeadm"));
-    assert_eq!(script_var(&text, "CRICTL_VERSION"), version("crictl"));
-    assert_eq!(script_var(&text, "CNI_VERSION"), version("cni-plugins"));
-    assert_eq!(
-        script_var(&text, "CONTAINERD_VERSION"),
-        version("containerd")
-    );
-    assert_eq!(script_var(&text, "RUNC_VERSION"), version("runc"));
-    assert_eq!(script_var(&text, "ETCD_VERSION"), version("etcd"));
-}
-
 fn mirror() -> PathBuf {
     if let Some(m) = std::env::var_os("HAKUBE_TEST_MIRROR") {
         return PathBuf::from(m);
     }
+    assert!(
+        std::env::var_os("HAKUBE_SRCBUILD_BIN").is_some(),
+        "set HAKUBE_TEST_MIRROR (tests/make-mirror DIR) or HAKUBE_SRCBUILD_BIN \
+         (the directory srcbuild/build prints): this test runs the real binaries"
+    );
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hakube-test-mirror");
     let status = Command::new(repo().join("tests/make-mirror"))
         .arg(&dir)
@@ -59,22 +41,34 @@ fn mirror() -> PathBuf {
 fn run(bin: &Path, args: &[&str]) -> String {
     let out = Command::new(bin)
         .args(args)
-        .env(
-            "HAKUBE_DOUBLE_LOG",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("double.log"),
-        )
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
     assert!(out.status.success(), "{} {args:?}: {out:?}", bin.display());
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
+fn assert_contains(text: &str, want: &str, what: &str) {
+    assert!(text.contains(want), "{what}: {want:?} not in {text:?}");
+}
+
 #[test]
-fn the_made_mirror_resolves_and_installs_runnable_binaries() {
+fn the_mirror_resolves_and_installs_the_real_tools_at_the_catalogue_versions() {
     let m = mirror();
-    let readme = std::fs::read_to_string(m.join("MIRROR-README.txt")).unwrap();
-    assert!(readme.contains("TEST DOUBLE") && readme.contains("Debian containerd"));
     let c = spec::load(None).unwrap();
+    let set = catalog::for_cluster(&c);
+    let version = |n: &str| {
+        set.iter()
+            .find(|a| a.name == n)
+            .unwrap_or_else(|| panic!("the default cluster has no {n}"))
+            .version
+            .clone()
+    };
+
+    let readme = std::fs::read_to_string(m.join("MIRROR-README.txt")).unwrap();
+    assert_contains(&readme, "BUILT FROM SOURCE", "MIRROR-README.txt");
+    assert_contains(&readme, "h1:", "MIRROR-README.txt (module hashes)");
+    assert!(!readme.contains("DOUBLE"), "the mirror names a double");
+
     let tmp = tempfile::tempdir().unwrap();
     let req = Request {
         cluster: &c,
@@ -83,25 +77,66 @@ fn the_made_mirror_resolves_and_installs_runnable_binaries() {
         cache_dir: tmp.path().join("cache"),
     };
     let resolved = resolve(&req).unwrap();
-    assert_eq!(resolved.artifacts.len(), 8);
+    assert_eq!(resolved.artifacts.len(), set.len());
     let root = tmp.path().join("root");
     resolved.install_into(&root).unwrap();
+    let bin = |p: &str| root.join(p);
 
-    // Debian's real binaries, under the upstream paths.
-    assert!(run(&root.join("usr/local/bin/etcd"), &["--version"]).contains("etcd Version: 3.4"));
-    assert!(run(&root.join("usr/local/bin/etcdctl"), &["version"]).contains("3.4"));
-    assert!(run(&root.join("usr/local/bin/ctr"), &["--version"]).contains("1.6"));
-    assert!(run(&root.join("usr/local/sbin/runc"), &["--version"]).contains("runc version 1.1"));
-    assert!(root.join("usr/local/bin/containerd-shim-runc-v2").is_file());
-    for p in ["bridge", "host-local", "loopback", "portmap"] {
-        assert!(root.join("opt/cni/bin").join(p).is_file(), "{p}");
-    }
-    // The doubles answer by name and say what they are.
+    let k8s = format!("v{}", version("kubeadm"));
     assert_eq!(
-        run(&root.join("usr/bin/kubeadm"), &["version", "-o", "short"]),
-        "v1.31.4\n"
+        run(&bin("usr/bin/kubeadm"), &["version", "-o", "short"]),
+        format!("{k8s}\n")
     );
-    assert!(run(&root.join("usr/bin/kubelet"), &["--version"]).contains("TEST DOUBLE"));
-    assert!(run(&root.join("usr/bin/kubectl"), &["version", "--client"]).contains("TEST DOUBLE"));
-    assert!(run(&root.join("usr/local/bin/crictl"), &["version"]).contains("TEST DOUBLE"));
+    assert_eq!(
+        run(&bin("usr/bin/kubelet"), &["--version"]),
+        format!("Kubernetes {k8s}\n")
+    );
+    assert_contains(
+        &run(&bin("usr/bin/kubectl"), &["version", "--client"]),
+        &format!("Client Version: {k8s}"),
+        "kubectl version",
+    );
+    assert_eq!(
+        run(&bin("usr/local/bin/crictl"), &["--version"]),
+        format!("crictl version v{}\n", version("crictl"))
+    );
+    let etcd = version("etcd");
+    assert_contains(
+        &run(&bin("usr/local/bin/etcd"), &["--version"]),
+        &format!("etcd Version: {etcd}\n"),
+        "etcd --version",
+    );
+    assert_contains(
+        &run(&bin("usr/local/bin/etcdctl"), &["version"]),
+        &format!("etcdctl version: {etcd}\n"),
+        "etcdctl version",
+    );
+    let containerd = format!(" v{} ", version("containerd"));
+    assert_contains(
+        &run(&bin("usr/local/bin/containerd"), &["--version"]),
+        &containerd,
+        "containerd --version",
+    );
+    assert_contains(
+        &run(&bin("usr/local/bin/ctr"), &["--version"]),
+        &format!("ctr github.com/containerd/containerd/v2{}", containerd.trim_end()),
+        "ctr --version",
+    );
+    assert!(bin("usr/local/bin/containerd-shim-runc-v2").is_file());
+    let runc = run(&bin("usr/local/sbin/runc"), &["--version"]);
+    assert_contains(
+        &runc,
+        &format!("runc version {}\n", version("runc")),
+        "runc --version",
+    );
+    // kubeadm's static pods ask for the RuntimeDefault seccomp profile.
+    assert_contains(&runc, "libseccomp: ", "runc --version (seccomp)");
+    let cni = version("cni-plugins");
+    for p in ["bridge", "host-local", "loopback", "portmap"] {
+        assert_contains(
+            &run(&bin(&format!("opt/cni/bin/{p}")), &["--version"]),
+            &format!("CNI {p} plugin v{cni}"),
+            p,
+        );
+    }
 }
