@@ -119,7 +119,10 @@ fn the_mirror_resolves_and_installs_the_real_tools_at_the_catalogue_versions() {
     );
     assert_contains(
         &run(&bin("usr/local/bin/ctr"), &["--version"]),
-        &format!("ctr github.com/containerd/containerd/v2{}", containerd.trim_end()),
+        &format!(
+            "ctr github.com/containerd/containerd/v2{}",
+            containerd.trim_end()
+        ),
         "ctr --version",
     );
     assert!(bin("usr/local/bin/containerd-shim-runc-v2").is_file());
