@@ -16,7 +16,7 @@ mkdir -p "$work"
 run() {
     local label=$1 t0 t1
     t0=$(date +%s.%N)
-    nice -n 10 "$repo/srcbuild/build" >"$work/$label.out" 2>"$work/$label.log"
+    nice -n "${BENCH_NICE:-10}" "$repo/srcbuild/build" >"$work/$label.out" 2>"$work/$label.log"
     t1=$(date +%s.%N)
     echo "== $label: $(echo "$t1 - $t0" | bc) s total"
     sed -n 's/^srcbuild: \(.*\): \(built in .*\|cached\).*/  \1: \2/p' "$work/$label.log"
