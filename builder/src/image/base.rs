@@ -1,14 +1,18 @@
-//! The base root filesystem: Debian bookworm made with mmdebstrap (no VM, no
+//! The base root filesystem: Debian 13 trixie made with mmdebstrap (no VM, no
 //! SSH), cached as a tar keyed by a canonical manifest of its inputs.
+//!
+//! A Debian 12 build host can make it: trixie's InRelease is signed by keys
+//! that bookworm's debian-archive-keyring already carries.
 
 use super::content;
 use super::fsutil;
 use super::tools::{Invocation, Runner, MMDEBSTRAP};
 use anyhow::{Context, Result};
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-pub const SUITE: &str = "bookworm";
+pub const SUITE: &str = "trixie";
 pub const MIRROR: &str = "http://deb.debian.org/debian";
 
 /// Every role's packages: one OS root serves masters, workers and etcd members.
@@ -36,13 +40,49 @@ pub const PACKAGES: &[&str] = &[
     "qemu-guest-agent",
     "socat",
     "systemd",
-    // systemd-bless-boot and its generator (boot counting), bootctl.
+    // systemd-bless-boot and its generator (boot counting); bootctl comes
+    // with it (trixie's systemd-boot-tools).
     "systemd-boot",
+    // The systemd-boot EFI binary the ESP's loader is taken from.
     "systemd-boot-efi",
+    // systemd-sysupdate (trixie ships it in systemd-container): OS updates.
+    "systemd-container",
+    "systemd-repart",
     "systemd-sysv",
     "systemd-timesyncd",
     "udev",
 ];
+
+/// Exact versions of the packages that make the boot and update path: the
+/// kernel, systemd and its boot pieces, the initramfs generator. They are part
+/// of the cache key and installed as `name=version`, so a base is rebuilt
+/// exactly when one is bumped, and a build never takes a different kernel or
+/// systemd silently. Debian's archive serves only the newest version of a
+/// stable suite: after a point release mmdebstrap fails naming the version,
+/// and these are bumped (the versions of trixie 13.8, read from its Packages
+/// index on 2026-12-01).
+pub const PINNED: &[(&str, &str)] = &[
+    ("initramfs-tools", "0.148.4"),
+    ("linux-image-cloud-amd64", "6.12.117-1"),
+    ("systemd", "257.13-1~deb13u1"),
+    ("systemd-boot", "257.13-1~deb13u1"),
+    ("systemd-boot-efi", "257.13-1~deb13u1"),
+    ("systemd-container", "257.13-1~deb13u1"),
+    ("systemd-repart", "257.13-1~deb13u1"),
+    ("systemd-sysv", "257.13-1~deb13u1"),
+    ("udev", "257.13-1~deb13u1"),
+];
+
+/// The `--include` list: every package, pinned ones as `name=version`.
+pub fn include_list() -> Vec<String> {
+    PACKAGES
+        .iter()
+        .map(|p| match PINNED.iter().find(|(n, _)| n == p) {
+            Some((n, v)) => format!("{n}={v}"),
+            None => p.to_string(),
+        })
+        .collect()
+}
 
 /// Keeps the root small: no documentation, manuals or translations.
 pub const DPKG_OPTS: &[&str] = &[
@@ -66,6 +106,9 @@ pub struct Base {
     pub suite: String,
     pub mirror: String,
     pub packages: Vec<String>,
+    /// Every installed package and its version (dpkg-query in the new root).
+    #[serde(default)]
+    pub package_versions: BTreeMap<String, String>,
     #[serde(skip)]
     pub cache_hit: bool,
 }
@@ -81,6 +124,9 @@ pub fn key_material(source_date_epoch: Option<i64>) -> String {
         "variant minbase".to_string(),
         format!("packages {}", pkgs.join(",")),
     ];
+    for (name, version) in PINNED {
+        lines.push(format!("pin {name}={version}"));
+    }
     for o in DPKG_OPTS {
         lines.push(format!("dpkgopt {o}"));
     }
@@ -141,12 +187,13 @@ pub fn ensure(
         .with_context(|| format!("writing {}", hook.display()))?;
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&hook, fs::Permissions::from_mode(0o755))?;
+    let versions_file = work.path().join("packages.tsv");
     // mmdebstrap picks the output format from the extension.
     let out = work.path().join("base.tar");
 
     let mut inv = Invocation::new(MMDEBSTRAP)
         .arg("--variant=minbase")
-        .arg(format!("--include={}", PACKAGES.join(",")))
+        .arg(format!("--include={}", include_list().join(",")))
         .arg("--aptopt=APT::Install-Recommends \"false\"");
     for o in DPKG_OPTS {
         inv = inv.arg(format!("--dpkgopt={o}"));
@@ -155,6 +202,12 @@ pub fn ensure(
         .arg(format!("--essential-hook=sync-in {} /", early.display()))
         .arg(format!("--customize-hook=sync-in {} /", late.display()))
         .arg(format!("--customize-hook={}", hook.display()))
+        // Runs on the host with the root as $1: the versions go to the work
+        // directory, not into the image.
+        .arg(format!(
+            "--customize-hook=chroot \"$1\" dpkg-query -W -f '${{Package}}\\t${{Version}}\\n' > '{}'",
+            versions_file.display()
+        ))
         .args([
             SUITE.to_string(),
             out.display().to_string(),
@@ -163,10 +216,18 @@ pub fn ensure(
     if let Some(e) = source_date_epoch {
         inv = inv.env("SOURCE_DATE_EPOCH", e.to_string());
     }
-    let spinner = crate::ui::spinner("mmdebstrap (Debian bookworm)");
+    let spinner = crate::ui::spinner(&format!("mmdebstrap (Debian {SUITE})"));
     let result = runner.run(&inv);
     spinner.finish_and_clear();
-    result.context("building the base root filesystem with mmdebstrap")?;
+    result.with_context(|| {
+        format!(
+            "building the base root filesystem with mmdebstrap (Debian {SUITE}; if apt \
+             reports a pinned version missing, the archive has moved to a newer point \
+             release: update base::PINNED)"
+        )
+    })?;
+    let package_versions = read_versions(&versions_file)?;
+    check_pins(&package_versions)?;
 
     let created_epoch = source_date_epoch.unwrap_or_else(now_epoch);
     let base = Base {
@@ -176,6 +237,7 @@ pub fn ensure(
         suite: SUITE.into(),
         mirror: MIRROR.into(),
         packages: PACKAGES.iter().map(|s| s.to_string()).collect(),
+        package_versions,
         cache_hit: false,
     };
     let meta_tmp = work.path().join("meta.json");
@@ -185,6 +247,42 @@ pub fn ensure(
     fsutil::commit(&out, &tar)?;
     fsutil::commit(&meta_tmp, &meta)?;
     Ok(base)
+}
+
+/// Parses `dpkg-query -W -f '${Package}\t${Version}\n'` output.
+fn read_versions(path: &Path) -> Result<BTreeMap<String, String>> {
+    let text =
+        fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_versions(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+pub fn parse_versions(text: &str) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.is_empty()) {
+        let Some((name, version)) = line.split_once('\t') else {
+            anyhow::bail!("line {}: expected PACKAGE<TAB>VERSION, got {line:?}", i + 1);
+        };
+        out.insert(name.to_string(), version.to_string());
+    }
+    if out.is_empty() {
+        anyhow::bail!("no package listed");
+    }
+    Ok(out)
+}
+
+/// apt installed exactly the pinned versions (a held or replaced package
+/// would otherwise go unnoticed).
+fn check_pins(installed: &BTreeMap<String, String>) -> Result<()> {
+    for (name, want) in PINNED {
+        match installed.get(*name) {
+            Some(got) if got == want => {}
+            got => anyhow::bail!(
+                "the base root has {name} {}, base::PINNED says {want}",
+                got.map(String::as_str).unwrap_or("not installed")
+            ),
+        }
+    }
+    Ok(())
 }
 
 fn now_epoch() -> i64 {
@@ -203,11 +301,38 @@ mod tests {
         let m = key_material(None);
         assert!(m.contains("packages apparmor,ca-certificates,"));
         assert!(m.contains("file etc/fstab 644 "));
-        assert!(m.contains("suite bookworm"));
+        assert!(m.contains("suite trixie"));
+        assert!(m.contains("pin systemd=257."));
+        assert!(m.contains("pin linux-image-cloud-amd64=6.12."));
         let mut sorted: Vec<&str> = m.lines().collect();
         sorted.sort_unstable();
         assert_eq!(sorted, m.lines().collect::<Vec<_>>());
         assert_eq!(cache_key(None), cache_key(None));
         assert_ne!(cache_key(None), cache_key(Some(1)));
+    }
+
+    #[test]
+    fn pinned_packages_are_installed_as_name_equals_version() {
+        let inc = include_list();
+        assert!(inc.contains(&"systemd-boot-efi=257.13-1~deb13u1".to_string()));
+        assert!(inc.contains(&"openssh-server".to_string()));
+        for (name, _) in PINNED {
+            assert!(PACKAGES.contains(name), "{name} pinned but not installed");
+        }
+    }
+
+    #[test]
+    fn versions_parse_and_pins_are_checked() {
+        let mut text: String = PINNED.iter().map(|(n, v)| format!("{n}\t{v}\n")).collect();
+        text.push_str("zlib1g\t1:1.3.dfsg+really1.3.1-1+b1\n");
+        let v = parse_versions(&text).unwrap();
+        assert_eq!(v["zlib1g"], "1:1.3.dfsg+really1.3.1-1+b1");
+        check_pins(&v).unwrap();
+        let mut drifted = v.clone();
+        drifted.insert("systemd".into(), "257.14-1".into());
+        let e = check_pins(&drifted).unwrap_err().to_string();
+        assert!(e.contains("systemd 257.14-1") && e.contains("257.13-1~deb13u1"), "{e}");
+        assert!(parse_versions("no tab here\n").is_err());
+        assert!(parse_versions("").is_err());
     }
 }

@@ -49,6 +49,8 @@ pub struct BaseInfo {
     pub suite: String,
     pub mirror: String,
     pub packages: Vec<String>,
+    /// Every package in the base root and its Debian version.
+    pub package_versions: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

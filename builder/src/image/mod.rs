@@ -423,6 +423,7 @@ fn make_manifest(
             suite: base.suite.clone(),
             mirror: base.mirror.clone(),
             packages: base.packages.clone(),
+            package_versions: base.package_versions.clone(),
         },
         os_root: manifest::OsRootInfo {
             cache_key: os.key.clone(),
