@@ -39,6 +39,8 @@ pub const PACKAGES: &[&str] = &[
     // systemd-bless-boot and its generator (boot counting), bootctl.
     "systemd-boot",
     "systemd-boot-efi",
+    // DHCP nodes' resolver (the lease's DNS servers); enabled per node.
+    "systemd-resolved",
     "systemd-sysv",
     "systemd-timesyncd",
     "udev",
