@@ -244,6 +244,31 @@ pub fn kubectl(args: &[String], env: &Env) -> Outcome {
                 )),
             }
         }
+        ["get", "secret" | "secrets", name, "-o", tmpl]
+            if *tmpl == "go-template={{with .data.expiration}}{{base64decode .}}{{end}}" =>
+        {
+            // The one template hakube-firstboot uses: the token's expiration
+            // (none here: the double keeps no clock, so its tokens never expire).
+            let st = load_state(env)?.ok_or((REFUSED.to_string(), 1))?;
+            let token = name.strip_prefix("bootstrap-token-").and_then(|id| {
+                st["tokens"].as_array().and_then(|ts| {
+                    ts.iter()
+                        .find(|t| {
+                            ns == "kube-system"
+                                && t["token"]
+                                    .as_str()
+                                    .is_some_and(|v| v.split('.').next() == Some(id))
+                        })
+                        .cloned()
+                })
+            });
+            match token {
+                Some(t) => Ok(t["expiration"].as_str().unwrap_or("").to_string()),
+                None => fail(format!(
+                    "Error from server (NotFound): secrets \"{name}\" not found"
+                )),
+            }
+        }
         ["get", "secret" | "secrets", name] => {
             let st = load_state(env)?.ok_or((REFUSED.to_string(), 1))?;
             // Bootstrap tokens are the only secrets the double knows.
