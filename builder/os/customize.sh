@@ -7,7 +7,7 @@ in_root() { chroot "$root" "$@"; }
 in_root systemctl enable systemd-networkd.service systemd-timesyncd.service \
 	hakube-grow-var.service hakube-boot-health.service
 # Enabled per node by its tree (or started by hakube-firstboot), never by default.
-in_root systemctl disable ssh.service haproxy.service keepalived.service
+in_root systemctl disable ssh.service haproxy.service keepalived.service systemd-resolved.service
 # A distinct identity per node: machine-id is generated on first boot (empty
 # file = first boot); SSH host keys and the build host's name are not baked in.
 : > "$root/etc/machine-id"

@@ -49,6 +49,12 @@ pub struct ClusterArgs {
     /// (created 0700 on first use, reused by every later build) [default: .hakube/<cluster>]
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
+
+    /// The cluster has been formed: record that in the state directory (for
+    /// good), so every image built from now on, the init node's included,
+    /// joins it and never runs kubeadm init
+    #[arg(long)]
+    pub cluster_initialised: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -129,6 +135,11 @@ pub struct SummaryArgs {
     /// Cluster spec (YAML). Without it, the embedded default cluster is shown.
     #[arg(long, value_name = "FILE")]
     pub cluster: Option<PathBuf>,
+
+    /// State directory to read credential expiry dates from (read only)
+    /// [default: .hakube/<cluster>, when it exists]
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
 
     /// Print the resolved configuration as one JSON object instead of text:
     /// the resolved spec plus initNode, etcdMembers, kubeadmApiVersion, source

@@ -3,23 +3,33 @@
 //! go to stderr either way so stdout stays parseable.
 
 use crate::cli::SummaryArgs;
+use crate::pki::dates::{self, CredentialDates};
 use crate::spec::model::{Cluster, NodeNetwork};
 use anyhow::{Context, Result};
 use hakube_node_profile::{EndpointMode, EtcdTopology};
 use std::io::Write;
+use std::path::Path;
 
 pub fn run(args: &SummaryArgs) -> Result<()> {
     let cluster = crate::spec::load(args.cluster.as_deref())?;
     for w in &cluster.warnings {
         eprintln!("warning: {}: {w}", cluster.source);
     }
+    let state = args
+        .state
+        .clone()
+        .unwrap_or_else(|| crate::pki::default_state_dir(&cluster));
+    let dates = dates::read(&state, &cluster)
+        .with_context(|| format!("reading credential dates from {}", state.display()))?;
     let out = if args.json {
-        let mut s = serde_json::to_string_pretty(&to_json(&cluster))
-            .context("serialising the resolved cluster as JSON")?;
+        let mut v = to_json(&cluster);
+        v["credentials"] = credentials_json(&state, dates.as_ref());
+        let mut s =
+            serde_json::to_string_pretty(&v).context("serialising the resolved cluster as JSON")?;
         s.push('\n');
         s
     } else {
-        to_text(&cluster)
+        to_text(&cluster) + &credentials_text(&cluster, &state, dates.as_ref())
     };
     let mut stdout = std::io::stdout().lock();
     match stdout
@@ -30,6 +40,67 @@ pub fn run(args: &SummaryArgs) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => r.context("writing the summary to stdout"),
     }
+}
+
+/// Expiry dates of the state directory's credentials, as JSON (`null`
+/// dates: nothing issued yet).
+pub fn credentials_json(state: &Path, d: Option<&CredentialDates>) -> serde_json::Value {
+    let Some(d) = d else {
+        return serde_json::json!({"state": state.display().to_string(), "exists": false});
+    };
+    let nodes: serde_json::Map<String, serde_json::Value> = d
+        .nodes
+        .iter()
+        .map(|(n, t)| (n.clone(), t.map(rfc3339).into()))
+        .collect();
+    let cas: serde_json::Map<String, serde_json::Value> = d
+        .cas
+        .iter()
+        .map(|(k, t)| (k.to_string(), rfc3339(*t).into()))
+        .collect();
+    serde_json::json!({
+        "state": state.display().to_string(),
+        "exists": true,
+        "caNotAfter": cas,
+        "nodeCertificatesNotAfter": nodes,
+        "clusterInitialised": d.initialised,
+    })
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// The credentials part of the text summary.
+pub fn credentials_text(c: &Cluster, state: &Path, d: Option<&CredentialDates>) -> String {
+    let mut out = format!("\nCredentials ({})\n", state.display());
+    let Some(d) = d else {
+        out.push_str("  none yet: the first build or render creates them\n");
+        return out;
+    };
+    for (ca, t) in &d.cas {
+        out.push_str(&format!("  {ca:<16} CA valid until {}\n", dates::day(*t)));
+    }
+    for (n, t) in &d.nodes {
+        match t {
+            Some(t) => out.push_str(&format!(
+                "  {n:<16} baked certificates valid until {} (its image joins until then)\n",
+                dates::day(*t)
+            )),
+            None => out.push_str(&format!("  {n:<16} not built yet\n")),
+        }
+    }
+    out.push_str(&format!(
+        "  join token       lifetime {} days from kubeadm init; every master renews it at boot once less than half is left\n",
+        c.certificates.leaf_validity.days
+    ));
+    out.push_str(&match &d.initialised {
+        Some(t) => format!("  cluster formed   recorded {t}: every image, the init node's too, only joins\n"),
+        None => "  cluster formed   not recorded (after the cluster formed, build with --cluster-initialised)\n"
+            .to_string(),
+    });
+    out
 }
 
 /// The resolved cluster as one JSON object: the serialised [`Cluster`] plus

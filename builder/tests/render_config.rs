@@ -28,6 +28,7 @@ fn creds() -> JoinCredentials {
     JoinCredentials {
         token: "abcdef.0123456789abcdef".into(),
         ca_cert_hash: format!("sha256:{}", "0f".repeat(32)),
+        cluster_initialised: false,
     }
 }
 
@@ -639,7 +640,7 @@ fn containerd_accepts_its_config() {
 }
 
 #[test]
-fn static_nodes_get_their_resolvers_and_dhcp_nodes_none() {
+fn static_nodes_get_their_resolvers() {
     let c = load("v1beta4.yaml");
     let t = tree(&c, "worker-1");
     let want: String = match &c.node("worker-1").unwrap().network {
@@ -650,11 +651,180 @@ fn static_nodes_get_their_resolvers_and_dhcp_nodes_none() {
     };
     assert!(!want.is_empty());
     assert!(text(&t, paths::RESOLV_CONF).ends_with(&want));
-    let mut dhcp = c.clone();
-    dhcp.nodes
-        .iter_mut()
-        .find(|n| n.name.as_str() == "worker-1")
-        .unwrap()
-        .network = spec::NodeNetwork::Dhcp;
-    assert!(!tree(&dhcp, "worker-1").contains(paths::RESOLV_CONF));
+}
+
+// ---- issue 9: defects a real cluster would hit ----------------------------
+
+/// `name`'s value in an `extraArgs`/`kubeletExtraArgs` of either API version.
+fn extra_arg(args: &Value, name: &str) -> Option<String> {
+    match args {
+        Value::Array(a) => a
+            .iter()
+            .find(|kv| kv["name"] == name)
+            .and_then(|kv| kv["value"].as_str().map(String::from)),
+        Value::Object(m) => m.get(name).and_then(|v| v.as_str().map(String::from)),
+        _ => None,
+    }
+}
+
+fn doc_of_kind<'d>(docs: &'d [Value], kind: &str) -> &'d Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in {docs:#?}"))
+}
+
+#[test]
+fn flexvolume_dirs_point_at_var_not_the_read_only_usr() {
+    for spec_file in ["v1beta3.yaml", "v1beta4.yaml", "external-etcd.yaml"] {
+        let c = load(spec_file);
+        let t = tree(&c, c.init_node().name.as_str());
+        let docs = documents(&text(&t, paths::KUBEADM_INIT));
+        let cc = doc_of_kind(&docs, "ClusterConfiguration");
+        let dir = extra_arg(
+            &cc["controllerManager"]["extraArgs"],
+            "flex-volume-plugin-dir",
+        );
+        assert_eq!(
+            dir.as_deref(),
+            Some("/var/lib/kubelet/volumeplugins"),
+            "{spec_file}"
+        );
+        let kc = doc_of_kind(&docs, "KubeletConfiguration");
+        assert_eq!(
+            kc["volumePluginDir"], "/var/lib/kubelet/volumeplugins",
+            "{spec_file}"
+        );
+    }
+}
+
+/// Every hostPath in a manifest: (path, type).
+fn host_paths(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(p) = m.get("hostPath").and_then(|h| h["path"].as_str()) {
+                out.push(p.to_string());
+            }
+            m.values().for_each(|x| host_paths(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| host_paths(x, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn cni_manifests_mount_nothing_from_the_read_only_root() {
+    let c = load("v1beta4.yaml");
+    let mut paths_seen = Vec::new();
+    for d in documents(&text(&tree(&c, "master-1"), &paths::cni_manifest(c.cni))) {
+        host_paths(&d, &mut paths_seen);
+    }
+    assert!(!paths_seen.is_empty());
+    // Writable at runtime: /etc (overlay), /var, /run (tmpfs), /opt/cni/bin (overlay).
+    for p in &paths_seen {
+        assert!(
+            ["/etc/", "/var/", "/run/", "/opt/cni/bin"]
+                .iter()
+                .any(|w| p.starts_with(w)),
+            "{p} is on the read-only root"
+        );
+    }
+}
+
+#[test]
+fn worker_labels_reach_the_kubelet_at_registration() {
+    let c = load("v1beta4.yaml");
+    let t = tree(&c, "worker-1");
+    let join = documents(&text(&t, paths::KUBEADM_JOIN));
+    let args = &join[0]["nodeRegistration"]["kubeletExtraArgs"];
+    assert_eq!(
+        extra_arg(args, "node-labels").as_deref(),
+        Some("node.example.test/pool=no")
+    );
+    assert_eq!(
+        extra_arg(args, "node-ip").as_deref(),
+        Some("192.168.122.21")
+    );
+    // the annotated example's worker-1 label
+    let ex = spec::load(Some(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/examples/annotated.yaml"),
+    ))
+    .unwrap();
+    let w = ex.nodes.iter().find(|n| n.role == Role::Worker).unwrap();
+    let t = render::config_tree(&ex, w, &creds()).unwrap();
+    let join = documents(&text(&t, paths::KUBEADM_JOIN));
+    let labels = extra_arg(
+        &join[0]["nodeRegistration"]["kubeletExtraArgs"],
+        "node-labels",
+    );
+    assert_eq!(
+        labels.as_deref(),
+        Some("topology.kubernetes.io/zone=rack-1")
+    );
+}
+
+#[test]
+fn calico_operator_manifest_is_where_the_catalogue_installs_it_and_in_the_profile() {
+    use hakube_build::artifacts::catalog::CALICO_OPERATOR_DEST;
+    let mut c = load("v1beta4.yaml");
+    c.cni = hakube_build::spec::model::Cni::Calico;
+    let t = tree(&c, "master-1");
+    let p = NodeProfile::from_json(&text(&t, paths::NODE_PROFILE)).unwrap();
+    let want = format!("/{CALICO_OPERATOR_DEST}");
+    assert_eq!(
+        p.paths.cni_operator_manifest.as_deref(),
+        Some(want.as_str())
+    );
+    let manifest = text(&t, &paths::cni_manifest(c.cni));
+    assert!(manifest.contains(&want));
+    let inst = documents(&manifest)
+        .into_iter()
+        .find(|d| d["kind"] == "Installation")
+        .unwrap();
+    assert_eq!(
+        inst["spec"]["flexVolumePath"],
+        "/var/lib/kubelet/volumeplugins"
+    );
+    // flannel needs no operator
+    let c = load("v1beta4.yaml");
+    let p = NodeProfile::from_json(&text(&tree(&c, "master-1"), paths::NODE_PROFILE)).unwrap();
+    assert_eq!(p.paths.cni_operator_manifest, None);
+}
+
+#[test]
+fn dhcp_nodes_get_resolved_and_its_uplink_resolv_conf() {
+    let c = load("v1beta4.yaml");
+    let t = tree(&c, "worker-2");
+    match t.get(paths::RESOLV_CONF) {
+        Some(FileEntry::Symlink { target }) => {
+            assert_eq!(target, "/run/systemd/resolve/resolv.conf")
+        }
+        other => panic!("resolv.conf of a DHCP node: {other:?}"),
+    }
+    assert!(t.contains("etc/systemd/system/multi-user.target.wants/systemd-resolved.service"));
+    let t = tree(&c, "worker-1");
+    assert!(!t.contains("etc/systemd/system/multi-user.target.wants/systemd-resolved.service"));
+}
+
+#[test]
+fn vip_masters_keep_keepalived_addresses_across_networkd_restarts() {
+    let c = load("v1beta4.yaml");
+    assert!(text(&tree(&c, "master-1"), paths::NETWORK_FILE).contains("KeepConfiguration=static\n"));
+    assert!(!text(&tree(&c, "worker-1"), paths::NETWORK_FILE).contains("KeepConfiguration"));
+}
+
+#[test]
+fn crio_nodes_get_a_containers_policy() {
+    let c = load("external-etcd.yaml");
+    assert_eq!(c.runtime, hakube_node_profile::Runtime::CriO);
+    for node in ["master-1", "worker-1"] {
+        let policy: Value =
+            serde_json::from_str(&text(&tree(&c, node), paths::CONTAINERS_POLICY)).unwrap();
+        assert_eq!(
+            policy["default"][0]["type"], "insecureAcceptAnything",
+            "{node}"
+        );
+    }
+    assert!(!tree(&c, "etcd-1").contains(paths::CONTAINERS_POLICY));
+    let c = load("v1beta4.yaml");
+    assert!(!tree(&c, "worker-1").contains(paths::CONTAINERS_POLICY));
 }

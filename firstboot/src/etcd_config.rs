@@ -66,9 +66,14 @@ pub fn effective(root: &Path, template: &str, start: &Start) -> Result<String> {
             }
         }
     }
+    // Written as JSON (which is YAML): serde_yaml_ng quotes only `true` and
+    // `false`, so a member named `on`, `n` or `yes` would reach etcd's YAML
+    // 1.1 reader unquoted and be read as a boolean. JSON quotes every string.
+    let json = serde_json::to_value(&doc).context("converting the etcd config to JSON")?;
     let mut s =
         String::from("# Written by hakube-firstboot from the template baked by hakube-build.\n");
-    s.push_str(&serde_yaml_ng::to_string(&doc).context("writing YAML")?);
+    s.push_str(&serde_json::to_string_pretty(&json).context("writing the etcd config")?);
+    s.push('\n');
     Ok(s)
 }
 
@@ -128,6 +133,26 @@ peer-transport-security:\n  trusted-ca-file: /etc/kubernetes/pki/etcd/ca.crt\n";
             Value::from("e2=https://10.0.0.2:2380,e1=https://10.0.0.1:2380")
         );
         assert_eq!(doc["data-dir"], Value::from("/var/lib/etcd"));
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_stay_strings() {
+        // What render bakes for members named on, n and yes (quoted).
+        let template = "name: \"on\"\n\
+initial-cluster: \"on=https://10.0.0.1:2380,n=https://10.0.0.2:2380\"\n\
+initial-advertise-peer-urls: \"https://10.0.0.1:2380\"\n\
+log-level: \"yes\"\n\
+initial-cluster-token: \"n\"\n";
+        let out = effective(Path::new("/"), template, &Start::New).unwrap();
+        for quoted in [
+            r#""name": "on""#,
+            r#""log-level": "yes""#,
+            r#""initial-cluster-token": "n""#,
+        ] {
+            assert!(out.contains(quoted), "{quoted} not in\n{out}");
+        }
+        let doc: Mapping = serde_yaml_ng::from_str(&out).unwrap();
+        assert_eq!(doc["name"], Value::from("on"));
     }
 
     #[test]

@@ -152,6 +152,7 @@ pub struct FakeServices {
     pub active: RefCell<BTreeSet<String>>,
     calls: RefCell<Vec<String>>,
     hooks: RefCell<Vec<(String, Hook)>>,
+    ready: RefCell<Vec<(String, Box<dyn Fn() -> bool>)>>,
     pub cut: PowerCut,
 }
 
@@ -170,18 +171,43 @@ impl FakeServices {
     pub fn calls(&self) -> Vec<String> {
         self.calls.borrow().clone()
     }
-}
-
-impl ServiceManager for FakeServices {
-    fn start(&self, unit: &str) -> Result<()> {
-        self.calls.borrow_mut().push(format!("start {unit}"));
+    /// `unit` is Type=notify and ready only when `f` says so: a blocking
+    /// start of it fails as systemd's start timeout would, unless ready
+    /// right after starting.
+    pub fn notify_when(&self, unit: &str, f: impl Fn() -> bool + 'static) {
+        self.ready
+            .borrow_mut()
+            .push((unit.to_string(), Box::new(f)));
+    }
+    fn launch(&self, call: String, unit: &str) {
+        self.calls.borrow_mut().push(call.clone());
         self.active.borrow_mut().insert(unit.to_string());
         for (u, f) in self.hooks.borrow().iter() {
             if u == unit {
                 f();
             }
         }
-        self.cut.tick(&format!("start {unit}"));
+        self.cut.tick(&call);
+    }
+}
+
+impl ServiceManager for FakeServices {
+    fn start(&self, unit: &str) -> Result<()> {
+        self.launch(format!("start {unit}"), unit);
+        let ready = self.ready.borrow();
+        if let Some((_, f)) = ready.iter().find(|(u, _)| u == unit) {
+            if !f() {
+                self.active.borrow_mut().remove(unit);
+                anyhow::bail!(
+                    "`systemctl enable --now {unit}` exited with status 1: Job for {unit} failed because \
+                     a timeout was exceeded"
+                );
+            }
+        }
+        Ok(())
+    }
+    fn start_no_block(&self, unit: &str) -> Result<()> {
+        self.launch(format!("start --no-block {unit}"), unit);
         Ok(())
     }
     fn restart(&self, unit: &str) -> Result<()> {
@@ -227,10 +253,19 @@ impl Probe for FakeProbe {
     }
 }
 
-/// A clock whose sleeps only move time forward.
+/// A clock whose sleeps only move time forward. Events scheduled with
+/// [`FakeClock::at`] happen once that much time has been slept (a peer that
+/// boots minutes later).
 pub struct FakeClock {
     now: Cell<OffsetDateTime>,
     pub slept: Cell<Duration>,
+    events: RefCell<Vec<(Duration, Hook)>>,
+}
+
+impl FakeClock {
+    pub fn at(&self, after: Duration, f: impl Fn() + 'static) {
+        self.events.borrow_mut().push((after, Box::new(f)));
+    }
 }
 
 impl Default for FakeClock {
@@ -241,6 +276,7 @@ impl Default for FakeClock {
                     .unwrap_or(OffsetDateTime::UNIX_EPOCH),
             ),
             slept: Cell::new(Duration::ZERO),
+            events: RefCell::new(Vec::new()),
         }
     }
 }
@@ -252,6 +288,15 @@ impl Clock for FakeClock {
     fn sleep(&self, d: Duration) {
         self.now.set(self.now.get() + d);
         self.slept.set(self.slept.get() + d);
+        let due: Vec<Hook> = {
+            let mut ev = self.events.borrow_mut();
+            let (due, later) = ev.drain(..).partition(|(t, _)| *t <= self.slept.get());
+            *ev = later;
+            due.into_iter().map(|(_, f)| f).collect()
+        };
+        for f in due {
+            f();
+        }
     }
 }
 

@@ -179,6 +179,17 @@ impl Journal {
 /// Temp file in the same directory, fsync, rename over the target, fsync the
 /// directory: after a crash the file is either the old or the new content.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_inner(path, bytes, None)
+}
+
+/// [`write_atomic`] with the file's mode set before it gets its final name
+/// (0600 for a kubeconfig holding a client key, as kubeadm writes it).
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    write_atomic_inner(path, bytes, Some(mode))
+}
+
+fn write_atomic_inner(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent directory", path.display()))?;
@@ -191,6 +202,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     {
         let mut f =
             fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        if let Some(m) = mode {
+            f.set_permissions(fs::Permissions::from_mode(m))
+                .with_context(|| format!("setting the mode of {}", tmp.display()))?;
+        }
         f.write_all(bytes)
             .with_context(|| format!("writing {}", tmp.display()))?;
         f.sync_all()

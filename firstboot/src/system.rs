@@ -9,12 +9,20 @@ use std::process::Command;
 use std::time::Duration;
 use time::OffsetDateTime;
 
+/// How long a command may run unless it says otherwise. Every tool
+/// firstboot runs talks to something that can hang (an API server behind a
+/// dead VIP, a wedged runtime); a hung step must fail, saying which command
+/// hung, instead of blocking first boot for ever.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// A program to run: name or path, arguments and extra environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cmd {
     pub program: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Killed, and reported as failed, after this long.
+    pub timeout: Duration,
 }
 
 impl Cmd {
@@ -23,7 +31,12 @@ impl Cmd {
             program: program.to_string(),
             args: Vec::new(),
             env: Vec::new(),
+            timeout: DEFAULT_TIMEOUT,
         }
+    }
+    pub fn timeout(mut self, d: Duration) -> Cmd {
+        self.timeout = d;
+        self
     }
     pub fn arg(mut self, a: impl Into<String>) -> Cmd {
         self.args.push(a.into());
@@ -124,21 +137,85 @@ fn indent(text: &str) -> String {
         .join("\n")
 }
 
-/// The real runner: `std::process::Command`, output captured.
+/// The real runner: `std::process::Command`, output captured, killed after
+/// the command's timeout (then `Err`, naming the command and what it printed).
 pub struct ProcessRunner;
 
 impl CommandRunner for ProcessRunner {
     fn run(&self, cmd: &Cmd) -> Result<Output> {
-        let out = Command::new(&cmd.program)
+        use std::io::Read;
+        use std::os::unix::process::CommandExt;
+        use std::process::Stdio;
+        let mut child = Command::new(&cmd.program)
+            // Its own process group, so a timeout kills what it started too
+            // (a child left holding the pipes would keep us reading).
+            .process_group(0)
             .args(&cmd.args)
             .envs(cmd.env.iter().map(|(k, v)| (k, v)))
-            .output()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .with_context(|| format!("running {}", cmd.program))?;
-        Ok(Output {
-            status: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
+        let drain = |r: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut r) = r {
+                    let _ = r.read_to_end(&mut buf);
+                }
+                String::from_utf8_lossy(&buf).into_owned()
+            })
+        };
+        let out = drain(
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        );
+        let err = drain(
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        );
+        let deadline = std::time::Instant::now() + cmd.timeout;
+        let status = loop {
+            if let Some(st) = child
+                .try_wait()
+                .with_context(|| format!("waiting for {}", cmd.program))?
+            {
+                break Some(st);
+            }
+            if std::time::Instant::now() >= deadline {
+                let group = format!("-{}", child.id());
+                let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stdout = out.join().unwrap_or_default();
+        let stderr = err.join().unwrap_or_default();
+        match status {
+            Some(st) => Ok(Output {
+                status: st.code().unwrap_or(-1),
+                stdout,
+                stderr,
+            }),
+            None => {
+                let so_far = Output {
+                    status: -1,
+                    stdout,
+                    stderr,
+                };
+                anyhow::bail!(
+                    "`{cmd}` did not finish within {}s and was killed; its output so far:\n{}",
+                    cmd.timeout.as_secs(),
+                    indent(&so_far.combined())
+                )
+            }
+        }
     }
 }
 
@@ -146,6 +223,10 @@ impl CommandRunner for ProcessRunner {
 pub trait ServiceManager {
     /// `systemctl enable --now`-like: enabled for the next boots, started now.
     fn start(&self, unit: &str) -> Result<()>;
+    /// Enabled, and its start queued without waiting for it to be ready: for
+    /// a Type=notify unit that is ready only once other nodes are (etcd
+    /// notifies once it has quorum). The caller waits for readiness itself.
+    fn start_no_block(&self, unit: &str) -> Result<()>;
     fn restart(&self, unit: &str) -> Result<()>;
     fn is_active(&self, unit: &str) -> bool;
 }
@@ -162,6 +243,14 @@ impl ServiceManager for Systemctl<'_> {
             &Cmd::new("systemctl").args(["enable", "--now", unit]),
         )
         .with_context(|| format!("starting {unit}"))?;
+        Ok(())
+    }
+    fn start_no_block(&self, unit: &str) -> Result<()> {
+        run_checked(
+            self.runner,
+            &Cmd::new("systemctl").args(["enable", "--now", "--no-block", unit]),
+        )
+        .with_context(|| format!("queueing the start of {unit}"))?;
         Ok(())
     }
     fn restart(&self, unit: &str) -> Result<()> {
@@ -233,4 +322,44 @@ impl Clock for SystemClock {
 pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hung_command_is_killed_after_its_timeout_with_its_output() {
+        let cmd = Cmd::new("sh")
+            .args(["-c", "echo started; sleep 30; echo never"])
+            .timeout(Duration::from_millis(500));
+        let start = std::time::Instant::now();
+        let err = ProcessRunner.run(&cmd).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("did not finish within 0s and was killed"),
+            "{msg}"
+        );
+        assert!(msg.contains("started"), "{msg}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "it was not killed"
+        );
+    }
+
+    #[test]
+    fn commands_capture_output_and_status() {
+        let out = ProcessRunner
+            .run(&Cmd::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]))
+            .unwrap();
+        assert_eq!(
+            out,
+            Output {
+                status: 3,
+                stdout: "out\n".into(),
+                stderr: "err\n".into()
+            }
+        );
+        assert_eq!(Cmd::new("x").timeout, DEFAULT_TIMEOUT);
+    }
 }

@@ -186,6 +186,11 @@ pub struct NodeProfile {
     pub address: Option<Ipv4Addr>,
     /// True for the one master that runs `kubeadm init` when no cluster answers yet.
     pub init_node: bool,
+    /// The image was built after the operator recorded the cluster as formed
+    /// (`hakube-build --cluster-initialised`): even the init node only ever
+    /// joins, and waits for the cluster when nothing answers.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub cluster_initialised: bool,
     pub runtime: Runtime,
     pub etcd_topology: EtcdTopology,
     pub endpoint: Endpoint,
@@ -196,7 +201,15 @@ pub struct NodeProfile {
     pub etcd_members: Vec<EtcdMember>,
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<Taint>,
+    /// Masters: the join token's lifetime as a Go duration (`8760h0m0s`);
+    /// every master renews the token once less than half of it is left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_token_ttl: Option<String>,
     pub paths: Paths,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Files baked into the image that firstboot hands to tools.
@@ -214,6 +227,10 @@ pub struct Paths {
     /// CNI manifest to apply (masters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni_manifest: Option<String>,
+    /// An operator manifest applied (server-side) before `cniManifest`, whose
+    /// CRDs must be established first (calico's tigera-operator.yaml).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_operator_manifest: Option<String>,
     /// etcd config file (external etcd members).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_config: Option<String>,

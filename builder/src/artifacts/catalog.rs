@@ -303,6 +303,10 @@ fn cri_o(v: &str) -> ArtifactSpec {
     }
 }
 
+/// Where the calico operator manifest lands in the OS root; render and the
+/// node profile name this path (one constant, so they cannot drift apart).
+pub const CALICO_OPERATOR_DEST: &str = "usr/share/hakube/manifests/calico-tigera-operator.yaml";
+
 fn calico_operator(v: &str) -> ArtifactSpec {
     ArtifactSpec {
         name: "calico-tigera-operator",
@@ -314,7 +318,7 @@ fn calico_operator(v: &str) -> ArtifactSpec {
         // download is trusted and pinned in hakube.lock (marked as such there).
         checksum: Checksum::TrustOnFirstUse,
         layout: Layout::File {
-            dest: "usr/share/hakube/manifests/calico-tigera-operator.yaml",
+            dest: CALICO_OPERATOR_DEST,
             mode: 0o644,
         },
     }

@@ -48,6 +48,8 @@ pub const PACKAGES: &[&str] = &[
     // systemd-sysupdate (trixie ships it in systemd-container): OS updates.
     "systemd-container",
     "systemd-repart",
+    // DHCP nodes' resolver (the lease's DNS servers); enabled per node.
+    "systemd-resolved",
     "systemd-sysv",
     "systemd-timesyncd",
     "udev",

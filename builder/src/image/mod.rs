@@ -110,8 +110,19 @@ fn build(runner: &dyn Runner, args: &BuildArgs, steps: &mut Steps) -> Result<Bui
     let plan = steps.run("resolve spec and inputs", || plan(args))?;
     steps.run("check host tools", || runner.require(tools::ASSEMBLY_TOOLS))?;
     let secrets = steps.run("load cluster secrets", || {
-        ClusterSecrets::load_or_create(&plan.cluster, &plan.state)
+        let mut s = ClusterSecrets::load_or_create(&plan.cluster, &plan.state)?;
+        s.record_initialised(args.cluster.cluster_initialised)?;
+        Ok(s)
     })?;
+    if plan
+        .nodes
+        .iter()
+        .any(|n| n.name == plan.cluster.init_node().name)
+    {
+        if let Some(w) = secrets.init_node_warning(&plan.cluster) {
+            eprintln!("warning: {w}");
+        }
+    }
     let resolved = steps.run("resolve artifacts", || {
         artifacts::resolve(&artifacts::Request {
             cluster: &plan.cluster,
@@ -159,6 +170,13 @@ fn build(runner: &dyn Runner, args: &BuildArgs, steps: &mut Steps) -> Result<Bui
             },
         );
         images.push(img);
+    }
+    // When each image stops being able to join (its baked leaves expire).
+    if let Some(d) = crate::pki::dates::read(&plan.state, &plan.cluster)? {
+        let names: Vec<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
+        for line in crate::pki::dates::report(&d, &names) {
+            eprintln!("{line}");
+        }
     }
     let manifest_path = out_dir.join("manifest.json");
     steps.run("manifest", || {

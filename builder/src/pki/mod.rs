@@ -9,6 +9,8 @@
 //! etcd/ca.{crt,key}               etcd CA (CN etcd-ca)
 //! sa.{key,pub}                    service-account signing key pair
 //! bootstrap-token                 the join token, `abcdef.0123456789abcdef`
+//! cluster-initialised             when the operator recorded the cluster as
+//!                                 formed (`--cluster-initialised`)
 //! nodes/<node>/<id>.{crt,key}     issued leaves (`apiserver`, `etcd/server`,
 //!                                 `kubeconfig/admin`, ...)
 //! ```
@@ -18,6 +20,7 @@
 //! are reused, so rendering twice gives identical trees.
 
 mod clock;
+pub mod dates;
 mod issue;
 mod kubeconfig;
 mod profiles;
@@ -58,6 +61,10 @@ pub const PKI_DIR: &str = "etc/kubernetes/pki";
 pub const WORKER_CA_PATH: &str = "etc/hakube/pki/ca.crt";
 
 const TOKEN_FILE: &str = "bootstrap-token";
+/// Present once the operator has said the cluster was initialised
+/// (`--cluster-initialised`); holds the date it was recorded. Never removed
+/// by hakube-build: from then on every image says "join, never init".
+const INITIALISED_FILE: &str = "cluster-initialised";
 const SA_KEY: &str = "sa.key";
 const SA_PUB: &str = "sa.pub";
 
@@ -73,6 +80,11 @@ pub struct ClusterSecrets {
     ca_cert_hash: String,
     /// Issued leaves by `<node>/<id>`, as stored in the state directory.
     leaves: Mutex<BTreeMap<String, CertAndKey>>,
+    /// When the cluster was recorded as initialised, if it was.
+    initialised: Option<String>,
+    /// Nodes whose leaves were already in the state directory before this
+    /// run: an image of them was built before.
+    built_before: Vec<String>,
 }
 
 impl ClusterSecrets {
@@ -148,7 +160,18 @@ impl ClusterSecrets {
         let spki = issue::cert_spki_der(&cas[&CaKind::Kubernetes].cert_pem)
             .context("reading the Kubernetes CA's public key")?;
         let ca_cert_hash = format!("sha256:{}", hex::encode(Sha256::digest(&spki)));
+        let initialised = dir
+            .read_string(INITIALISED_FILE)?
+            .map(|s| s.trim().to_string());
+        let built_before = cluster
+            .nodes
+            .iter()
+            .filter(|n| dir.root().join("nodes").join(n.name.as_str()).is_dir())
+            .map(|n| n.name.to_string())
+            .collect();
         let secrets = ClusterSecrets {
+            initialised,
+            built_before,
             state: dir,
             ca_cert_hash,
             clock,
@@ -190,6 +213,47 @@ impl ClusterSecrets {
     /// PEM of one of the three CA certificates.
     pub fn ca_pem(&self, kind: CaKind) -> &str {
         &self.ca(kind).cert_pem
+    }
+
+    /// When the state directory recorded the cluster as initialised (RFC 3339).
+    pub fn cluster_initialised(&self) -> Option<&str> {
+        self.initialised.as_deref()
+    }
+
+    /// Records, durably, that the cluster has been initialised: every image
+    /// built from now on joins it and never runs `kubeadm init`, so a
+    /// reimaged init node cannot start a second cluster while its peers are
+    /// down. `set` false leaves the state as it is.
+    pub fn record_initialised(&mut self, set: bool) -> Result<()> {
+        if set && self.initialised.is_none() {
+            let now = self
+                .clock
+                .now()
+                .format(&time::format_description::well_known::Rfc3339)
+                .context("formatting the current time")?;
+            self.state
+                .write(INITIALISED_FILE, format!("{now}\n").as_bytes())?;
+            self.initialised = Some(now);
+        }
+        Ok(())
+    }
+
+    /// A warning when the init node is built again while the state does not
+    /// say the cluster was initialised: if an earlier image of it already
+    /// formed the cluster, this image would form a second one whenever it
+    /// boots with every other master down.
+    pub fn init_node_warning(&self, cluster: &Cluster) -> Option<String> {
+        let init = cluster.init_node().name.as_str();
+        (self.initialised.is_none() && self.built_before.iter().any(|n| n == init)).then(|| {
+            format!(
+                "{init} (the init node) was built before from {}; if an earlier image of it has already \
+                 formed cluster {}, build again with --cluster-initialised (recorded in the state directory \
+                 for good), so that this image joins the cluster instead of initialising a second one when it \
+                 boots while the other masters are down",
+                self.state.root().display(),
+                cluster.name
+            )
+        })
     }
 
     /// The state directory these secrets live in.

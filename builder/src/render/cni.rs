@@ -1,17 +1,26 @@
 //! CNI manifests applied by the init master: flannel (a complete manifest,
 //! pinned images) or calico (the operator's custom resources; the operator
-//! manifest itself is shipped in the OS root by the image work at
-//! /usr/share/hakube/manifests/tigera-operator.yaml and applied first).
+//! manifest itself is installed in the OS root from the artifact catalogue at
+//! [`CALICO_OPERATOR_DEST`] and applied first by the cni step).
 
 use super::yaml;
+use crate::artifacts::catalog::CALICO_OPERATOR_DEST;
 use crate::spec::model::Cni;
 use crate::spec::Cluster;
 use serde_json::{json, Value};
 
 pub const FLANNEL_IMAGE: &str = "docker.io/flannel/flannel:v0.25.7";
 pub const FLANNEL_CNI_PLUGIN_IMAGE: &str = "docker.io/flannel/flannel-cni-plugin:v1.5.1-flannel2";
-/// Applied before calico.yaml (it defines the Installation/APIServer kinds).
-pub const TIGERA_OPERATOR_MANIFEST: &str = "/usr/share/hakube/manifests/tigera-operator.yaml";
+/// Node path of the operator manifest, applied before calico.yaml (it
+/// defines the Installation/APIServer kinds).
+pub fn tigera_operator_manifest() -> String {
+    format!("/{CALICO_OPERATOR_DEST}")
+}
+
+/// What the cni step applies before the CNI manifest, if anything.
+pub fn prerequisite(cni: Cni) -> Option<String> {
+    (cni == Cni::Calico).then(tigera_operator_manifest)
+}
 
 /// Tree path of the manifest for the cluster's CNI.
 pub fn manifest_path(cni: Cni) -> String {
@@ -166,7 +175,10 @@ fn calico(cluster: &Cluster) -> String {
         json!({
             "apiVersion": "operator.tigera.io/v1", "kind": "Installation",
             "metadata": {"name": "default"},
-            "spec": {"calicoNetwork": {"ipPools": [{
+            // The operator's default flexvolume path is /usr/libexec/...,
+            // on the read-only root; calico-node's DirectoryOrCreate hostPath
+            // there would keep it from starting.
+            "spec": {"flexVolumePath": super::kubeadm::VOLUME_PLUGIN_DIR, "calicoNetwork": {"ipPools": [{
                 "name": "default-ipv4-ippool",
                 "blockSize": 26,
                 "cidr": cluster.networking.pod_cidr.to_string(),
@@ -183,9 +195,10 @@ fn calico(cluster: &Cluster) -> String {
     ];
     format!(
         "# Calico custom resources for cluster {} (pod network {}), written by hakube-build render.\n\
-         # Apply {TIGERA_OPERATOR_MANIFEST} first: it installs the operator and these kinds.\n{}",
+         # Apply {} first: it installs the operator and these kinds.\n{}",
         cluster.name,
         cluster.networking.pod_cidr,
+        tigera_operator_manifest(),
         yaml::documents(&docs)
     )
 }

@@ -13,7 +13,7 @@
 //! `join.yaml` holds only the JoinConfiguration.
 
 use super::yaml;
-use crate::spec::types::{KeyAlgorithm, KubeVersion};
+use crate::spec::types::{kubelet_may_set_label, KeyAlgorithm, KubeVersion};
 use crate::spec::{Cluster, Node};
 use anyhow::{anyhow, Result};
 use hakube_node_profile::{EtcdTopology, Role, Taint};
@@ -24,6 +24,13 @@ use std::net::Ipv4Addr;
 pub const APISERVER_PORT: u16 = 6443;
 /// Where kubeadm (and hakube's PKI) keep certificates on a node.
 pub const PKI_DIR: &str = "/etc/kubernetes/pki";
+/// Flexvolume driver directory of the kubelet and the controller-manager.
+/// Both default to /usr/libexec/kubernetes/kubelet-plugins/volume/exec, which
+/// the read-only root lacks; kubeadm before 1.36 then gives the
+/// controller-manager a DirectoryOrCreate hostPath there, which the kubelet
+/// cannot create, so the pod never starts (kubernetes/kubeadm#2031, #3318;
+/// `phases/controlplane/volumes.go` of kubeadm 1.35). /var is writable.
+pub const VOLUME_PLUGIN_DIR: &str = "/var/lib/kubelet/volumeplugins";
 
 /// The cluster-wide join credential baked into configs. Taken from the state
 /// directory's secrets in production; fixed values in golden tests.
@@ -33,6 +40,8 @@ pub struct JoinCredentials {
     pub token: String,
     /// `sha256:<hex>` of the Kubernetes CA's SubjectPublicKeyInfo.
     pub ca_cert_hash: String,
+    /// The state directory says the cluster was formed: the init node joins.
+    pub cluster_initialised: bool,
 }
 
 fn is_v1beta4(v: &KubeVersion) -> bool {
@@ -73,6 +82,24 @@ fn taints(node: &Node) -> Value {
     Value::Array(list)
 }
 
+/// Component flags as the config's API version wants them: a list of
+/// `{name, value}` in v1beta4, a map in v1beta3.
+fn extra_args(v: &KubeVersion, args: &[(&str, String)]) -> Value {
+    if is_v1beta4(v) {
+        Value::Array(
+            args.iter()
+                .map(|(k, val)| json!({"name": k, "value": val}))
+                .collect(),
+        )
+    } else {
+        Value::Object(
+            args.iter()
+                .map(|(k, val)| (k.to_string(), json!(val)))
+                .collect(),
+        )
+    }
+}
+
 /// `nodeRegistration`, shared by init and join.
 fn node_registration(cluster: &Cluster, node: &Node) -> Value {
     let mut reg = json!({
@@ -81,17 +108,35 @@ fn node_registration(cluster: &Cluster, node: &Node) -> Value {
         "taints": taints(node),
         "imagePullPolicy": "IfNotPresent",
     });
+    let mut args = Vec::new();
     // Pin the kubelet to the spec's address: with several interfaces (or a
     // VIP on lan0) the kubelet's own guess can pick the wrong one.
     if let Some(ip) = node.address() {
-        let args = if is_v1beta4(&cluster.kubernetes_version) {
-            json!([{"name": "node-ip", "value": ip.to_string()}])
-        } else {
-            json!({"node-ip": ip.to_string()})
-        };
-        reg["kubeletExtraArgs"] = args;
+        args.push(("node-ip", ip.to_string()));
+    }
+    // Labels the kubelet may set itself are set at registration; that is the
+    // only way a worker (no admin credentials) gets its labels. The rest
+    // (masters only, see spec validation) the labels-taints step applies.
+    let own: Vec<String> = node
+        .labels
+        .iter()
+        .filter(|(k, _)| kubelet_may_set_label(k))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !own.is_empty() {
+        args.push(("node-labels", own.join(",")));
+    }
+    if !args.is_empty() {
+        reg["kubeletExtraArgs"] = extra_args(&cluster.kubernetes_version, &args);
     }
     reg
+}
+
+/// Lifetime of the join token: as long as the leaf certificates, so a node
+/// whose image was built months ago still joins. Masters renew it before it
+/// runs out (hakube-firstboot's bootstrap-token step).
+pub fn token_ttl(cluster: &Cluster) -> String {
+    hours(cluster.certificates.leaf_validity.days)
 }
 
 fn init_configuration(cluster: &Cluster, node: &Node, creds: &JoinCredentials) -> Result<Value> {
@@ -102,9 +147,7 @@ fn init_configuration(cluster: &Cluster, node: &Node, creds: &JoinCredentials) -
         "bootstrapTokens": [{
             "token": creds.token,
             "description": format!("hakube join token of cluster {}", cluster.name),
-            // As long as the leaf certificates: a node whose image was built
-            // months ago still joins (see the PKI's state directory).
-            "ttl": hours(cluster.certificates.leaf_validity.days),
+            "ttl": token_ttl(cluster),
             "usages": ["signing", "authentication"],
             "groups": ["system:bootstrappers:kubeadm:default-node-token"],
         }],
@@ -155,6 +198,10 @@ fn cluster_configuration(cluster: &Cluster) -> Value {
             "dnsDomain": cluster.networking.dns_domain,
         },
         "apiServer": {"certSANs": sans},
+        "controllerManager": {"extraArgs": extra_args(
+            v,
+            &[("flex-volume-plugin-dir", VOLUME_PLUGIN_DIR.to_string())],
+        )},
         "etcd": etcd,
     });
     let certs = &cluster.certificates;
@@ -179,6 +226,7 @@ fn kubelet_configuration(cluster: &Cluster) -> Value {
         "clusterDomain": cluster.networking.dns_domain,
         "rotateCertificates": true,
         "failSwapOn": true,
+        "volumePluginDir": VOLUME_PLUGIN_DIR,
     })
 }
 

@@ -14,9 +14,11 @@
 //! with `ConditionPathExists=` on that file so it waits for firstboot),
 //! `haproxy.service`, `keepalived.service`, `ssh.service`,
 //! `systemd-networkd.{service,socket}`, `systemd-networkd-wait-online.service`
-//! and `systemd-timesyncd.service`. The tree ships `hakube-firstboot.service`.
+//! `systemd-timesyncd.service` and, for DHCP nodes, `systemd-resolved.service`.
+//! The tree ships `hakube-firstboot.service`.
 
 mod cni;
+mod containers;
 mod etcd;
 mod ignition;
 mod kubeadm;
@@ -41,7 +43,8 @@ use std::path::Path;
 
 /// Paths (relative to the image root) of the files this module writes.
 pub mod paths {
-    pub use super::cni::TIGERA_OPERATOR_MANIFEST;
+    pub use super::cni::tigera_operator_manifest;
+    pub use super::containers::POLICY as CONTAINERS_POLICY;
     pub use super::etcd::ETCD_CONFIG;
     pub use super::lb::{HAPROXY_CONFIG, KEEPALIVED_CONFIG};
     pub use super::runtime::{CONTAINERD_CONFIG, CRICTL_CONFIG, CRIO_DROPIN};
@@ -74,8 +77,14 @@ pub fn run(args: &RenderArgs) -> Result<()> {
         .state
         .clone()
         .unwrap_or_else(|| pki::default_state_dir(&cluster));
-    let secrets = ClusterSecrets::load_or_create(&cluster, &state)
+    let mut secrets = ClusterSecrets::load_or_create(&cluster, &state)
         .with_context(|| format!("loading the cluster secrets from {}", state.display()))?;
+    secrets.record_initialised(args.cluster.cluster_initialised)?;
+    if nodes.iter().any(|n| n.name == cluster.init_node().name) {
+        if let Some(w) = secrets.init_node_warning(&cluster) {
+            eprintln!("warning: {w}");
+        }
+    }
     let rendered = nodes
         .iter()
         .map(|node| {
@@ -85,6 +94,12 @@ pub fn run(args: &RenderArgs) -> Result<()> {
             Ok((*node, tree, ign))
         })
         .collect::<Result<Vec<_>>>()?;
+    if let Some(d) = crate::pki::dates::read(&state, &cluster)? {
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        for line in crate::pki::dates::report(&d, &names) {
+            eprintln!("{line}");
+        }
+    }
     for (node, tree, ign) in rendered {
         let dir = args.out.join(node.name.as_str());
         tree.write_atomically(&dir)
@@ -142,6 +157,7 @@ pub fn node_tree(cluster: &Cluster, secrets: &ClusterSecrets, node: &Node) -> Re
     let creds = JoinCredentials {
         token: secrets.bootstrap_token(),
         ca_cert_hash: secrets.ca_cert_hash(),
+        cluster_initialised: secrets.cluster_initialised().is_some(),
     };
     let mut tree = pki::node_files(cluster, secrets, node)
         .with_context(|| format!("issuing the certificates of {}", node.name))?;
@@ -166,6 +182,9 @@ pub fn config_tree(cluster: &Cluster, node: &Node, creds: &JoinCredentials) -> R
             kubeadm::join_config(cluster, node, creds)?,
         );
         runtime::add(&mut tree, cluster);
+        if cluster.runtime == hakube_node_profile::Runtime::CriO {
+            tree.add_public(containers::POLICY, containers::policy());
+        }
     }
     if node.role == Role::Master {
         tree.add_secret(paths::BOOTSTRAP_TOKEN, format!("{}\n", creds.token));
@@ -185,7 +204,7 @@ pub fn config_tree(cluster: &Cluster, node: &Node, creds: &JoinCredentials) -> R
     }
     tree.add_public(
         paths::NODE_PROFILE,
-        profile::profile(cluster, node)?.to_json(),
+        profile::profile(cluster, node, creds.cluster_initialised)?.to_json(),
     );
     enable_services(&mut tree, cluster, node, ssh);
     Ok(tree)

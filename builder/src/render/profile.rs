@@ -31,7 +31,7 @@ fn etcd_client(cluster: &Cluster, node: &Node) -> Option<np::TlsClient> {
     })
 }
 
-pub fn profile(cluster: &Cluster, node: &Node) -> Result<np::NodeProfile> {
+pub fn profile(cluster: &Cluster, node: &Node, initialised: bool) -> Result<np::NodeProfile> {
     let init_node = node.role == Role::Master && cluster.init_node().name == node.name;
     let kube = node.role != Role::Etcd;
     let masters = cluster
@@ -68,6 +68,7 @@ pub fn profile(cluster: &Cluster, node: &Node) -> Result<np::NodeProfile> {
         role: node.role,
         address: node.address(),
         init_node,
+        cluster_initialised: initialised,
         runtime: cluster.runtime,
         etcd_topology: cluster.etcd_topology,
         endpoint: np::Endpoint {
@@ -84,11 +85,16 @@ pub fn profile(cluster: &Cluster, node: &Node) -> Result<np::NodeProfile> {
         etcd_members,
         labels: node.labels.clone(),
         taints: node.taints.clone(),
+        bootstrap_token_ttl: (node.role == Role::Master)
+            .then(|| super::kubeadm::token_ttl(cluster)),
         paths: np::Paths {
             kubeadm_config,
             kubeadm_join_config: init_node.then(|| abs(paths::KUBEADM_JOIN)),
             cni_manifest: (node.role == Role::Master)
                 .then(|| abs(&cni::manifest_path(cluster.cni))),
+            cni_operator_manifest: (node.role == Role::Master)
+                .then(|| cni::prerequisite(cluster.cni))
+                .flatten(),
             etcd_config: (node.role == Role::Etcd).then(|| abs(etcd::ETCD_CONFIG)),
             etcd_data_dir: etcd::DATA_DIR.to_string(),
             etcd_client: etcd_client(cluster, node),

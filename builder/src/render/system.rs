@@ -63,7 +63,7 @@ fn link_file(node: &Node) -> String {
     )
 }
 
-fn network_file(node: &Node) -> String {
+fn network_file(cluster: &Cluster, node: &Node) -> String {
     let mut s = format!("# Written by hakube-build render.\n[Match]\nName={IFACE}\n\n[Network]\n");
     match &node.network {
         NodeNetwork::Static {
@@ -83,12 +83,23 @@ fn network_file(node: &Node) -> String {
     }
     // The cluster is IPv4-only; no IPv6 autoconfiguration on the uplink.
     s.push_str("LinkLocalAddressing=no\nIPv6AcceptRA=no\n");
+    if super::lb::wants_keepalived(cluster, node) {
+        // keepalived adds the VIP to lan0 behind networkd's back; networkd
+        // drops such foreign addresses when it restarts or reconfigures the
+        // link unless told to keep them (systemd.network(5), KeepConfiguration=).
+        s.push_str("KeepConfiguration=static\n");
+    }
     s
 }
 
-/// `/etc/resolv.conf` for a node with static DNS servers. The image has no
-/// systemd-resolved, so networkd's DNS= lines alone would reach nobody; the
-/// kubelet hands this file to pods as their upstream resolvers.
+/// Where systemd-resolved lists the upstream servers it learnt (from DHCP):
+/// the real servers, not its 127.0.0.53 stub, which a pod cannot reach.
+pub const RESOLVED_UPLINK: &str = "/run/systemd/resolve/resolv.conf";
+
+/// `/etc/resolv.conf` for a node with static DNS servers: networkd's DNS=
+/// lines alone would reach nobody without systemd-resolved; the kubelet
+/// hands this file to pods as their upstream resolvers. DHCP nodes get a
+/// link to [`RESOLVED_UPLINK`] instead (see [`add`]).
 fn resolv_conf(node: &Node) -> Option<String> {
     let NodeNetwork::Static { dns, .. } = &node.network else {
         return None;
@@ -124,9 +135,14 @@ pub fn add(tree: &mut FileTree, cluster: &Cluster, node: &Node) -> bool {
     tree.add_public(HOSTNAME, format!("{}\n", node.name));
     tree.add_public(HOSTS, hosts(cluster));
     tree.add_public(LINK_FILE, link_file(node));
-    tree.add_public(NETWORK_FILE, network_file(node));
+    tree.add_public(NETWORK_FILE, network_file(cluster, node));
     if let Some(text) = resolv_conf(node) {
         tree.add_public(RESOLV_CONF, text);
+    } else if node.network == NodeNetwork::Dhcp {
+        // The servers come with the lease: systemd-resolved takes them from
+        // networkd and keeps the file current across renewals.
+        tree.add_symlink(RESOLV_CONF, RESOLVED_UPLINK);
+        tree.enable_unit("systemd-resolved.service", "multi-user.target", true);
     }
     tree.add_public(MODULES, modules(node));
     tree.add_public(SYSCTLS, sysctls(node));

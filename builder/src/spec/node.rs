@@ -77,6 +77,21 @@ pub(crate) fn resolve_node(
     }
     let mut labels = profile.labels.clone();
     labels.extend(n.labels.clone());
+    // A worker has no admin credentials: its kubelet sets its labels at
+    // registration (`node-labels`), and may set only some.
+    if role == Role::Worker {
+        if let Some(k) = labels.keys().find(|k| !kubelet_may_set_label(k)) {
+            return Err(ctx.err(
+                at(&format!("labels.{k}")),
+                format!(
+                    "a worker's kubelet may not set {k:?} on its own node (NodeRestriction allows only \
+                     labels outside kubernetes.io and k8s.io, the node.kubernetes.io and \
+                     kubelet.kubernetes.io namespaces and the well-known topology/os/arch labels); \
+                     use another prefix, or label the node with kubectl once it has joined"
+                ),
+            ));
+        }
+    }
 
     for (k, v) in &n.sysctls {
         check_sysctl_name(k).map_err(|m| ctx.err(at(&format!("sysctls.{k}")), m))?;

@@ -81,6 +81,37 @@ pub fn check_label_key(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Labels a kubelet may give its own node (`--node-labels`): any outside the
+/// `kubernetes.io` and `k8s.io` namespaces, and inside them only the
+/// well-known ones and the `kubelet.kubernetes.io` / `node.kubernetes.io`
+/// namespaces. The kubelet refuses to start with any other (NodeRestriction;
+/// `IsKubeletLabel` in k8s.io/kubelet `pkg/apis/well_known_labels.go`).
+pub fn kubelet_may_set_label(key: &str) -> bool {
+    const WELL_KNOWN: [&str; 11] = [
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+        "topology.kubernetes.io/region",
+        "failure-domain.beta.kubernetes.io/zone",
+        "failure-domain.beta.kubernetes.io/region",
+        "beta.kubernetes.io/instance-type",
+        "node.kubernetes.io/instance-type",
+        "kubernetes.io/os",
+        "kubernetes.io/arch",
+        "beta.kubernetes.io/os",
+        "beta.kubernetes.io/arch",
+    ];
+    let Some((ns, _)) = key.split_once('/') else {
+        return true;
+    };
+    let under = |ns: &str, domain: &str| ns == domain || ns.ends_with(&format!(".{domain}"));
+    if !under(ns, "kubernetes.io") && !under(ns, "k8s.io") {
+        return true;
+    }
+    WELL_KNOWN.contains(&key)
+        || under(ns, "kubelet.kubernetes.io")
+        || under(ns, "node.kubernetes.io")
+}
+
 /// A Kubernetes label or taint value: empty, or 1-63 chars of `[A-Za-z0-9-_.]`
 /// starting and ending alphanumeric.
 pub fn check_label_value(s: &str) -> Result<(), String> {

@@ -1,19 +1,24 @@
 //! After kubeadm: point clients at the node-local load balancer, apply the
 //! CNI, label and taint, keep the join token alive.
 
-use super::Ctx;
-use crate::journal::write_atomic;
-use crate::system::{run_checked, Cmd};
+use super::{log, Ctx};
+use crate::journal::{write_atomic, write_atomic_mode};
+use crate::system::{rfc3339, run_checked, Cmd};
 use anyhow::{Context, Result};
 use serde::Deserialize;
+use time::format_description::well_known::Rfc3339;
 
 const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
 const KUBE_PROXY_CM: &str = "var/lib/hakube/firstboot/kube-proxy-configmap.json";
 
 fn kubectl(ctx: &Ctx) -> Cmd {
-    Cmd::new("kubectl")
+    let mut c = Cmd::new("kubectl")
         .arg("--kubeconfig")
-        .arg(ctx.path(ADMIN_CONF).to_string_lossy())
+        .arg(ctx.path(ADMIN_CONF).to_string_lossy());
+    // Its discovery cache defaults to $HOME/.kube/cache, on the read-only root.
+    c.env
+        .push(("KUBECACHEDIR".into(), "/var/cache/kubectl".into()));
+    c
 }
 
 /// Replaces the `server:` of every cluster in a kubeconfig. Returns `None`
@@ -46,7 +51,8 @@ pub fn local_lb_clients(ctx: &mut Ctx) -> Result<String> {
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("reading the kubelet kubeconfig {}", path.display()))?;
     if let Some(new) = repoint_kubeconfig(&text, &server) {
-        write_atomic(&path, new.as_bytes())?;
+        // It holds (or points at) the kubelet's client key: 0600, as kubeadm writes it.
+        write_atomic_mode(&path, new.as_bytes(), 0o600)?;
         ctx.env.svc.restart("kubelet.service")?;
         did.push(format!("kubelet now uses {server}"));
     } else {
@@ -107,6 +113,41 @@ pub fn cni(ctx: &mut Ctx) -> Result<String> {
     let Some(m) = ctx.profile.paths.cni_manifest.clone() else {
         return Ok("skipped: the profile names no CNI manifest".into());
     };
+    let mut did = Vec::new();
+    if let Some(op) = ctx.profile.paths.cni_operator_manifest.clone() {
+        let file = ctx.path(&op);
+        if !file.is_file() {
+            anyhow::bail!(
+                "the CNI operator manifest {} is not in the image; rebuild it (the artifact catalogue \
+                 installs it for calico)",
+                file.display()
+            );
+        }
+        // Server-side: the operator's CRDs are too large for the
+        // last-applied annotation of a client-side apply; re-running is safe.
+        run_checked(
+            ctx.env.cmd,
+            &kubectl(ctx)
+                .args(["apply", "--server-side", "--force-conflicts", "-f"])
+                .arg(file.to_string_lossy()),
+        )
+        .context("applying the CNI operator manifest")?;
+        // The custom resources are refused until their CRDs are served.
+        run_checked(
+            ctx.env.cmd,
+            &kubectl(ctx).args([
+                "wait",
+                "--for",
+                "condition=established",
+                "--timeout",
+                "300s",
+                "crd",
+                "--all",
+            ]),
+        )
+        .context("waiting for the CNI operator's CRDs to be established")?;
+        did.push(format!("applied {op}"));
+    }
     let file = ctx.path(&m);
     run_checked(
         ctx.env.cmd,
@@ -115,7 +156,8 @@ pub fn cni(ctx: &mut Ctx) -> Result<String> {
             .arg(file.to_string_lossy()),
     )
     .context("applying the CNI manifest")?;
-    Ok(format!("applied {m}"))
+    did.push(format!("applied {m}"));
+    Ok(did.join(", "))
 }
 
 /// Labels and taints of the profile, through the admin kubeconfig.
@@ -174,52 +216,161 @@ pub fn token_ttl(init_yaml: &str) -> Option<String> {
     None
 }
 
-/// The cluster's join token exists (re-created with the same value if it
-/// expired or was deleted, so nodes built long ago still join).
-pub fn bootstrap_token(ctx: &mut Ctx) -> Result<String> {
-    if !ctx.initialises() {
-        return Ok("skipped: joined an existing cluster".into());
+/// A Go duration as kubeadm prints one (`8760h0m0s`, `24h`, `90m`).
+pub fn parse_go_duration(s: &str) -> Option<time::Duration> {
+    let mut total = 0i64;
+    let mut num = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: i64 = num.parse().ok()?;
+        num.clear();
+        total += n * match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
     }
+    (num.is_empty() && total > 0).then(|| time::Duration::seconds(total))
+}
+
+/// The join token's lifetime: the profile's, else the init config's.
+fn lifetime(ctx: &Ctx) -> time::Duration {
+    let from_init = || {
+        let init = ctx.path(ctx.profile.paths.kubeadm_config.as_deref()?);
+        token_ttl(&std::fs::read_to_string(init).ok()?)
+    };
+    ctx.profile
+        .bootstrap_token_ttl
+        .clone()
+        .or_else(from_init)
+        .and_then(|t| parse_go_duration(&t))
+        .unwrap_or(time::Duration::hours(24))
+}
+
+/// Go duration text of whole seconds (`8760h0m0s`), as kubeadm takes it.
+fn go_duration(d: time::Duration) -> String {
+    let s = d.whole_seconds().max(0);
+    format!("{}h{}m{}s", s / 3600, s % 3600 / 60, s % 60)
+}
+
+/// Journal note: when the join token expires (RFC 3339), as last seen.
+pub const TOKEN_EXPIRES: &str = "bootstrap-token.expires";
+
+/// The cluster's join token exists and stays valid: checked on every boot of
+/// every master. Re-created with the same value when it has gone, and its
+/// expiration pushed to now + its lifetime once less than half of that is
+/// left, so an image built long ago, or rebuilt today, still joins. The
+/// baked leaf certificates bound how long a built image can join; the
+/// builder tells that date and re-issues leaves that near it.
+pub fn bootstrap_token(ctx: &mut Ctx) -> Result<String> {
     let Some(file) = ctx.profile.paths.bootstrap_token.clone() else {
         return Ok("skipped: the profile names no bootstrap token file".into());
     };
     let path = ctx.path(&file);
     let token = std::fs::read_to_string(&path)
         .with_context(|| format!("reading the bootstrap token {}", path.display()))?;
-    let token = token.trim();
-    if !valid_token(token) {
+    let token = token.trim().to_string();
+    if !valid_token(&token) {
         anyhow::bail!(
             "bootstrap token file {}: expected [a-z0-9]{{6}}.[a-z0-9]{{16}}",
             path.display()
         );
     }
-    let id = &token[..6];
+    let id = token[..6].to_string();
+    let secret = format!("bootstrap-token-{id}");
+    let ttl = lifetime(ctx);
     let get = kubectl(ctx).args([
         "-n",
         "kube-system",
         "get",
         "secret",
-        &format!("bootstrap-token-{id}"),
+        &secret,
+        "-o",
+        "go-template={{with .data.expiration}}{{base64decode .}}{{end}}",
     ]);
-    if ctx.env.cmd.run(&get)?.success() {
-        return Ok(format!("token {id} present"));
-    }
-    let init = ctx.path(
-        ctx.profile
-            .paths
-            .kubeadm_config
-            .as_deref()
-            .unwrap_or_default(),
-    );
-    let ttl = std::fs::read_to_string(&init)
-        .ok()
-        .and_then(|t| token_ttl(&t))
-        .unwrap_or_else(|| "24h0m0s".to_string());
-    let create = Cmd::new("kubeadm")
-        .args(["token", "create", token, "--ttl", &ttl, "--kubeconfig"])
-        .arg(ctx.path(ADMIN_CONF).to_string_lossy());
-    run_checked(ctx.env.cmd, &create)?;
-    Ok(format!("token {id} re-created with ttl {ttl}"))
+    let runner = ctx.env.cmd;
+    // Right after boot the API server may not answer yet.
+    let found = ctx.wait_for(
+        &format!("the API server to answer for secret {secret}"),
+        Some(ctx.env.waits.local),
+        || {
+            let out = runner.run(&get).map_err(|e| format!("{e:#}"))?;
+            if out.success() {
+                Ok(Some(out.stdout.trim().to_string()))
+            } else if out.combined().contains("NotFound") {
+                Ok(None)
+            } else {
+                Err(out.combined())
+            }
+        },
+    )?;
+    let now = ctx.env.clock.now();
+    let new_expiry = now + ttl;
+    let outcome = match found {
+        None => {
+            let create = Cmd::new("kubeadm")
+                .args([
+                    "token",
+                    "create",
+                    &token,
+                    "--ttl",
+                    &go_duration(ttl),
+                    "--kubeconfig",
+                ])
+                .arg(ctx.path(ADMIN_CONF).to_string_lossy());
+            run_checked(ctx.env.cmd, &create)?;
+            ctx.journal.set_note(TOKEN_EXPIRES, &rfc3339(new_expiry))?;
+            format!(
+                "token {id} re-created with ttl {}, expires {}",
+                go_duration(ttl),
+                rfc3339(new_expiry)
+            )
+        }
+        Some(exp) if exp.is_empty() => format!("token {id} present, never expires"),
+        Some(exp) => {
+            let expires = time::OffsetDateTime::parse(&exp, &Rfc3339).with_context(|| {
+                format!("secret {secret}: expiration {exp:?} is not an RFC 3339 time")
+            })?;
+            if expires - now >= ttl / 2_i32 {
+                ctx.journal.set_note(TOKEN_EXPIRES, &rfc3339(expires))?;
+                format!(
+                    "token {id} valid until {}; renewed once less than {} days are left",
+                    rfc3339(expires),
+                    (ttl / 2_i32).whole_days()
+                )
+            } else {
+                let patch = serde_json::json!({"stringData": {"expiration": rfc3339(new_expiry)}});
+                run_checked(
+                    ctx.env.cmd,
+                    &kubectl(ctx)
+                        .args([
+                            "-n",
+                            "kube-system",
+                            "patch",
+                            "secret",
+                            &secret,
+                            "--type",
+                            "merge",
+                            "-p",
+                        ])
+                        .arg(patch.to_string()),
+                )
+                .with_context(|| format!("renewing the join token {id}"))?;
+                ctx.journal.set_note(TOKEN_EXPIRES, &rfc3339(new_expiry))?;
+                format!(
+                    "token {id} renewed: it expired or was to expire {}, now expires {}",
+                    rfc3339(expires),
+                    rfc3339(new_expiry)
+                )
+            }
+        }
+    };
+    log(&outcome);
+    Ok(outcome)
 }
 
 #[cfg(test)]

@@ -9,6 +9,9 @@ use crate::etcd_config::{write_effective, Start, EFFECTIVE_PATH};
 use anyhow::{Context, Result};
 use hakube_node_profile::EtcdMember;
 
+/// Type=notify: etcd notifies systemd only once it has quorum, which with
+/// peers booting minutes later outlasts any start timeout. Started without
+/// blocking; [`wait_member_healthy`] then waits as long as peers take.
 const UNIT: &str = "etcd.service";
 
 pub fn etcd_member(ctx: &mut Ctx) -> Result<String> {
@@ -37,7 +40,7 @@ pub fn etcd_member(ctx: &mut Ctx) -> Result<String> {
         if !ctx.env.root.join(EFFECTIVE_PATH).exists() {
             write_effective(&ctx.env.root, &template, &Start::New)?;
         }
-        ctx.env.svc.start(UNIT)?;
+        ctx.env.svc.start_no_block(UNIT)?;
         // An earlier attempt may have stopped between starting the learner
         // and promoting it.
         let promoted = match ctx.env.etcd.member_list(&peers) {
@@ -65,7 +68,7 @@ pub fn etcd_member(ctx: &mut Ctx) -> Result<String> {
                 "no etcd peer answers ({e:#}): forming the cluster with initial-cluster-state new"
             ));
             write_effective(&ctx.env.root, &template, &Start::New)?;
-            ctx.env.svc.start(UNIT)?;
+            ctx.env.svc.start_no_block(UNIT)?;
             wait_member_healthy(ctx, &me)?;
             return Ok(
                 "formed: initial-cluster-state new, member healthy, cluster in quorum".into(),
@@ -107,7 +110,7 @@ fn join_running(
                 member_label(&m)
             ));
             write_effective(&ctx.env.root, template, &Start::New)?;
-            ctx.env.svc.start(UNIT)?;
+            ctx.env.svc.start_no_block(UNIT)?;
             wait_member_healthy(ctx, me)?;
             return Ok("joined the forming cluster late (initial-cluster-state new)".into());
         }
@@ -140,7 +143,7 @@ fn join_running(
             initial_cluster: initial_cluster.clone(),
         },
     )?;
-    ctx.env.svc.start(UNIT)?;
+    ctx.env.svc.start_no_block(UNIT)?;
     did.push(format!(
         "started with initial-cluster-state existing ({initial_cluster})"
     ));

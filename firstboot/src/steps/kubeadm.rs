@@ -5,7 +5,7 @@ use super::{log, Ctx};
 use crate::etcd::{member_label, quorum, voting_health};
 use crate::system::{run_checked, Cmd};
 use anyhow::{Context, Result};
-use hakube_node_profile::Role;
+use hakube_node_profile::{EtcdTopology, Role};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
@@ -14,7 +14,10 @@ pub const DECISION: &str = "decision";
 /// Journal note: SHA-256 of the baked apiserver.crt, taken before kubeadm init.
 pub const APISERVER_FP: &str = "apiserver.crt.sha256";
 
-const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
+/// kubeadm init and join wait for the control plane themselves (their own
+/// timeouts are minutes); on an emulated CPU that takes several times longer.
+const KUBEADM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1800);
+
 const APISERVER_CRT: &str = "/etc/kubernetes/pki/apiserver.crt";
 const APISERVER_MANIFEST: &str = "/etc/kubernetes/manifests/kube-apiserver.yaml";
 
@@ -54,32 +57,100 @@ pub fn wait_etcd(ctx: &mut Ctx) -> Result<String> {
     Ok(format!("etcd in quorum: {summary}"))
 }
 
-/// Init node: if an API server already answers (at the endpoint or any other
-/// master), this node joins instead of initialising. Decided once.
+/// Init node: initialise the cluster only when nothing says one exists.
+/// Decided once, from durable evidence first:
+/// - the image says the cluster was already formed (`clusterInitialised`,
+///   recorded in the build's state directory): join, waiting as long as it
+///   takes for an API server;
+/// - an API server answers at the endpoint or at another master: join;
+/// - stacked etcd: another master's etcd answers. Masters other than this one
+///   run etcd only after joining a cluster, so one exists although no API
+///   server answers (it is recovering): wait for it, then join.
+///
+/// With external etcd, `etcd-keyspace` refuses an init over an existing
+/// keyspace. A second cluster is never created on a guess.
 pub fn init_or_join(ctx: &mut Ctx) -> Result<String> {
     if let Some(d) = ctx.journal.note(DECISION) {
         return Ok(format!("decided earlier: {d}"));
     }
+    let urls = api_urls(ctx);
+    if ctx.profile.cluster_initialised {
+        log(&format!(
+            "the image says cluster {} was formed already (built with --cluster-initialised): this node \
+             joins it and never runs kubeadm init",
+            ctx.profile.cluster_name
+        ));
+        let u = wait_any_api(ctx, &urls, "the image says the cluster was formed already")?;
+        ctx.journal.set_note(DECISION, "join")?;
+        return Ok(format!(
+            "the image says the cluster was formed already; it answers at {u}: joining it"
+        ));
+    }
+    if let Some(u) = urls.iter().find(|u| ctx.env.probe.https_answers(u)) {
+        ctx.journal.set_note(DECISION, "join")?;
+        return Ok(format!("a cluster already answers at {u}: joining it"));
+    }
+    if ctx.profile.etcd_topology == EtcdTopology::Stacked {
+        let etcd: Vec<String> = ctx
+            .profile
+            .masters
+            .iter()
+            .filter(|m| m.name != ctx.profile.node_name)
+            .map(|m| format!("{}:2379", m.address))
+            .filter(|hp| ctx.env.probe.tcp_open(hp))
+            .collect();
+        if !etcd.is_empty() {
+            let why = format!(
+                "etcd answers on {} (other masters run etcd only once they joined a cluster), so cluster {} \
+                 exists; no API server answers yet, and initialising would create a second cluster",
+                etcd.join(", "),
+                ctx.profile.cluster_name
+            );
+            log(&why);
+            let u = wait_any_api(ctx, &urls, &why)?;
+            ctx.journal.set_note(DECISION, "join")?;
+            return Ok(format!("{why}; it now answers at {u}: joining it"));
+        }
+    }
+    ctx.journal.set_note(DECISION, "init")?;
+    Ok(format!(
+        "no API server answers at {}{}: this node initialises the cluster",
+        urls.join(", "),
+        if ctx.profile.etcd_topology == EtcdTopology::Stacked {
+            " and no other master runs etcd"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// The endpoint and every other master's API server.
+fn api_urls(ctx: &Ctx) -> Vec<String> {
     let mut urls = vec![endpoint_url(ctx)];
     for m in &ctx.profile.masters {
         if m.name != ctx.profile.node_name {
             urls.push(format!("https://{}:6443/readyz", m.address));
         }
     }
-    let answering: Vec<&String> = urls
-        .iter()
-        .filter(|u| ctx.env.probe.https_answers(u))
-        .collect();
-    if let Some(u) = answering.first() {
-        ctx.journal.set_note(DECISION, "join")?;
-        Ok(format!("a cluster already answers at {u}: joining it"))
-    } else {
-        ctx.journal.set_note(DECISION, "init")?;
-        Ok(format!(
-            "no API server answers at {}: this node initialises the cluster",
+    urls
+}
+
+/// Waits (as long as remote waits may) until one of `urls` answers.
+fn wait_any_api(ctx: &Ctx, urls: &[String], why: &str) -> Result<String> {
+    let probe = ctx.env.probe;
+    ctx.wait_for(
+        &format!(
+            "an API server of the existing cluster at {}",
             urls.join(", ")
-        ))
-    }
+        ),
+        ctx.env.waits.remote,
+        || {
+            urls.iter()
+                .find(|u| probe.https_answers(u))
+                .cloned()
+                .ok_or_else(|| format!("none answers; not initialising because {why}"))
+        },
+    )
 }
 
 /// Init node, external etcd: refuse to initialise over an existing keyspace.
@@ -219,7 +290,8 @@ pub fn kubeadm_init(ctx: &mut Ctx) -> Result<String> {
     ctx.journal.set_note(APISERVER_FP, &fp)?;
     let cmd = Cmd::new("kubeadm")
         .args(["init", "--config"])
-        .arg(config.to_string_lossy());
+        .arg(config.to_string_lossy())
+        .timeout(KUBEADM_TIMEOUT);
     run_checked(ctx.env.cmd, &cmd)
         .context("kubeadm init failed; it will not be re-run automatically")?;
     check_certs_kept(ctx)?;
@@ -250,7 +322,10 @@ const FINISH_PHASES: [&[&str]; 5] = [
 ];
 
 fn resume_init(ctx: &mut Ctx, config: &Path) -> Result<String> {
-    let admin = ctx.path(ADMIN_CONF).exists();
+    // Only what kubeadm itself writes tells how far it got: admin.conf is
+    // baked into the image, so its presence says nothing. kubelet.conf comes
+    // from the kubeconfig phase, the manifest from the control-plane phase.
+    let kubelet_conf = ctx.path(&ctx.profile.paths.kubelet_kubeconfig).exists();
     let manifest = ctx.path(APISERVER_MANIFEST).exists();
     let local_api = format!(
         "https://{}:6443/readyz",
@@ -260,11 +335,11 @@ fn resume_init(ctx: &mut Ctx, config: &Path) -> Result<String> {
             .unwrap_or_else(|| "127.0.0.1".into())
     );
     let found = format!(
-        "admin.conf {}, kube-apiserver manifest {}",
-        if admin { "present" } else { "missing" },
+        "kubelet.conf {}, kube-apiserver manifest {}",
+        if kubelet_conf { "present" } else { "missing" },
         if manifest { "present" } else { "missing" }
     );
-    if !(admin && manifest) {
+    if !(kubelet_conf && manifest) {
         anyhow::bail!(
             "kubeadm init was started on this node before and did not finish ({found}); a second full \
              kubeadm init is never run. To start over deliberately: `kubeadm reset -f` on this node (and, with \
@@ -349,7 +424,8 @@ pub fn kubeadm_join(ctx: &mut Ctx) -> Result<String> {
     }
     let cmd = Cmd::new("kubeadm")
         .args(["join", "--config"])
-        .arg(config.to_string_lossy());
+        .arg(config.to_string_lossy())
+        .timeout(KUBEADM_TIMEOUT);
     run_checked(ctx.env.cmd, &cmd).context("kubeadm join failed")?;
     Ok(if master {
         "joined as a control-plane node".into()

@@ -159,10 +159,25 @@ pub struct Step {
     pub name: &'static str,
     /// Returns what it found or did, in a few words, for the journal.
     pub run: fn(&mut Ctx) -> Result<String>,
+    /// Run again on every boot even when done: a check that keeps something
+    /// true over time (the join token's expiry), not a one-time change.
+    pub every_boot: bool,
 }
 
 const fn step(name: &'static str, run: fn(&mut Ctx) -> Result<String>) -> Step {
-    Step { name, run }
+    Step {
+        name,
+        run,
+        every_boot: false,
+    }
+}
+
+const fn every_boot(name: &'static str, run: fn(&mut Ctx) -> Result<String>) -> Step {
+    Step {
+        name,
+        run,
+        every_boot: true,
+    }
 }
 
 /// The steps of this node's role, in order. Rows that depend only on the
@@ -207,9 +222,7 @@ pub fn plan(p: &NodeProfile) -> Vec<Step> {
                 s.push(step("cni", cluster::cni));
             }
             s.push(step("labels-taints", cluster::labels_taints));
-            if p.init_node {
-                s.push(step("bootstrap-token", cluster::bootstrap_token));
-            }
+            s.push(every_boot("bootstrap-token", cluster::bootstrap_token));
         }
         Role::Worker => {
             s.push(step("container-runtime", node::container_runtime));
@@ -246,7 +259,7 @@ pub fn run(env: &Env, profile: &NodeProfile, journal: &mut Journal) -> Result<()
     ));
     for s in &steps {
         let prior = journal.step_mut(s.name).state;
-        if prior == StepState::Done {
+        if prior == StepState::Done && !s.every_boot {
             log(&format!("step {}: already done", s.name));
             continue;
         }

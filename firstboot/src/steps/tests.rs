@@ -59,6 +59,7 @@ fn profile(name: &str, role: Role, topology: EtcdTopology) -> NodeProfile {
         role,
         address: Some(address),
         init_node: init,
+        cluster_initialised: false,
         runtime: Runtime::Containerd,
         etcd_topology: topology,
         endpoint: Endpoint {
@@ -74,6 +75,7 @@ fn profile(name: &str, role: Role, topology: EtcdTopology) -> NodeProfile {
         masters,
         etcd_members,
         labels,
+        bootstrap_token_ttl: (role == Role::Master).then(|| "8760h0m0s".into()),
         taints: if role == Role::Master {
             vec![Taint {
                 key: "node-role.kubernetes.io/control-plane".into(),
@@ -93,6 +95,7 @@ fn profile(name: &str, role: Role, topology: EtcdTopology) -> NodeProfile {
             }),
             kubeadm_join_config: init.then(|| "/etc/hakube/kubeadm/join.yaml".into()),
             cni_manifest: (role == Role::Master).then(|| "/etc/hakube/cni/flannel.yaml".into()),
+            cni_operator_manifest: None,
             etcd_config: (role == Role::Etcd).then(|| "/etc/etcd/etcd.conf.yml".into()),
             etcd_data_dir: "/var/lib/etcd".into(),
             etcd_client: (role != Role::Worker).then(|| TlsClient {
@@ -356,7 +359,7 @@ fn etcd_fresh_formation() {
     let cfg = w.effective_etcd();
     assert_eq!(cfg["initial-cluster-state"].as_str(), Some("new"));
     assert_eq!(cfg["data-dir"].as_str().unwrap(), w.path("var/lib/etcd"));
-    assert_eq!(w.svc.calls(), ["start etcd.service"]);
+    assert_eq!(w.svc.calls(), ["start --no-block etcd.service"]);
     assert_eq!(
         w.etcd.log(),
         ["start e2", "start e1"],
@@ -367,6 +370,34 @@ fn etcd_fresh_formation() {
         .as_str()
         .unwrap()
         .contains("e3=https://10.0.0.3:2380"));
+}
+
+#[test]
+fn etcd_first_member_waits_for_peers_that_boot_minutes_later() {
+    // e1 boots first and alone; e2 boots 5 minutes later, e3 an hour later.
+    // etcd.service is Type=notify and notifies only with quorum, so a start
+    // that waits for it times out (issue 9, item 2).
+    let c = FakeCluster::new(&etcd_nodes(), false);
+    let w = World::new(profile("e1", Role::Etcd, EtcdTopology::External), c);
+    let cl = w.etcd.cluster.clone();
+    w.svc
+        .notify_when("etcd.service", move || cl.borrow().quorum_ok());
+    let cl = w.etcd.cluster.clone();
+    w.clock.at(Duration::from_secs(300), move || {
+        cl.borrow_mut().start("e2", "https://10.0.0.2:2380")
+    });
+    let cl = w.etcd.cluster.clone();
+    w.clock.at(Duration::from_secs(3600), move || {
+        cl.borrow_mut().start("e3", "https://10.0.0.3:2380")
+    });
+    w.run().unwrap();
+    assert_eq!(w.state("etcd-member"), StepState::Done);
+    assert_eq!(w.svc.calls(), ["start --no-block etcd.service"]);
+    assert!(w.clock.slept.get() >= Duration::from_secs(300));
+    assert_eq!(
+        w.effective_etcd()["initial-cluster-state"].as_str(),
+        Some("new")
+    );
 }
 
 #[test]
@@ -587,6 +618,62 @@ fn init_node_finding_a_cluster_joins_it() {
         .as_deref()
         .unwrap()
         .starts_with("skipped"));
+}
+
+#[test]
+fn reimaged_init_node_seeing_peer_etcd_waits_and_joins_never_inits() {
+    // m1 rebuilt; m2's etcd runs but its API server is not up yet (the
+    // masters are recovering). One probe of the API alone would init.
+    let w = init_world(EtcdTopology::Stacked);
+    w.probe.tcp.borrow_mut().insert("10.0.0.12:2379".into());
+    w.probe.answer("https://10.0.0.12:6443/readyz", 5);
+    *w.etcd.cluster.borrow_mut() =
+        FakeCluster::new(&[("m2", "10.0.0.12"), ("m3", "10.0.0.13")], true);
+    w.run().unwrap();
+    assert_eq!(w.runner.count("kubeadm init"), 0);
+    assert_eq!(w.runner.count("kubeadm join --config"), 1);
+    let j = w.journal();
+    assert_eq!(j.notes.get("decision").map(String::as_str), Some("join"));
+    let rec = j.steps.iter().find(|s| s.name == "init-or-join").unwrap();
+    assert!(
+        rec.outcome
+            .as_deref()
+            .unwrap()
+            .contains("etcd answers on 10.0.0.12:2379"),
+        "{rec:?}"
+    );
+}
+
+#[test]
+fn init_node_built_after_the_cluster_formed_only_joins() {
+    // Every other master is down; the image says the cluster exists.
+    let mut p = profile("m1", Role::Master, EtcdTopology::Stacked);
+    p.cluster_initialised = true;
+    let w = World::new(
+        p,
+        FakeCluster::new(&[("m2", "10.0.0.12"), ("m3", "10.0.0.13")], true),
+    );
+    w.probe.answer(&format!("https://{VIP}:8443/readyz"), 20);
+    w.run().unwrap();
+    assert_eq!(w.runner.count("kubeadm init"), 0);
+    assert_eq!(w.runner.count("kubeadm join --config"), 1);
+    assert!(w.clock.slept.get() > Duration::from_secs(60), "it waited");
+    let j = w.journal();
+    assert_eq!(j.notes.get("decision").map(String::as_str), Some("join"));
+}
+
+#[test]
+fn init_node_built_after_the_cluster_formed_gives_up_saying_why() {
+    let mut p = profile("m1", Role::Master, EtcdTopology::Stacked);
+    p.cluster_initialised = true;
+    let w = World::new(p, FakeCluster::default());
+    let msg = format!("{:#}", w.run().unwrap_err());
+    assert!(
+        msg.contains("the image says the cluster was formed already"),
+        "{msg}"
+    );
+    assert_eq!(w.runner.count("kubeadm init"), 0);
+    assert_eq!(w.journal().notes.get("decision"), None, "nothing decided");
 }
 
 // ---- other masters and workers -----------------------------------------
@@ -890,6 +977,127 @@ fn interrupted_init_with_a_control_plane_is_finished_by_phases() {
         .outcome
         .unwrap()
         .starts_with("resumed an interrupted kubeadm init"));
+}
+
+#[test]
+fn interrupted_init_is_judged_by_what_kubeadm_wrote_not_the_baked_admin_conf() {
+    let w = init_world(EtcdTopology::External);
+    // Masters carry a baked admin.conf; kubeadm init got as far as the
+    // control-plane manifests and was cut before writing kubelet.conf.
+    write(w.root.path(), "etc/kubernetes/admin.conf", KUBECONFIG);
+    let r = w.root.path().to_path_buf();
+    w.runner.effect_front("kubeadm init --config", move |_| {
+        write(
+            &r,
+            "etc/kubernetes/manifests/kube-apiserver.yaml",
+            "kind: Pod\n",
+        );
+        panic!("simulated power cut during kubeadm init");
+    });
+    assert!(catch_unwind(AssertUnwindSafe(|| w.run())).is_err());
+    let msg = format!("{:#}", w.run().unwrap_err());
+    assert!(msg.contains("kubelet.conf missing"), "{msg}");
+    assert!(
+        msg.contains("a second full kubeadm init is never run"),
+        "{msg}"
+    );
+    assert_eq!(w.runner.count("kubeadm init phase"), 0);
+    assert_eq!(w.runner.count("kubeadm init --config"), 1);
+}
+
+#[test]
+fn kubelet_conf_keeps_mode_0600_when_repointed() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new(
+        profile("w1", Role::Worker, EtcdTopology::Stacked),
+        FakeCluster::default(),
+    );
+    w.probe.answer(&format!("https://{VIP}:8443/readyz"), 0);
+    let r = w.root.path().to_path_buf();
+    w.runner.effect_front("kubeadm join --config", move |_| {
+        write(&r, "etc/kubernetes/kubelet.conf", KUBECONFIG);
+        let p = r.join("etc/kubernetes/kubelet.conf");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        Output::ok("This node has joined the cluster\n")
+    });
+    w.run().unwrap();
+    let p = w.root.path().join("etc/kubernetes/kubelet.conf");
+    assert!(fs::read_to_string(&p).unwrap().contains("127.0.0.1:7443"));
+    let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "kubelet.conf mode {mode:o}");
+}
+
+#[test]
+fn join_token_is_checked_on_every_boot_of_every_master_and_renewed_before_expiry() {
+    let w = World::new(
+        profile("m2", Role::Master, EtcdTopology::Stacked),
+        FakeCluster::new(&[("m1", "10.0.0.11"), ("m3", "10.0.0.13")], true),
+    );
+    w.probe.answer(&format!("https://{VIP}:8443/readyz"), 0);
+    let admin = w.path("etc/kubernetes/admin.conf");
+    let get =
+        format!("kubectl --kubeconfig {admin} -n kube-system get secret bootstrap-token-abcdef");
+    // First boot: valid for 300 more days (of 365): left alone.
+    w.runner
+        .push_front(&get, Output::ok("2027-11-11T08:00:00Z"));
+    w.run().unwrap();
+    assert_eq!(w.runner.count(&get), 1);
+    assert_eq!(
+        w.runner.count(&format!(
+            "kubectl --kubeconfig {admin} -n kube-system patch"
+        )),
+        0
+    );
+    let j = w.journal();
+    assert_eq!(
+        j.notes.get("bootstrap-token.expires").map(String::as_str),
+        Some("2027-11-11T08:00:00Z")
+    );
+    // A boot months later (the fake clock is at 2027-01-15T08:00:00Z): 17
+    // days left, less than half the lifetime: renewed to now + 365 days.
+    w.runner
+        .push_front(&get, Output::ok("2027-02-01T00:00:00Z"));
+    w.run().unwrap();
+    assert_eq!(w.runner.count(&get), 2, "checked again on the next boot");
+    let patch = format!(
+        "kubectl --kubeconfig {admin} -n kube-system patch secret bootstrap-token-abcdef --type merge -p \
+         {{\"stringData\":{{\"expiration\":\"2028-01-15T08:00:00Z\"}}}}"
+    );
+    assert_eq!(w.runner.count(&patch), 1, "{:#?}", w.runner.calls());
+    assert_eq!(
+        w.journal()
+            .notes
+            .get("bootstrap-token.expires")
+            .map(String::as_str),
+        Some("2028-01-15T08:00:00Z")
+    );
+    // Steps that are not every-boot checks ran once.
+    assert_eq!(w.runner.count("kubeadm join --config"), 1);
+    // Third boot: gone (deleted, or expired and cleaned up): re-created.
+    w.run().unwrap();
+    assert_eq!(
+        w.runner.count(&format!(
+            "kubeadm token create {TOKEN} --ttl 8760h0m0s --kubeconfig {admin}"
+        )),
+        1
+    );
+}
+
+#[test]
+fn go_durations_parse() {
+    use super::cluster::parse_go_duration;
+    assert_eq!(
+        parse_go_duration("8760h0m0s"),
+        Some(time::Duration::hours(8760))
+    );
+    assert_eq!(parse_go_duration("24h"), Some(time::Duration::hours(24)));
+    assert_eq!(
+        parse_go_duration("1h30m"),
+        Some(time::Duration::minutes(90))
+    );
+    for bad in ["", "h", "10", "5d", "0s"] {
+        assert_eq!(parse_go_duration(bad), None, "{bad}");
+    }
 }
 
 // ---- status, health, bad input ------------------------------------------
