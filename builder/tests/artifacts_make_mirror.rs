@@ -99,7 +99,7 @@ fn the_made_mirror_resolves_and_installs_runnable_binaries() {
     // The doubles answer by name and say what they are.
     assert_eq!(
         run(&root.join("usr/bin/kubeadm"), &["version", "-o", "short"]),
-        "v1.31.4\n"
+        "v1.37.2\n"
     );
     assert!(run(&root.join("usr/bin/kubelet"), &["--version"]).contains("TEST DOUBLE"));
     assert!(run(&root.join("usr/bin/kubectl"), &["version", "--client"]).contains("TEST DOUBLE"));

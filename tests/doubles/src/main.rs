@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 pub const BANNER: &str = "hakube TEST DOUBLE (not the real tool)";
 /// What `version` answers; the double does not know which release it stands in for.
-pub const DEFAULT_VERSION: &str = "v1.31.4";
+pub const DEFAULT_VERSION: &str = "v1.37.2";
 
 /// Everything a command needs from its surroundings.
 pub struct Env {
