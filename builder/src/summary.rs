@@ -2,6 +2,7 @@
 //! (like mkosi's `summary`). Text for people, `--json` for scripts; warnings
 //! go to stderr either way so stdout stays parseable.
 
+use crate::artifacts::catalog;
 use crate::cli::SummaryArgs;
 use crate::pki::dates::{self, CredentialDates};
 use crate::spec::model::{Cluster, NodeNetwork};
@@ -104,7 +105,8 @@ pub fn credentials_text(c: &Cluster, state: &Path, d: Option<&CredentialDates>) 
 }
 
 /// The resolved cluster as one JSON object: the serialised [`Cluster`] plus
-/// facts derived from it (source, kubeadm API version, init node, etcd
+/// facts derived from it (source, kubeadm API version, the version's end of
+/// support, the companion versions with their sources, init node, etcd
 /// members) and the warnings. Keys are sorted, so the output is stable.
 pub fn to_json(c: &Cluster) -> serde_json::Value {
     let mut v = serde_json::to_value(c).unwrap_or(serde_json::Value::Null);
@@ -113,6 +115,15 @@ pub fn to_json(c: &Cluster) -> serde_json::Value {
         obj.insert(
             "kubeadmApiVersion".into(),
             c.kubernetes_version.kubeadm_api().into(),
+        );
+        obj.insert(
+            "kubernetesSupportEnds".into(),
+            c.kubernetes_version.support().end_of_support.into(),
+        );
+        obj.insert(
+            "companions".into(),
+            serde_json::to_value(catalog::companions_for(c.kubernetes_version))
+                .unwrap_or(serde_json::Value::Null),
         );
         obj.insert("initNode".into(), c.init_node().name.as_str().into());
         obj.insert(
@@ -133,8 +144,9 @@ pub fn to_text(c: &Cluster) -> String {
     rows.push((
         "Kubernetes",
         format!(
-            "{} (kubeadm API {})",
+            "{} (supported until {}; kubeadm API {})",
             c.kubernetes_version,
+            c.kubernetes_version.support().end_of_support,
             c.kubernetes_version.kubeadm_api()
         ),
     ));
@@ -230,7 +242,27 @@ pub fn to_text(c: &Cluster) -> String {
         out.push_str(&format!("{k:<width$}  {v}\n"));
     }
     out.push('\n');
+    out.push_str(&companion_table(c));
+    out.push('\n');
     out.push_str(&node_table(c));
+    out
+}
+
+/// One row per companion version: name, version, where it was read.
+fn companion_table(c: &Cluster) -> String {
+    let all = catalog::companions_for(c.kubernetes_version).all();
+    let name_w = all.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    let ver_w = all.iter().map(|(_, p)| p.version.len()).max().unwrap_or(0);
+    let mut out = format!(
+        "Versions pinned for Kubernetes 1.{}:\n",
+        c.kubernetes_version.minor
+    );
+    for (name, pin) in all {
+        out.push_str(&format!(
+            "  {name:<name_w$}  {:<ver_w$}  {}\n",
+            pin.version, pin.source
+        ));
+    }
     out
 }
 
@@ -323,6 +355,28 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("10.96.0.10"), "{t}");
+        assert!(
+            t.contains("1.37.2 (supported until 2027-10-28; kubeadm API kubeadm.k8s.io/v1beta4)"),
+            "{t}"
+        );
+        let line = |name: &str| {
+            t.lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} row in\n{t}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(line("etcd image")[2], "3.7.0-0", "{t}");
+        assert_eq!(
+            line("CoreDNS")[1..4],
+            ["1.14.6", "kubeadm", "v1.37.2"],
+            "{t}"
+        );
+        assert_eq!(line("containerd")[1], "2.2.9", "{t}");
+        assert!(
+            line("CRI-O")[2..].starts_with(&["not", "confirmed:"]),
+            "{t}"
+        );
     }
 
     #[test]
@@ -335,5 +389,17 @@ mod tests {
         assert_eq!(v["nodes"].as_array().map(Vec::len), Some(4));
         assert_eq!(v["endpoint"]["mode"], "vip");
         assert_eq!(v["warnings"].as_array().map(Vec::len), Some(0));
+        assert_eq!(v["kubernetesVersion"], "1.37.2");
+        assert_eq!(v["kubernetesSupportEnds"], "2027-10-28");
+        let comp = &v["companions"];
+        assert_eq!(comp["pause"]["version"], "3.10.2");
+        assert_eq!(comp["etcdImage"]["version"], "3.7.0-0");
+        assert_eq!(comp["runc"]["version"], "1.3.6");
+        assert_eq!(comp["flannelCniPlugin"]["version"], "1.9.1-flannel3");
+        assert_eq!(comp["calico"]["confirmed"], false);
+        assert!(comp["coredns"]["source"]
+            .as_str()
+            .unwrap()
+            .contains("kubeadm v1.37.2 constants.go"));
     }
 }

@@ -64,7 +64,7 @@ fn installs_the_default_set_at_the_documented_paths() {
     );
     assert_eq!(
         std::fs::read_to_string(root.join("usr/local/bin/etcd")).unwrap(),
-        "#!/bin/sh\necho etcd 3.5.15\n"
+        "#!/bin/sh\necho etcd 3.7.0\n"
     );
     // Installing again (a re-run over the same root) replaces, not fails.
     assert_eq!(r.install_listing(&root).unwrap(), written);
@@ -139,7 +139,7 @@ fn tar_entries_escaping_the_root_are_refused() {
         let art = crafted(
             dir.path(),
             "cni-plugins",
-            "1.5.1",
+            "1.9.1",
             &[("./bridge", "ok"), (evil, "owned")],
         );
         let root = dir.path().join("root/inner");
@@ -161,7 +161,7 @@ fn a_tarball_missing_a_required_binary_is_refused() {
     let art = crafted(
         dir.path(),
         "containerd",
-        "1.7.23",
+        "2.2.9",
         &[("bin/containerd", "x"), ("bin/ctr", "y")],
     );
     let err = Resolved {

@@ -18,7 +18,7 @@ fn default_cluster() -> Cluster {
 
 fn cluster_with_version(dir: &Path, version: &str) -> Cluster {
     let yaml = spec::DEFAULT_CLUSTER_YAML.replace(
-        "kubernetesVersion: 1.31.4",
+        "kubernetesVersion: 1.37.2",
         &format!("kubernetesVersion: {version}"),
     );
     assert_ne!(yaml, spec::DEFAULT_CLUSTER_YAML);
@@ -94,8 +94,8 @@ fn first_resolution_pins_from_checksum_files_and_a_rebuild_needs_no_network() {
     // Every checksum file was read once, every artifact downloaded once.
     let reqs = server.requests();
     assert_eq!(reqs.len(), 16, "{reqs:#?}");
-    assert!(reqs.contains(&"/dl.k8s.io/release/v1.31.4/bin/linux/amd64/kubeadm.sha256".into()));
-    assert!(reqs.contains(&"/github.com/etcd-io/etcd/releases/download/v3.5.15/SHA256SUMS".into()));
+    assert!(reqs.contains(&"/dl.k8s.io/release/v1.37.2/bin/linux/amd64/kubeadm.sha256".into()));
+    assert!(reqs.contains(&"/github.com/etcd-io/etcd/releases/download/v3.7.0/SHA256SUMS".into()));
 
     let lock = lock_json(&s);
     let entries = lock["artifacts"].as_array().unwrap();
@@ -177,7 +177,7 @@ fn a_tampered_download_is_refused_and_not_cached() {
     server.set(&kubeadm.url, Reply::Full(evil));
     let err = resolve(&request(&c, &s, Source::Mirror(server.url()))).unwrap_err();
     let msg = format!("{err:#}");
-    assert!(msg.contains("refusing kubeadm v1.31.4"), "{msg}");
+    assert!(msg.contains("refusing kubeadm v1.37.2"), "{msg}");
     assert!(msg.contains(&kubeadm.url), "{msg}");
     assert!(msg.contains(&good) && msg.contains(&evil_hex), "{msg}");
     assert!(msg.contains(&s.lock.display().to_string()), "{msg}");
@@ -199,7 +199,7 @@ fn a_download_that_contradicts_the_checksum_file_is_refused_on_first_resolution(
     let s = setup();
     let err = resolve(&request(&c, &s, Source::Mirror(server.url()))).unwrap_err();
     let msg = format!("{err:#}");
-    assert!(msg.contains("refusing runc v1.1.14"), "{msg}");
+    assert!(msg.contains("refusing runc v1.3.6"), "{msg}");
     assert!(msg.contains("runc.sha256sum"), "{msg}");
     assert!(!cache_names(&s.cache).contains(&sha256_hex(b"not runc")));
     // The pin from the checksum file is kept, so the next try checks the same.
@@ -227,7 +227,7 @@ fn a_partial_download_leaves_no_cache_entry() {
     let s = setup();
     let err = resolve(&request(&c, &s, Source::Mirror(server.url()))).unwrap_err();
     let msg = format!("{err:#}");
-    assert!(msg.contains("cannot download kubelet v1.31.4"), "{msg}");
+    assert!(msg.contains("cannot download kubelet v1.37.2"), "{msg}");
     assert!(msg.contains("--artifacts"), "{msg}");
     let names = cache_names(&s.cache);
     assert!(!names.contains(&sha256_hex(&body)));
@@ -285,7 +285,7 @@ fn a_directory_mirror_and_a_file_url_mirror_work() {
     // The lock records upstream URLs, not the mirror's.
     assert!(std::fs::read_to_string(&s.lock)
         .unwrap()
-        .contains("\"url\": \"https://dl.k8s.io/release/v1.31.4/bin/linux/amd64/kubeadm\""));
+        .contains("\"url\": \"https://dl.k8s.io/release/v1.37.2/bin/linux/amd64/kubeadm\""));
 
     let s2 = setup();
     let r2 = resolve(&request(
@@ -303,7 +303,7 @@ fn a_mirror_without_the_file_names_it_and_the_layout() {
     let mut content = Content::for_specs(&specs(&c));
     content
         .files
-        .remove("github.com/opencontainers/runc/releases/download/v1.1.14/runc.amd64");
+        .remove("github.com/opencontainers/runc/releases/download/v1.3.6/runc.amd64");
     let s = setup();
     let mirror = s.root.join("mirror");
     content.write_to(&mirror);
@@ -316,7 +316,7 @@ fn a_mirror_without_the_file_names_it_and_the_layout() {
     let msg = format!("{err:#}");
     assert!(
         msg.contains(&format!(
-            "cannot download runc v1.1.14 from {}/github.com/opencontainers/runc/releases/download/v1.1.14/runc.amd64",
+            "cannot download runc v1.3.6 from {}/github.com/opencontainers/runc/releases/download/v1.3.6/runc.amd64",
             mirror.display()
         )),
         "{msg}"
@@ -327,24 +327,25 @@ fn a_mirror_without_the_file_names_it_and_the_layout() {
 #[test]
 fn changing_the_kubernetes_version_adds_entries_and_keeps_the_others() {
     let s = setup();
-    let c31 = default_cluster();
-    let c30 = cluster_with_version(&s.root, "1.30.2");
-    let mut both = specs(&c31);
-    both.extend(specs(&c30));
+    let c37 = default_cluster();
+    let c36 = cluster_with_version(&s.root, "1.36.3");
+    let mut both = specs(&c37);
+    both.extend(specs(&c36));
     let content = Content::for_specs(&both);
     let server = Server::start(&content);
-    resolve(&request(&c31, &s, Source::Mirror(server.url()))).unwrap();
+    resolve(&request(&c37, &s, Source::Mirror(server.url()))).unwrap();
     let first = lock_json(&s)["artifacts"].as_array().unwrap().clone();
-    resolve(&request(&c30, &s, Source::Mirror(server.url()))).unwrap();
+    resolve(&request(&c36, &s, Source::Mirror(server.url()))).unwrap();
     let second = lock_json(&s)["artifacts"].as_array().unwrap().clone();
     for e in &first {
         assert!(second.contains(e), "entry changed or lost: {e}");
     }
-    // cni-plugins 1.5.1 is shared: one entry. Everything else is new.
-    assert_eq!(second.len(), first.len() + 7);
+    // cni-plugins, containerd and runc are shared by 1.36 and 1.37: one
+    // entry each. kubeadm, kubelet, kubectl, crictl and etcd are new.
+    assert_eq!(second.len(), first.len() + 5);
     assert!(second
         .iter()
-        .any(|e| e["name"] == "kubeadm" && e["version"] == "1.30.2"));
+        .any(|e| e["name"] == "kubeadm" && e["version"] == "1.36.3"));
     // Sorted by name, then version.
     let keys: Vec<(String, String)> = second
         .iter()
@@ -401,7 +402,7 @@ fn an_unreachable_upstream_fails_fast_naming_the_artifacts_option() {
     assert!(t.elapsed() < Duration::from_secs(10));
     let msg = format!("{err:#}");
     assert!(
-        msg.starts_with("cannot download the checksum file of kubeadm v1.31.4 from https://dl.k8s.io/release/v1.31.4/bin/linux/amd64/kubeadm.sha256: "),
+        msg.starts_with("cannot download the checksum file of kubeadm v1.37.2 from https://dl.k8s.io/release/v1.37.2/bin/linux/amd64/kubeadm.sha256: "),
         "{msg}"
     );
     assert!(

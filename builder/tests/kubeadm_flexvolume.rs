@@ -41,7 +41,7 @@ fn controller_manager_pod_needs_nothing_writable_on_the_read_only_root() {
         .trim()
         .to_string();
 
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/render/v1beta4.yaml");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/render/k8s-1.37.yaml");
     let cluster = spec::load(Some(&fixture)).unwrap();
     let creds = JoinCredentials {
         token: "abcdef.0123456789abcdef".into(),

@@ -250,7 +250,7 @@ fn check_profiles(spec_args: &[&str], expected_nodes: usize) {
 fn bad_spec_writes_nothing_and_exits_2() {
     let cwd = tempfile::tempdir().unwrap();
     let spec = cwd.path().join("bad.yaml");
-    let good = std::fs::read_to_string(fixture("v1beta4.yaml")).unwrap();
+    let good = std::fs::read_to_string(fixture("k8s-1.37.yaml")).unwrap();
     std::fs::write(&spec, good.replace("name: master-2", "name: Master_2")).unwrap();
     let out = render(cwd.path(), &["--cluster", "bad.yaml", "--out", "out"]);
     assert_eq!(

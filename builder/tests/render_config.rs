@@ -1,6 +1,7 @@
 //! Rendered configuration files (everything but the PKI), checked against
-//! golden files, parsed back, and validated with the real haproxy,
-//! keepalived and containerd where this machine has them.
+//! golden files, parsed back, and validated with the real haproxy and
+//! keepalived, and the real containerd 2 built from source
+//! (`HAKUBE_SRCBUILD_BIN`).
 //!
 //! Regenerate the golden files with `UPDATE_GOLDEN=1 cargo test -p hakube-build --test render_config`.
 
@@ -69,7 +70,7 @@ fn check_golden(name: &str, actual: &str) {
 
 #[test]
 fn kubeadm_configs_match_golden_files() {
-    for (spec_file, dir) in [("v1beta3.yaml", "v1beta3"), ("v1beta4.yaml", "v1beta4")] {
+    for (spec_file, dir) in [("k8s-1.35.yaml", "k8s-1.35"), ("k8s-1.37.yaml", "k8s-1.37")] {
         let c = load(spec_file);
         let m1 = tree(&c, "master-1");
         check_golden(
@@ -89,6 +90,10 @@ fn kubeadm_configs_match_golden_files() {
         check_golden(
             &format!("{dir}/worker-1-join.yaml"),
             &text(&w1, paths::KUBEADM_JOIN),
+        );
+        check_golden(
+            &format!("{dir}/containerd-config.toml"),
+            &text(&w1, paths::CONTAINERD_CONFIG),
         );
     }
     let c = load("external-etcd.yaml");
@@ -127,11 +132,12 @@ fn kinds(docs: &[Value]) -> Vec<(String, String)> {
 
 #[test]
 fn kubeadm_configs_parse_with_the_expected_kinds_and_values() {
-    for (spec_file, api) in [
-        ("v1beta3.yaml", "kubeadm.k8s.io/v1beta3"),
-        ("v1beta4.yaml", "kubeadm.k8s.io/v1beta4"),
-        ("external-etcd.yaml", "kubeadm.k8s.io/v1beta4"),
-        ("dns-nolb.yaml", "kubeadm.k8s.io/v1beta4"),
+    let api = "kubeadm.k8s.io/v1beta4";
+    for spec_file in [
+        "k8s-1.35.yaml",
+        "k8s-1.37.yaml",
+        "external-etcd.yaml",
+        "dns-nolb.yaml",
     ] {
         let c = load(spec_file);
         let init_node = c.init_node().name.to_string();
@@ -154,14 +160,11 @@ fn kubeadm_configs_parse_with_the_expected_kinds_and_values() {
             assert_eq!(reg["name"], node.name.as_str());
             assert_eq!(reg["criSocket"], c.runtime.cri_socket());
             assert_eq!(reg["taints"].as_array().unwrap().len(), node.taints.len());
-            let node_ip = match &reg["kubeletExtraArgs"] {
-                Value::Array(a) => a
-                    .iter()
+            let node_ip = reg["kubeletExtraArgs"].as_array().and_then(|a| {
+                a.iter()
                     .find(|kv| kv["name"] == "node-ip")
-                    .map(|kv| kv["value"].clone()),
-                Value::Object(m) => m.get("node-ip").cloned(),
-                _ => None,
-            };
+                    .map(|kv| kv["value"].clone())
+            });
             assert_eq!(
                 node_ip,
                 node.address().map(|a| Value::String(a.to_string())),
@@ -228,16 +231,12 @@ fn kubeadm_configs_parse_with_the_expected_kinds_and_values() {
                     );
                 }
             }
-            if api.ends_with("v1beta4") {
-                assert_eq!(
-                    cc["encryptionAlgorithm"],
-                    c.certificates.key_algorithm.kubeadm_name()
-                );
-            } else {
-                assert_eq!(cc["featureGates"]["PublicKeysECDSA"], true);
-                assert!(cc.get("encryptionAlgorithm").is_none());
-            }
+            assert_eq!(
+                cc["encryptionAlgorithm"],
+                c.certificates.key_algorithm.kubeadm_name()
+            );
             assert_eq!(init[2]["cgroupDriver"], "systemd");
+            assert_eq!(init[2]["failCgroupV1"], true);
             assert_eq!(
                 init[2]["clusterDNS"][0],
                 c.networking.cluster_dns_ip().to_string().as_str()
@@ -253,8 +252,8 @@ fn kubeadm_configs_parse_with_the_expected_kinds_and_values() {
 #[test]
 fn trees_hold_what_each_role_needs_and_nothing_else() {
     for spec_file in [
-        "v1beta3.yaml",
-        "v1beta4.yaml",
+        "k8s-1.35.yaml",
+        "k8s-1.37.yaml",
         "external-etcd.yaml",
         "dns-nolb.yaml",
     ] {
@@ -369,7 +368,7 @@ fn trees_hold_what_each_role_needs_and_nothing_else() {
 
 #[test]
 fn secrets_bearing_configs_are_private() {
-    let c = load("v1beta4.yaml");
+    let c = load("k8s-1.37.yaml");
     let t = tree(&c, "master-1");
     for path in [
         paths::KUBEADM_INIT,
@@ -385,7 +384,7 @@ fn secrets_bearing_configs_are_private() {
 
 #[test]
 fn cni_manifests_carry_the_pod_cidr() {
-    let c = load("v1beta4.yaml");
+    let c = load("k8s-1.37.yaml");
     let flannel = documents(&text(&tree(&c, "master-2"), "etc/hakube/cni/flannel.yaml"));
     let kinds: Vec<String> = flannel
         .iter()
@@ -452,7 +451,7 @@ fn etcd_config_lists_every_member_with_tls() {
 
 #[test]
 fn ignition_holds_exactly_the_tree() {
-    let c = load("v1beta4.yaml");
+    let c = load("k8s-1.37.yaml");
     let t = tree(&c, "master-1");
     let ign = render::ignition(&t);
     assert_eq!(ign, render::ignition(&t), "deterministic");
@@ -509,8 +508,8 @@ fn haproxy_accepts_its_configs() {
     }
     let dir = tempfile::tempdir().unwrap();
     for (spec_file, node) in [
-        ("v1beta4.yaml", "master-1"),
-        ("v1beta4.yaml", "worker-1"),
+        ("k8s-1.37.yaml", "master-1"),
+        ("k8s-1.37.yaml", "worker-1"),
         ("external-etcd.yaml", "master-3"),
     ] {
         let c = load(spec_file);
@@ -559,7 +558,7 @@ fn keepalived_accepts_its_configs() {
         eprintln!("SKIPPED: no network interface to check keepalived.conf against");
         return;
     };
-    let c = load("v1beta4.yaml");
+    let c = load("k8s-1.37.yaml");
     let mut priorities = Vec::new();
     for node in ["master-1", "master-2", "master-3"] {
         let cfg = text(&tree(&c, node), paths::KEEPALIVED_CONFIG);
@@ -610,38 +609,100 @@ fn keepalived_accepts_its_configs() {
     assert!(priorities.windows(2).all(|w| w[0] > w[1]), "{priorities:?}");
 }
 
+/// The directory of the real binaries built from source (srcbuild/build).
+fn srcbuild_bin(tool: &str) -> PathBuf {
+    let dir = std::env::var_os("HAKUBE_SRCBUILD_BIN").unwrap_or_else(|| {
+        panic!(
+            "HAKUBE_SRCBUILD_BIN is not set: this test runs the real {tool} built from source; \
+             set it to the directory srcbuild/build prints"
+        )
+    });
+    let bin = PathBuf::from(dir).join(tool);
+    assert!(
+        bin.is_file(),
+        "HAKUBE_SRCBUILD_BIN has no {tool}: {}",
+        bin.display()
+    );
+    bin
+}
+
+/// containerd 2 reads the rendered config (version 3) and its `config dump`
+/// (the merged effective config) carries our settings under the 2.x plugin
+/// names; containerd migrates a version 2 file silently, so the dump's
+/// `version = 3` alone would prove nothing.
 #[test]
-fn containerd_accepts_its_config() {
-    if !have("containerd") {
-        eprintln!("SKIPPED: containerd not installed");
-        return;
-    }
+fn containerd_2_accepts_its_config() {
+    let containerd = srcbuild_bin("containerd");
     let dir = tempfile::tempdir().unwrap();
-    let c = load("v1beta4.yaml");
-    let cfg = text(&tree(&c, "worker-1"), paths::CONTAINERD_CONFIG);
-    let p = write_temp(dir.path(), "config.toml", &cfg);
-    let out = Command::new("containerd")
-        .arg("--config")
-        .arg(&p)
-        .args(["config", "dump"])
-        .output()
-        .unwrap();
-    let dump = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(dump.contains("SystemdCgroup = true"), "{dump}");
-    assert!(
-        dump.contains("sandbox_image = \"registry.k8s.io/pause:3.10\""),
-        "{dump}"
-    );
+    for (spec_file, pause) in [("k8s-1.35.yaml", "3.10.1"), ("k8s-1.37.yaml", "3.10.2")] {
+        let c = load(spec_file);
+        let cfg = text(&tree(&c, "worker-1"), paths::CONTAINERD_CONFIG);
+        assert!(cfg.contains("\nversion = 3\n"), "{cfg}");
+        let p = write_temp(dir.path(), "config.toml", &cfg);
+        let out = Command::new(&containerd)
+            .arg("--config")
+            .arg(&p)
+            .args(["config", "dump"])
+            .output()
+            .unwrap();
+        let dump = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{spec_file}: {stderr}");
+        assert!(
+            !stderr.to_ascii_lowercase().contains("deprecat"),
+            "{spec_file}: containerd warns:\n{stderr}"
+        );
+        let get = |table: &str, key: &str| {
+            toml_value(&dump, table, key)
+                .unwrap_or_else(|| panic!("{spec_file}: no {key} in [{table}] of\n{dump}"))
+        };
+        const IMAGES: &str = "plugins.'io.containerd.cri.v1.images'";
+        const RUNTIME: &str = "plugins.'io.containerd.cri.v1.runtime'";
+        assert_eq!(get("", "version"), "3");
+        assert_eq!(
+            get(&format!("{IMAGES}.pinned_images"), "sandbox"),
+            format!("'registry.k8s.io/pause:{pause}'")
+        );
+        assert_eq!(
+            get(&format!("{RUNTIME}.containerd"), "default_runtime_name"),
+            "'runc'"
+        );
+        let runc = format!("{RUNTIME}.containerd.runtimes.runc");
+        assert_eq!(get(&runc, "runtime_type"), "'io.containerd.runc.v2'");
+        assert_eq!(get(&format!("{runc}.options"), "SystemdCgroup"), "true");
+        assert_eq!(
+            get(&format!("{RUNTIME}.cni"), "bin_dirs"),
+            "['/opt/cni/bin']"
+        );
+        assert_eq!(
+            get(&format!("{RUNTIME}.cni"), "conf_dir"),
+            "'/etc/cni/net.d'"
+        );
+    }
+}
+
+/// The raw value of `key` in table `[table]` ("" for the top level) of a
+/// TOML document as containerd's `config dump` writes it: one `key = value`
+/// per line, tables as `[a.'b'.c]` headers.
+fn toml_value(doc: &str, table: &str, key: &str) -> Option<String> {
+    let mut current = String::new();
+    for line in doc.lines().map(str::trim) {
+        if let Some(h) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = h.to_string();
+        } else if current == table {
+            if let Some((k, v)) = line.split_once(" = ") {
+                if k == key {
+                    return Some(v.to_string());
+                }
+            }
+        }
+    }
+    None
 }
 
 #[test]
 fn static_nodes_get_their_resolvers() {
-    let c = load("v1beta4.yaml");
+    let c = load("k8s-1.37.yaml");
     let t = tree(&c, "worker-1");
     let want: String = match &c.node("worker-1").unwrap().network {
         spec::NodeNetwork::Static { dns, .. } => {
@@ -675,7 +736,7 @@ fn doc_of_kind<'d>(docs: &'d [Value], kind: &str) -> &'d Value {
 
 #[test]
 fn flexvolume_dirs_point_at_var_not_the_read_only_usr() {
-    for spec_file in ["v1beta3.yaml", "v1beta4.yaml", "external-etcd.yaml"] {
+    for spec_file in ["k8s-1.35.yaml", "k8s-1.37.yaml", "external-etcd.yaml"] {
         let c = load(spec_file);
         let t = tree(&c, c.init_node().name.as_str());
         let docs = documents(&text(&t, paths::KUBEADM_INIT));
@@ -713,7 +774,7 @@ fn host_paths(v: &Value, out: &mut Vec<String>) {
 
 #[test]
 fn cni_manifests_mount_nothing_from_the_read_only_root() {
-    let c = load("v1beta4.yaml");
+    let c = load("k8s-1.37.yaml");
     let mut paths_seen = Vec::new();
     for d in documents(&text(&tree(&c, "master-1"), &paths::cni_manifest(c.cni))) {
         host_paths(&d, &mut paths_seen);
@@ -732,7 +793,7 @@ fn cni_manifests_mount_nothing_from_the_read_only_root() {
 
 #[test]
 fn worker_labels_reach_the_kubelet_at_registration() {
-    let c = load("v1beta4.yaml");
+    let c = load("k8s-1.37.yaml");
     let t = tree(&c, "worker-1");
     let join = documents(&text(&t, paths::KUBEADM_JOIN));
     let args = &join[0]["nodeRegistration"]["kubeletExtraArgs"];
@@ -765,7 +826,7 @@ fn worker_labels_reach_the_kubelet_at_registration() {
 #[test]
 fn calico_operator_manifest_is_where_the_catalogue_installs_it_and_in_the_profile() {
     use hakube_build::artifacts::catalog::CALICO_OPERATOR_DEST;
-    let mut c = load("v1beta4.yaml");
+    let mut c = load("k8s-1.37.yaml");
     c.cni = hakube_build::spec::model::Cni::Calico;
     let t = tree(&c, "master-1");
     let p = NodeProfile::from_json(&text(&t, paths::NODE_PROFILE)).unwrap();
@@ -785,14 +846,14 @@ fn calico_operator_manifest_is_where_the_catalogue_installs_it_and_in_the_profil
         "/var/lib/kubelet/volumeplugins"
     );
     // flannel needs no operator
-    let c = load("v1beta4.yaml");
+    let c = load("k8s-1.37.yaml");
     let p = NodeProfile::from_json(&text(&tree(&c, "master-1"), paths::NODE_PROFILE)).unwrap();
     assert_eq!(p.paths.cni_operator_manifest, None);
 }
 
 #[test]
 fn dhcp_nodes_get_resolved_and_its_uplink_resolv_conf() {
-    let c = load("v1beta4.yaml");
+    let c = load("k8s-1.37.yaml");
     let t = tree(&c, "worker-2");
     match t.get(paths::RESOLV_CONF) {
         Some(FileEntry::Symlink { target }) => {
@@ -807,7 +868,7 @@ fn dhcp_nodes_get_resolved_and_its_uplink_resolv_conf() {
 
 #[test]
 fn vip_masters_keep_keepalived_addresses_across_networkd_restarts() {
-    let c = load("v1beta4.yaml");
+    let c = load("k8s-1.37.yaml");
     assert!(text(&tree(&c, "master-1"), paths::NETWORK_FILE).contains("KeepConfiguration=static\n"));
     assert!(!text(&tree(&c, "worker-1"), paths::NETWORK_FILE).contains("KeepConfiguration"));
 }
@@ -825,6 +886,6 @@ fn crio_nodes_get_a_containers_policy() {
         );
     }
     assert!(!tree(&c, "etcd-1").contains(paths::CONTAINERS_POLICY));
-    let c = load("v1beta4.yaml");
+    let c = load("k8s-1.37.yaml");
     assert!(!tree(&c, "worker-1").contains(paths::CONTAINERS_POLICY));
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 const SPEC: &str = "\
 name: etcdtest
-kubernetesVersion: 1.31.4
+kubernetesVersion: 1.37.2
 etcd: {topology: external}
 controlPlaneEndpoint: {mode: dns, host: api.etcdtest.example.test}
 nodes:

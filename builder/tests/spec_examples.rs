@@ -160,7 +160,7 @@ fn even_etcd_member_count_warns() {
     assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
     assert!(c.warnings[0].contains("2 members"), "{:?}", c.warnings);
     assert!(c.warnings[0].contains("odd"), "{:?}", c.warnings);
-    assert_eq!(c.kubernetes_version.kubeadm_api(), "kubeadm.k8s.io/v1beta3");
+    assert_eq!(c.kubernetes_version.to_string(), "1.35.0");
 }
 
 #[test]
@@ -174,7 +174,7 @@ fn minimal_spec_gets_defaults_and_choices() {
     assert_eq!(c.certificates.ca_validity.days, 730);
     assert_eq!(c.certificates.leaf_validity.days, 365);
     assert_eq!(c.networking.pod_cidr.to_string(), "10.244.0.0/16");
-    assert_eq!(c.kubernetes_version.to_string(), "1.29.10");
+    assert_eq!(c.kubernetes_version.to_string(), "1.36.3");
     assert!(c.local_lb.enabled);
     // `taints: []` clears the profile's taints; a derived MAC is stable.
     assert!(c.node("w").expect("w").taints.is_empty());

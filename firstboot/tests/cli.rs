@@ -8,7 +8,7 @@ fn bin() -> Command {
 }
 
 const PROFILE: &str = r#"{
-  "profileVersion": 1, "clusterName": "t", "kubernetesVersion": "1.31.4",
+  "profileVersion": 1, "clusterName": "t", "kubernetesVersion": "1.37.2",
   "nodeName": "e1", "role": "etcd", "address": "127.0.0.11", "initNode": false,
   "runtime": "containerd", "etcdTopology": "external",
   "endpoint": {"mode": "vip", "host": "127.0.0.30", "port": 8443},

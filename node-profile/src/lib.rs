@@ -177,7 +177,7 @@ pub struct LocalLb {
 pub struct NodeProfile {
     pub profile_version: u32,
     pub cluster_name: String,
-    /// Without the leading `v`, e.g. `1.31.4`.
+    /// Without the leading `v`, e.g. `1.37.2`.
     pub kubernetes_version: String,
     pub node_name: String,
     pub role: Role,

@@ -1,21 +1,18 @@
 //! The catalogue: which upstream files each supported Kubernetes minor needs,
 //! where their checksums are published, and how each is laid into the OS root.
 //!
-//! Versions of the companion components are pinned per Kubernetes minor:
-//! - crictl: the cri-tools release of the same minor (cri-tools follows Kubernetes).
-//! - containerd 1.7.x (the LTS line every supported minor is tested with) and
-//!   the runc line containerd of that date shipped with.
-//! - CNI plugins 1.5.1 for every minor.
-//! - etcd: the version kubeadm of that minor deploys as its stacked etcd
-//!   (`SupportedEtcdVersion` in kubeadm's constants.go at the minor's .0 release),
-//!   so external and stacked clusters run the same etcd.
-//! - CRI-O: the release of the same minor (CRI-O follows Kubernetes).
-//! - Calico: a release whose support matrix lists that minor.
+//! Companion versions are pinned per Kubernetes minor in [`companions`], each
+//! with the source it was read from (also shown by `hakube-build summary`).
+//! "The Go module proxy serves it" means `go list -m -versions` or
+//! `go mod download -json MODULE@TAG` answered with that tag (checked
+//! 2026-12-01): evidence that the upstream tag exists, and what the
+//! from-source build (srcbuild/) compiles. Components the proxy does not
+//! serve say "not confirmed".
 
 use crate::spec::model::Cni;
 use crate::spec::types::KubeVersion;
 use crate::spec::Cluster;
-use hakube_node_profile::Runtime;
+use hakube_node_profile::{EtcdTopology, Runtime};
 
 /// Where an artifact's SHA-256 comes from on first resolution.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,45 +61,284 @@ pub struct ArtifactSpec {
 }
 
 impl ArtifactSpec {
-    /// `kubeadm v1.31.4`
+    /// `kubeadm v1.37.2`
     pub fn label(&self) -> String {
         format!("{} v{}", self.name, self.version)
     }
 }
 
-/// Companion component versions for one Kubernetes minor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Companions {
-    pub crictl: &'static str,
-    pub containerd: &'static str,
-    pub runc: &'static str,
-    pub cni_plugins: &'static str,
-    pub etcd: &'static str,
-    pub cri_o: &'static str,
-    pub calico: &'static str,
+/// One pinned companion version and where it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Pin {
+    /// Without a leading `v` (`3.7.0`, `1.14.6`, `1.9.1-flannel3`).
+    pub version: &'static str,
+    /// The file or registry answer the version comes from.
+    pub source: &'static str,
+    /// Whether that source confirms the tag exists (kubeadm's own constants,
+    /// or the Go module proxy serving the tag); `false` says "not confirmed".
+    pub confirmed: bool,
 }
 
-/// The companion versions for `minor`, or `None` outside 1.29..=1.34.
+const fn pin(version: &'static str, source: &'static str) -> Pin {
+    Pin {
+        version,
+        source,
+        confirmed: true,
+    }
+}
+
+const fn unconfirmed(version: &'static str, source: &'static str) -> Pin {
+    Pin {
+        version,
+        source,
+        confirmed: false,
+    }
+}
+
+/// Companion component versions for one Kubernetes minor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Companions {
+    /// kubeadm's etcd image tag (`3.7.0-0`: the release plus an image revision).
+    pub etcd_image: Pin,
+    /// The etcd release (binaries for external etcd nodes), the image tag's release.
+    pub etcd: Pin,
+    pub coredns: Pin,
+    pub pause: Pin,
+    pub crictl: Pin,
+    pub containerd: Pin,
+    pub runc: Pin,
+    pub cni_plugins: Pin,
+    pub cri_o: Pin,
+    pub flannel: Pin,
+    pub flannel_cni_plugin: Pin,
+    pub calico: Pin,
+}
+
+impl Companions {
+    /// `(name, pin)` for every companion, in a fixed order (for summaries).
+    pub fn all(&self) -> [(&'static str, Pin); 12] {
+        [
+            ("etcd", self.etcd),
+            ("etcd image", self.etcd_image),
+            ("CoreDNS", self.coredns),
+            ("pause", self.pause),
+            ("crictl", self.crictl),
+            ("containerd", self.containerd),
+            ("runc", self.runc),
+            ("CNI plugins", self.cni_plugins),
+            ("CRI-O", self.cri_o),
+            ("flannel", self.flannel),
+            ("flannel CNI plugin", self.flannel_cni_plugin),
+            ("calico", self.calico),
+        ]
+    }
+}
+
+// Shared by every minor.
+
+/// CNI plugins: the 1.9 line containerd v2.2.9 installs for its own CRI tests
+/// (script/setup/install-cni takes the github.com/containernetworking/plugins
+/// version of its go.mod, v1.9.0), at its newest patch the Go module proxy
+/// serves, v1.9.1 (v1.10.0 is served too, but untested by that containerd).
+const CNI_PLUGINS: Pin = pin(
+    "1.9.1",
+    "containerd v2.2.9 go.mod/script/setup/install-cni: the 1.9 line; github.com/containernetworking/plugins v1.9.1, served by the Go module proxy",
+);
+/// containerd 2.2.9 with the runc its release pins in script/setup/runc-version
+/// (v1.3.6). containerd's RELEASES.md (v2.4.2) recommends 2.2.0+ for
+/// Kubernetes 1.35 and 1.36, and 2.3.0+/2.4.0+ for 1.37; it also lists the 2.2
+/// branch as ending on 2026-11-06. 2.2.9 is the project's agreed runtime for
+/// now (what srcbuild/ builds); 2.3.x (LTS to 2028-04-30, runc v1.5.2) is the
+/// successor to move to, see the README's version notes.
+const CONTAINERD: Pin = pin(
+    "2.2.9",
+    "github.com/containerd/containerd/v2 v2.2.9, served by the Go module proxy; RELEASES.md: 2.2.0+ for Kubernetes 1.35/1.36 (2.3.0+ recommended for 1.37; the 2.2 branch ended 2026-11-06)",
+);
+const RUNC: Pin = pin(
+    "1.3.6",
+    "containerd v2.2.9 script/setup/runc-version (v1.3.6); github.com/opencontainers/runc v1.3.6, served by the Go module proxy",
+);
+/// flannel v0.28.10 and the CNI plugin image its own manifest names
+/// (Documentation/kube-flannel.yml of the github.com/flannel-io/flannel v0.28.10 module).
+const FLANNEL: Pin = pin(
+    "0.28.10",
+    "github.com/flannel-io/flannel v0.28.10, served by the Go module proxy",
+);
+const FLANNEL_CNI_PLUGIN: Pin = pin(
+    "1.9.1-flannel3",
+    "flannel v0.28.10 Documentation/kube-flannel.yml (image ghcr.io/flannel-io/flannel-cni-plugin:v1.9.1-flannel3; flannel-io/cni-plugin itself is not served by the Go module proxy)",
+);
+/// flannel-io/cni-plugin (the image above) is not served by the Go module
+/// proxy; its binary is built from the code it was forked from, and labelled so.
+pub const FLANNEL_CNI_PLUGIN_BUILT_FROM: Pin = pin(
+    "0.9.1",
+    "github.com/containernetworking/plugins v0.9.1 plugins/meta/flannel (the code flannel-io/cni-plugin forked), served by the Go module proxy",
+);
+/// Calico publishes no Go module the proxy serves; v3.33.0's release page
+/// exists and its requirements list Kubernetes 1.35-1.37 (as reported, not
+/// checked here).
+const CALICO: Pin = unconfirmed(
+    "3.33.0",
+    "not confirmed: projectcalico/calico is not served by the Go module proxy; v3.33.0 is the release whose tested Kubernetes versions cover 1.35-1.37",
+);
+
+/// The companion versions for `minor`, or `None` outside the supported minors.
+///
+/// etcd, CoreDNS and pause are kubeadm's own (`DefaultEtcdVersion`,
+/// `CoreDNSVersion`, `PauseVersion` in cmd/kubeadm/app/constants/constants.go
+/// of the k8s.io/kubernetes module at the minor's newest patch), so external
+/// and stacked etcd run the same release and the runtime's sandbox image is
+/// the one kubeadm pre-pulls. crictl is cri-tools of the same minor; CRI-O is
+/// the release of the same minor (cri-o/cri-o is not served by the proxy).
 pub fn companions(minor: u32) -> Option<Companions> {
-    let c = |crictl, containerd, runc, etcd, cri_o, calico| Companions {
-        crictl,
-        containerd,
-        runc,
-        cni_plugins: "1.5.1",
-        etcd,
-        cri_o,
-        calico,
-    };
     Some(match minor {
-        29 => c("1.29.0", "1.7.13", "1.1.12", "3.5.10", "1.29.1", "3.27.3"),
-        30 => c("1.30.1", "1.7.18", "1.1.13", "3.5.12", "1.30.4", "3.28.0"),
-        31 => c("1.31.1", "1.7.23", "1.1.14", "3.5.15", "1.31.3", "3.28.2"),
-        32 => c("1.32.0", "1.7.24", "1.2.3", "3.5.16", "1.32.1", "3.29.1"),
-        33 => c("1.33.0", "1.7.27", "1.2.6", "3.5.21", "1.33.0", "3.30.0"),
-        // kubeadm 1.34 moved its stacked etcd to the 3.6 line.
-        34 => c("1.34.0", "1.7.28", "1.2.6", "3.6.4", "1.34.0", "3.30.3"),
+        35 => Companions {
+            // kubeadm v1.35.4 constants.go: DefaultEtcdVersion = "3.6.6-0",
+            // CoreDNSVersion = "v1.13.1", PauseVersion = "3.10.1".
+            etcd_image: pin("3.6.6-0", "kubeadm v1.35.4 constants.go DefaultEtcdVersion"),
+            etcd: pin(
+                "3.6.6",
+                "kubeadm v1.35.4 constants.go DefaultEtcdVersion 3.6.6-0; go.etcd.io/etcd/server/v3 v3.6.6 served by the Go module proxy",
+            ),
+            coredns: pin("1.13.1", "kubeadm v1.35.4 constants.go CoreDNSVersion"),
+            pause: pin("3.10.1", "kubeadm v1.35.4 constants.go PauseVersion"),
+            // sigs.k8s.io/cri-tools v1.35.0: the proxy answers 403 (not
+            // served), so it cannot be built from source here. crictl is a
+            // CRI v1 client; v1.36.0 (served) talks to 1.35 runtimes alike.
+            crictl: pin(
+                "1.36.0",
+                "sigs.k8s.io/cri-tools v1.36.0, served by the Go module proxy (v1.35.0 is not served: 403)",
+            ),
+            containerd: CONTAINERD,
+            runc: RUNC,
+            cni_plugins: CNI_PLUGINS,
+            cri_o: unconfirmed(
+                "1.35.0",
+                "not confirmed: CRI-O of the same minor; cri-o/cri-o is not served by the Go module proxy",
+            ),
+            flannel: FLANNEL,
+            flannel_cni_plugin: FLANNEL_CNI_PLUGIN,
+            calico: CALICO,
+        },
+        36 => Companions {
+            // kubeadm v1.36.3 constants.go: DefaultEtcdVersion = "3.6.8-0",
+            // CoreDNSVersion = "v1.14.2", PauseVersion = "3.10.2".
+            etcd_image: pin("3.6.8-0", "kubeadm v1.36.3 constants.go DefaultEtcdVersion"),
+            etcd: pin(
+                "3.6.8",
+                "kubeadm v1.36.3 constants.go DefaultEtcdVersion 3.6.8-0; go.etcd.io/etcd/server/v3 v3.6.8 served by the Go module proxy",
+            ),
+            coredns: pin("1.14.2", "kubeadm v1.36.3 constants.go CoreDNSVersion"),
+            pause: pin("3.10.2", "kubeadm v1.36.3 constants.go PauseVersion"),
+            crictl: pin(
+                "1.36.0",
+                "sigs.k8s.io/cri-tools v1.36.0 (same minor), served by the Go module proxy",
+            ),
+            containerd: CONTAINERD,
+            runc: RUNC,
+            cni_plugins: CNI_PLUGINS,
+            cri_o: unconfirmed(
+                "1.36.0",
+                "not confirmed: CRI-O of the same minor; cri-o/cri-o is not served by the Go module proxy",
+            ),
+            flannel: FLANNEL,
+            flannel_cni_plugin: FLANNEL_CNI_PLUGIN,
+            calico: CALICO,
+        },
+        37 => Companions {
+            // kubeadm v1.37.2 constants.go: DefaultEtcdVersion = "3.7.0-0",
+            // CoreDNSVersion = "v1.14.6", PauseVersion = "3.10.2". (Its
+            // SupportedEtcdVersion map stops at 36; kubeadm falls back to
+            // the nearest entry, the same 3.7.0-0, with a warning.)
+            etcd_image: pin("3.7.0-0", "kubeadm v1.37.2 constants.go DefaultEtcdVersion"),
+            etcd: pin(
+                "3.7.0",
+                "kubeadm v1.37.2 constants.go DefaultEtcdVersion 3.7.0-0; go.etcd.io/etcd/server/v3 v3.7.0 served by the Go module proxy",
+            ),
+            coredns: pin("1.14.6", "kubeadm v1.37.2 constants.go CoreDNSVersion"),
+            pause: pin("3.10.2", "kubeadm v1.37.2 constants.go PauseVersion"),
+            crictl: pin(
+                "1.37.0",
+                "sigs.k8s.io/cri-tools v1.37.0 (same minor), served by the Go module proxy",
+            ),
+            containerd: CONTAINERD,
+            runc: RUNC,
+            cni_plugins: CNI_PLUGINS,
+            cri_o: unconfirmed(
+                "1.37.0",
+                "not confirmed: CRI-O of the same minor; cri-o/cri-o is not served by the Go module proxy",
+            ),
+            flannel: FLANNEL,
+            flannel_cni_plugin: FLANNEL_CNI_PLUGIN,
+            calico: CALICO,
+        },
         _ => return None,
     })
+}
+
+/// The companions of a supported version. The spec parser admits only
+/// supported minors, and a test checks each has an entry.
+pub fn companions_for(k8s: KubeVersion) -> Companions {
+    companions(k8s.minor).expect("the catalogue covers every supported minor")
+}
+
+/// The images `kubeadm config images list` names for this version with the
+/// default registry.k8s.io repository: the control plane at the Kubernetes
+/// tag, then CoreDNS, pause and (for stacked etcd only; kubeadm runs no etcd
+/// pod with an external one) etcd at kubeadm's own versions.
+pub fn kubeadm_images(k8s: KubeVersion, etcd: EtcdTopology) -> Vec<String> {
+    let c = companions_for(k8s);
+    let mut out: Vec<String> = [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kube-proxy",
+    ]
+    .iter()
+    .map(|n| format!("registry.k8s.io/{n}:{}", k8s.tag()))
+    .collect();
+    out.push(format!(
+        "registry.k8s.io/coredns/coredns:v{}",
+        c.coredns.version
+    ));
+    out.push(pause_image(k8s));
+    if etcd == EtcdTopology::Stacked {
+        out.push(format!("registry.k8s.io/etcd:{}", c.etcd_image.version));
+    }
+    out
+}
+
+/// flannel's images, as its own manifest (Documentation/kube-flannel.yml)
+/// names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlannelImages {
+    pub flannel_version: &'static str,
+    /// `ghcr.io/flannel-io/flannel:v0.28.10`
+    pub flannel: String,
+    /// `ghcr.io/flannel-io/flannel-cni-plugin:v1.9.1-flannel3`
+    pub cni_plugin: String,
+}
+
+pub fn flannel_images(k8s: KubeVersion) -> FlannelImages {
+    let c = companions_for(k8s);
+    FlannelImages {
+        flannel_version: c.flannel.version,
+        flannel: format!("ghcr.io/flannel-io/flannel:v{}", c.flannel.version),
+        cni_plugin: format!(
+            "ghcr.io/flannel-io/flannel-cni-plugin:v{}",
+            c.flannel_cni_plugin.version
+        ),
+    }
+}
+
+/// The sandbox (pause) image kubeadm of this release pre-pulls; the runtime
+/// must use the same one, or kubeadm warns and the image is pulled twice.
+pub fn pause_image(k8s: KubeVersion) -> String {
+    format!(
+        "registry.k8s.io/pause:{}",
+        companions_for(k8s).pause.version
+    )
 }
 
 /// Every artifact a cluster needs. etcd is always included: one OS root
@@ -136,27 +372,23 @@ pub fn layout_for(name: &str, version: &str) -> Option<Layout> {
 
 /// Every artifact for a Kubernetes version, runtime and CNI.
 pub fn for_versions(k8s: KubeVersion, runtime: Runtime, cni: Cni) -> Vec<ArtifactSpec> {
-    // The spec parser only admits supported minors; fall back to the newest
-    // known set rather than panic if the two lists ever drift.
-    let comp = companions(k8s.minor)
-        .or_else(|| companions(KubeVersion::MAX_MINOR))
-        .expect("catalogue covers KubeVersion::MAX_MINOR");
+    let comp = companions_for(k8s);
     let mut out = Vec::new();
     for name in ["kubeadm", "kubelet", "kubectl"] {
         out.push(kube_binary(name, k8s));
     }
-    out.push(crictl(comp.crictl));
-    out.push(cni_plugins(comp.cni_plugins));
+    out.push(crictl(comp.crictl.version));
+    out.push(cni_plugins(comp.cni_plugins.version));
     match runtime {
         Runtime::Containerd => {
-            out.push(containerd(comp.containerd));
-            out.push(runc(comp.runc));
+            out.push(containerd(comp.containerd.version));
+            out.push(runc(comp.runc.version));
         }
-        Runtime::CriO => out.push(cri_o(comp.cri_o)),
+        Runtime::CriO => out.push(cri_o(comp.cri_o.version)),
     }
-    out.push(etcd(comp.etcd));
+    out.push(etcd(comp.etcd.version));
     if cni == Cni::Calico {
-        out.push(calico_operator(comp.calico));
+        out.push(calico_operator(comp.calico.version));
     }
     out
 }
@@ -231,6 +463,11 @@ fn cni_plugins(v: &str) -> ArtifactSpec {
     }
 }
 
+/// containerd 2.x's release tarball: `make release` (Makefile, v2.2.9) packs
+/// `bin/` holding ctr, containerd, containerd-stress and
+/// containerd-shim-runc-v2 into `containerd-<v>-linux-amd64.tar.gz` and writes
+/// `<tarball>.sha256sum` (`hex  name`) beside it; the release workflow
+/// uploads both.
 fn containerd(v: &str) -> ArtifactSpec {
     let url = format!(
         "https://github.com/containerd/containerd/releases/download/v{v}/containerd-{v}-linux-amd64.tar.gz"
@@ -249,6 +486,9 @@ fn containerd(v: &str) -> ArtifactSpec {
     }
 }
 
+/// runc's release (script/release_build.sh, v1.3.6): the binary
+/// `runc.amd64`, listed in `runc.sha256sum` (clear-signed by release_sign.sh;
+/// the parser picks the `hex  runc.amd64` line).
 fn runc(v: &str) -> ArtifactSpec {
     let base = format!("https://github.com/opencontainers/runc/releases/download/v{v}");
     ArtifactSpec {
@@ -327,26 +567,74 @@ fn calico_operator(v: &str) -> ArtifactSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::types::SUPPORTED_MINORS;
 
     fn v(s: &str) -> KubeVersion {
         s.parse().unwrap()
     }
 
     #[test]
-    fn every_supported_minor_has_companions() {
-        for minor in KubeVersion::MIN_MINOR..=KubeVersion::MAX_MINOR {
-            let c = companions(minor).unwrap_or_else(|| panic!("1.{minor} missing"));
-            assert_eq!(c.crictl.split('.').nth(1), Some(minor.to_string().as_str()));
-            assert_eq!(c.cri_o.split('.').nth(1), Some(minor.to_string().as_str()));
-            assert!(c.containerd.starts_with("1.7."));
+    fn every_supported_minor_has_companions_and_only_those() {
+        for m in SUPPORTED_MINORS {
+            let c = companions(m.minor).unwrap_or_else(|| panic!("1.{} missing", m.minor));
+            let minor = m.minor.to_string();
+            assert_eq!(c.cri_o.version.split('.').nth(1), Some(minor.as_str()));
+            assert!(c.containerd.version.starts_with("2."));
+            // The etcd release is the one kubeadm's image tag carries.
+            assert_eq!(
+                c.etcd_image.version.rsplit_once('-').map(|(r, _)| r),
+                Some(c.etcd.version)
+            );
+            for (name, p) in c.all() {
+                assert!(!p.version.starts_with('v'), "{name}: {}", p.version);
+                assert!(!p.source.is_empty(), "{name}");
+                assert_eq!(
+                    p.source.starts_with("not confirmed"),
+                    !p.confirmed,
+                    "{name}"
+                );
+            }
         }
         assert!(companions(KubeVersion::MIN_MINOR - 1).is_none());
         assert!(companions(KubeVersion::MAX_MINOR + 1).is_none());
     }
 
     #[test]
+    fn kubeadm_constants_per_release() {
+        // Read from cmd/kubeadm/app/constants/constants.go of each release.
+        for (k8s, etcd, coredns, pause) in [
+            ("1.35.4", "3.6.6-0", "1.13.1", "3.10.1"),
+            ("1.36.3", "3.6.8-0", "1.14.2", "3.10.2"),
+            ("1.37.2", "3.7.0-0", "1.14.6", "3.10.2"),
+        ] {
+            let c = companions_for(v(k8s));
+            assert_eq!(
+                (c.etcd_image.version, c.coredns.version, c.pause.version),
+                (etcd, coredns, pause),
+                "{k8s}"
+            );
+        }
+        assert_eq!(
+            kubeadm_images(v("1.37.2"), EtcdTopology::Stacked),
+            [
+                "registry.k8s.io/kube-apiserver:v1.37.2",
+                "registry.k8s.io/kube-controller-manager:v1.37.2",
+                "registry.k8s.io/kube-scheduler:v1.37.2",
+                "registry.k8s.io/kube-proxy:v1.37.2",
+                "registry.k8s.io/coredns/coredns:v1.14.6",
+                "registry.k8s.io/pause:3.10.2",
+                "registry.k8s.io/etcd:3.7.0-0",
+            ]
+        );
+        let external = kubeadm_images(v("1.35.4"), EtcdTopology::External);
+        assert_eq!(external.len(), 6);
+        assert_eq!(external[5], "registry.k8s.io/pause:3.10.1");
+        assert_eq!(pause_image(v("1.35.0")), "registry.k8s.io/pause:3.10.1");
+    }
+
+    #[test]
     fn default_set_has_containerd_and_etcd_but_no_crio_or_calico() {
-        let set = for_versions(v("1.31.4"), Runtime::Containerd, Cni::Flannel);
+        let set = for_versions(v("1.37.2"), Runtime::Containerd, Cni::Flannel);
         let names: Vec<&str> = set.iter().map(|a| a.name).collect();
         assert_eq!(
             names,
@@ -364,25 +652,49 @@ mod tests {
         let kubeadm = &set[0];
         assert_eq!(
             kubeadm.url,
-            "https://dl.k8s.io/release/v1.31.4/bin/linux/amd64/kubeadm"
+            "https://dl.k8s.io/release/v1.37.2/bin/linux/amd64/kubeadm"
         );
         assert_eq!(
             kubeadm.checksum,
             Checksum::File {
-                url: "https://dl.k8s.io/release/v1.31.4/bin/linux/amd64/kubeadm.sha256".into(),
+                url: "https://dl.k8s.io/release/v1.37.2/bin/linux/amd64/kubeadm.sha256".into(),
                 entry: "kubeadm".into()
             }
         );
-        let etcd = set.iter().find(|a| a.name == "etcd").unwrap();
+        let url = |n: &str| set.iter().find(|a| a.name == n).unwrap().url.as_str();
         assert_eq!(
-            etcd.url,
-            "https://github.com/etcd-io/etcd/releases/download/v3.5.15/etcd-v3.5.15-linux-amd64.tar.gz"
+            url("etcd"),
+            "https://github.com/etcd-io/etcd/releases/download/v3.7.0/etcd-v3.7.0-linux-amd64.tar.gz"
+        );
+        assert_eq!(
+            url("containerd"),
+            "https://github.com/containerd/containerd/releases/download/v2.2.9/containerd-2.2.9-linux-amd64.tar.gz"
+        );
+        assert_eq!(
+            url("runc"),
+            "https://github.com/opencontainers/runc/releases/download/v1.3.6/runc.amd64"
+        );
+        assert_eq!(
+            url("crictl"),
+            "https://github.com/kubernetes-sigs/cri-tools/releases/download/v1.37.0/crictl-v1.37.0-linux-amd64.tar.gz"
+        );
+        assert_eq!(
+            url("cni-plugins"),
+            "https://github.com/containernetworking/plugins/releases/download/v1.9.1/cni-plugins-linux-amd64-v1.9.1.tgz"
+        );
+        let containerd = set.iter().find(|a| a.name == "containerd").unwrap();
+        assert_eq!(
+            containerd.checksum,
+            Checksum::File {
+                url: format!("{}.sha256sum", containerd.url),
+                entry: "containerd-2.2.9-linux-amd64.tar.gz".into()
+            }
         );
     }
 
     #[test]
     fn crio_replaces_containerd_and_calico_adds_a_trusted_manifest() {
-        let set = for_versions(v("1.33.1"), Runtime::CriO, Cni::Calico);
+        let set = for_versions(v("1.36.3"), Runtime::CriO, Cni::Calico);
         let names: Vec<&str> = set.iter().map(|a| a.name).collect();
         assert!(names.contains(&"cri-o"));
         assert!(!names.contains(&"containerd") && !names.contains(&"runc"));
@@ -394,14 +706,15 @@ mod tests {
         let crio = set.iter().find(|a| a.name == "cri-o").unwrap();
         assert_eq!(
             crio.url,
-            "https://storage.googleapis.com/cri-o/artifacts/cri-o.amd64.v1.33.0.tar.gz"
+            "https://storage.googleapis.com/cri-o/artifacts/cri-o.amd64.v1.36.0.tar.gz"
         );
     }
 
     #[test]
     fn every_url_is_https_and_names_are_unique() {
-        for minor in KubeVersion::MIN_MINOR..=KubeVersion::MAX_MINOR {
-            let set = for_versions(v(&format!("1.{minor}.0")), Runtime::CriO, Cni::Calico);
+        for m in SUPPORTED_MINORS {
+            let k8s = v(&format!("1.{}.{}", m.minor, m.newest_patch));
+            let set = for_versions(k8s, Runtime::CriO, Cni::Calico);
             let mut names: Vec<&str> = set.iter().map(|a| a.name).collect();
             names.sort();
             names.dedup();

@@ -167,9 +167,9 @@ pub fn leaf_profiles(cluster: &Cluster, node: &Node) -> Result<Vec<LeafProfile>>
                 Some(CLUSTER_ADMINS_GROUP),
                 &endpoint,
             );
-            // kubeadm writes super-admin.conf on `kubeadm init` only, never on join.
-            if cluster.kubernetes_version.has_super_admin() && cluster.init_node().name == node.name
-            {
+            // kubeadm (1.29 and newer: every supported minor) writes
+            // super-admin.conf on `kubeadm init` only, never on join.
+            if cluster.init_node().name == node.name {
                 kubeconfig(
                     "super-admin.conf",
                     "kubernetes-super-admin",

@@ -4,13 +4,11 @@
 //! [`CALICO_OPERATOR_DEST`] and applied first by the cni step).
 
 use super::yaml;
-use crate::artifacts::catalog::CALICO_OPERATOR_DEST;
+use crate::artifacts::catalog::{self, CALICO_OPERATOR_DEST};
 use crate::spec::model::Cni;
 use crate::spec::Cluster;
 use serde_json::{json, Value};
 
-pub const FLANNEL_IMAGE: &str = "docker.io/flannel/flannel:v0.25.7";
-pub const FLANNEL_CNI_PLUGIN_IMAGE: &str = "docker.io/flannel/flannel-cni-plugin:v1.5.1-flannel2";
 /// Node path of the operator manifest, applied before calico.yaml (it
 /// defines the Installation/APIServer kinds).
 pub fn tigera_operator_manifest() -> String {
@@ -37,6 +35,7 @@ pub fn manifest(cluster: &Cluster) -> String {
 const NS: &str = "kube-flannel";
 
 fn flannel(cluster: &Cluster) -> String {
+    let images = catalog::flannel_images(cluster.kubernetes_version);
     let cni_conf = serde_json::to_string_pretty(&json!({
         "name": "cbr0",
         "cniVersion": "0.3.1",
@@ -87,18 +86,18 @@ fn flannel(cluster: &Cluster) -> String {
             "metadata": {"name": "kube-flannel-cfg", "namespace": NS, "labels": labels},
             "data": {"cni-conf.json": cni_conf, "net-conf.json": net_conf},
         }),
-        flannel_daemonset(&labels),
+        flannel_daemonset(&labels, &images),
     ];
     format!(
-        "# flannel {} for cluster {} (pod network {}), written by hakube-build render.\n{}",
-        FLANNEL_IMAGE.rsplit(':').next().unwrap_or_default(),
+        "# flannel v{} for cluster {} (pod network {}), written by hakube-build render.\n{}",
+        images.flannel_version,
         cluster.name,
         cluster.networking.pod_cidr,
         yaml::documents(&docs)
     )
 }
 
-fn flannel_daemonset(labels: &Value) -> Value {
+fn flannel_daemonset(labels: &Value, images: &catalog::FlannelImages) -> Value {
     let host_dir = |name: &str, path: &str| json!({"name": name, "hostPath": {"path": path}});
     json!({
         "apiVersion": "apps/v1", "kind": "DaemonSet",
@@ -120,14 +119,14 @@ fn flannel_daemonset(labels: &Value) -> Value {
                     "initContainers": [
                         {
                             "name": "install-cni-plugin",
-                            "image": FLANNEL_CNI_PLUGIN_IMAGE,
+                            "image": images.cni_plugin,
                             "command": ["cp"],
                             "args": ["-f", "/flannel", "/opt/cni/bin/flannel"],
                             "volumeMounts": [{"name": "cni-plugin", "mountPath": "/opt/cni/bin"}],
                         },
                         {
                             "name": "install-cni",
-                            "image": FLANNEL_IMAGE,
+                            "image": images.flannel,
                             "command": ["cp"],
                             "args": ["-f", "/etc/kube-flannel/cni-conf.json", "/etc/cni/net.d/10-flannel.conflist"],
                             "volumeMounts": [
@@ -138,7 +137,7 @@ fn flannel_daemonset(labels: &Value) -> Value {
                     ],
                     "containers": [{
                         "name": "kube-flannel",
-                        "image": FLANNEL_IMAGE,
+                        "image": images.flannel,
                         "command": ["/opt/bin/flanneld"],
                         "args": ["--ip-masq", "--kube-subnet-mgr"],
                         "resources": {"requests": {"cpu": "100m", "memory": "50Mi"}},

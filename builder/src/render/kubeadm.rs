@@ -3,17 +3,17 @@
 //! `join.yaml` (JoinConfiguration) for every Kubernetes node.
 //!
 //! Reference: https://kubernetes.io/docs/reference/config-api/kubeadm-config.v1beta4/
-//! and .../kubeadm-config.v1beta3/. v1beta4 (Kubernetes 1.31+) turned
-//! `extraArgs`/`kubeletExtraArgs` into lists of `{name, value}` and added
-//! `encryptionAlgorithm` and the certificate validity periods; v1beta3 only
-//! knows the (deprecated) `PublicKeysECDSA` feature gate for ECDSA keys.
+//! (cmd/kubeadm/app/apis/kubeadm/v1beta4 of the release). v1beta4 is the
+//! only API written: every supported minor reads it, and kubeadm 1.37 no
+//! longer reads v1beta3. Its `extraArgs`/`kubeletExtraArgs` are lists of
+//! `{name, value}`.
 //!
 //! `kubeadm join` ignores KubeletConfiguration/KubeProxyConfiguration
 //! documents (joining nodes download them from the cluster's ConfigMaps), so
 //! `join.yaml` holds only the JoinConfiguration.
 
 use super::yaml;
-use crate::spec::types::{kubelet_may_set_label, KeyAlgorithm, KubeVersion};
+use crate::spec::types::kubelet_may_set_label;
 use crate::spec::{Cluster, Node};
 use anyhow::{anyhow, Result};
 use hakube_node_profile::{EtcdTopology, Role, Taint};
@@ -42,10 +42,6 @@ pub struct JoinCredentials {
     pub ca_cert_hash: String,
     /// The state directory says the cluster was formed: the init node joins.
     pub cluster_initialised: bool,
-}
-
-fn is_v1beta4(v: &KubeVersion) -> bool {
-    v.kubeadm_api() == "kubeadm.k8s.io/v1beta4"
 }
 
 /// A static address is required for masters (validated by the spec); this
@@ -82,22 +78,13 @@ fn taints(node: &Node) -> Value {
     Value::Array(list)
 }
 
-/// Component flags as the config's API version wants them: a list of
-/// `{name, value}` in v1beta4, a map in v1beta3.
-fn extra_args(v: &KubeVersion, args: &[(&str, String)]) -> Value {
-    if is_v1beta4(v) {
-        Value::Array(
-            args.iter()
-                .map(|(k, val)| json!({"name": k, "value": val}))
-                .collect(),
-        )
-    } else {
-        Value::Object(
-            args.iter()
-                .map(|(k, val)| (k.to_string(), json!(val)))
-                .collect(),
-        )
-    }
+/// Component flags as v1beta4 wants them: a list of `{name, value}`.
+fn extra_args(args: &[(&str, String)]) -> Value {
+    Value::Array(
+        args.iter()
+            .map(|(k, val)| json!({"name": k, "value": val}))
+            .collect(),
+    )
 }
 
 /// `nodeRegistration`, shared by init and join.
@@ -127,7 +114,7 @@ fn node_registration(cluster: &Cluster, node: &Node) -> Value {
         args.push(("node-labels", own.join(",")));
     }
     if !args.is_empty() {
-        reg["kubeletExtraArgs"] = extra_args(&cluster.kubernetes_version, &args);
+        reg["kubeletExtraArgs"] = extra_args(&args);
     }
     reg
 }
@@ -199,29 +186,31 @@ fn cluster_configuration(cluster: &Cluster) -> Value {
         },
         "apiServer": {"certSANs": sans},
         "controllerManager": {"extraArgs": extra_args(
-            v,
             &[("flex-volume-plugin-dir", VOLUME_PLUGIN_DIR.to_string())],
         )},
         "etcd": etcd,
     });
     let certs = &cluster.certificates;
-    if is_v1beta4(v) {
-        doc["encryptionAlgorithm"] = json!(certs.key_algorithm.kubeadm_name());
-        // What `kubeadm certs renew` uses later; match the spec's validity.
-        doc["certificateValidityPeriod"] = json!(hours(certs.leaf_validity.days));
-        doc["caCertificateValidityPeriod"] = json!(hours(certs.ca_validity.days));
-    } else if certs.key_algorithm == KeyAlgorithm::EcdsaP256 {
-        // v1beta3 has no encryptionAlgorithm; this gate is its ECDSA switch.
-        doc["featureGates"] = json!({"PublicKeysECDSA": true});
-    }
+    doc["encryptionAlgorithm"] = json!(certs.key_algorithm.kubeadm_name());
+    // What `kubeadm certs renew` uses later; match the spec's validity.
+    doc["certificateValidityPeriod"] = json!(hours(certs.leaf_validity.days));
+    doc["caCertificateValidityPeriod"] = json!(hours(certs.ca_validity.days));
     doc
 }
 
+/// KubeletConfiguration v1beta1 (k8s.io/kubelet config/v1beta1 of the
+/// release). The nodes run cgroup v2 only: `failCgroupV1` (default true since
+/// 1.35, KEP-5573) is written out so a node booted on cgroup v1 fails loudly
+/// rather than by a default changing, and kubeadm's preflight
+/// (system-validators' CgroupsValidator) refuses cgroup v1 the same way.
+/// The systemd driver matches containerd's `SystemdCgroup` and CRI-O's
+/// `cgroup_manager`.
 fn kubelet_configuration(cluster: &Cluster) -> Value {
     json!({
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
         "cgroupDriver": "systemd",
+        "failCgroupV1": true,
         "clusterDNS": [cluster.networking.cluster_dns_ip().to_string()],
         "clusterDomain": cluster.networking.dns_domain,
         "rotateCertificates": true,

@@ -1,7 +1,7 @@
-//! Container runtime configuration: containerd (config version 2, read by
-//! containerd 1.6 and 1.7) or a CRI-O drop-in, plus crictl's endpoint.
+//! Container runtime configuration: containerd 2.x (config version 3) or a
+//! CRI-O drop-in, plus crictl's endpoint.
 
-use crate::spec::types::KubeVersion;
+use crate::artifacts::catalog::pause_image;
 use crate::spec::Cluster;
 use crate::tree::FileTree;
 use hakube_node_profile::Runtime;
@@ -10,43 +10,42 @@ pub const CONTAINERD_CONFIG: &str = "etc/containerd/config.toml";
 pub const CRIO_DROPIN: &str = "etc/crio/crio.conf.d/10-hakube.conf";
 pub const CRICTL_CONFIG: &str = "etc/crictl.yaml";
 
-/// The pause image kubeadm of this release pre-pulls (its `PauseVersion`
-/// constant); the runtime must use the same one or kubeadm warns and the
-/// sandbox image is pulled twice.
-pub fn pause_image(v: &KubeVersion) -> String {
-    let tag = match v.minor {
-        ..=30 => "3.9",
-        31..=33 => "3.10",
-        _ => "3.10.1",
-    };
-    format!("registry.k8s.io/pause:{tag}")
-}
-
+/// containerd 2.x reads config version 3, where the CRI plugin of 1.x
+/// (`io.containerd.grpc.v1.cri`) is split into `io.containerd.cri.v1.images`
+/// (pulls; the sandbox image is a pinned image there, no longer
+/// `sandbox_image`) and `io.containerd.cri.v1.runtime` (runtimes, CNI).
+/// Reference: docs/cri/config.md and internal/cri/config/config.go of
+/// containerd v2.2.9. Only what differs from containerd's defaults is set.
 fn containerd_config(cluster: &Cluster) -> String {
     format!(
         r#"# containerd configuration written by hakube-build render.
-# Config format version 2 (containerd 1.6/1.7): the kubelet uses the systemd
-# cgroup driver, so runc must as well.
-version = 2
+# Config version 3 (containerd 2.x).
+version = 3
 
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
+[plugins.'io.containerd.cri.v1.images'.pinned_images]
+  # The pause image kubeadm 1.{minor} pre-pulls (its PauseVersion): the same
+  # one, or kubeadm warns and the sandbox image is pulled twice.
+  sandbox = '{pause}'
 
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    default_runtime_name = "runc"
+[plugins.'io.containerd.cri.v1.runtime'.containerd]
+  default_runtime_name = 'runc'
 
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
+  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+    runtime_type = 'io.containerd.runc.v2'
 
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = true
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+      # The kubelet uses the systemd cgroup driver (cgroup v2 only), so runc
+      # must as well.
+      SystemdCgroup = true
 
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    # Writable on the node (the CNI daemonset installs its plugin here).
-    bin_dir = "/opt/cni/bin"
-    conf_dir = "/etc/cni/net.d"
+[plugins.'io.containerd.cri.v1.runtime'.cni]
+  # Writable on the node (the CNI daemonset installs its plugin here).
+  # bin_dirs replaces bin_dir, deprecated since containerd 2.1.
+  bin_dirs = ['/opt/cni/bin']
+  conf_dir = '/etc/cni/net.d'
 "#,
-        pause = pause_image(&cluster.kubernetes_version)
+        minor = cluster.kubernetes_version.minor,
+        pause = pause_image(cluster.kubernetes_version)
     )
 }
 
@@ -64,7 +63,7 @@ pause_image = "{pause}"
 network_dir = "/etc/cni/net.d/"
 plugin_dirs = ["/opt/cni/bin/"]
 "#,
-        pause = pause_image(&cluster.kubernetes_version)
+        pause = pause_image(cluster.kubernetes_version)
     )
 }
 
@@ -87,15 +86,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pause_follows_kubeadm() {
-        let v = |minor| KubeVersion {
-            major: 1,
-            minor,
-            patch: 0,
-        };
-        assert_eq!(pause_image(&v(29)), "registry.k8s.io/pause:3.9");
-        assert_eq!(pause_image(&v(30)), "registry.k8s.io/pause:3.9");
-        assert_eq!(pause_image(&v(31)), "registry.k8s.io/pause:3.10");
-        assert_eq!(pause_image(&v(34)), "registry.k8s.io/pause:3.10.1");
+    fn the_sandbox_image_follows_kubeadm_of_the_minor() {
+        let mut c = crate::spec::load(None).unwrap();
+        let cfg = containerd_config(&c);
+        assert!(cfg.starts_with("# containerd configuration"), "{cfg}");
+        assert!(cfg.contains("\nversion = 3\n"), "{cfg}");
+        assert!(
+            cfg.contains("sandbox = 'registry.k8s.io/pause:3.10.2'"),
+            "{cfg}"
+        );
+        c.kubernetes_version = "1.35.4".parse().unwrap();
+        assert!(containerd_config(&c).contains("sandbox = 'registry.k8s.io/pause:3.10.1'"));
+        assert!(crio_dropin(&c).contains("pause_image = \"registry.k8s.io/pause:3.10.1\""));
     }
 }

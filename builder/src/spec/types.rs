@@ -258,7 +258,51 @@ impl FromStr for MacAddr {
     }
 }
 
-/// A Kubernetes version `MAJOR.MINOR.PATCH` (a leading `v` is accepted).
+/// A Kubernetes minor release hakube builds clusters for, and the day
+/// upstream support for it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SupportedMinor {
+    pub minor: u32,
+    /// The newest patch release checked against its sources (the k8s.io/kubernetes
+    /// module of that tag, served by the Go module proxy).
+    pub newest_patch: u32,
+    /// End of life, from the release's page on kubernetes.io/releases.
+    pub end_of_support: &'static str,
+}
+
+/// The supported minors, oldest first. On 2026-12-01 upstream supports
+/// exactly these three; 1.34 went out of support on 2026-10-27
+/// (https://kubernetes.io/releases/, one page per minor). Every companion
+/// version in `artifacts::catalog` is pinned per entry of this table.
+pub const SUPPORTED_MINORS: [SupportedMinor; 3] = [
+    SupportedMinor {
+        minor: 35,
+        newest_patch: 4,
+        end_of_support: "2027-02-28",
+    },
+    SupportedMinor {
+        minor: 36,
+        newest_patch: 3,
+        end_of_support: "2027-06-28",
+    },
+    SupportedMinor {
+        minor: 37,
+        newest_patch: 2,
+        end_of_support: "2027-10-28",
+    },
+];
+
+/// `1.35 (supported until 2027-02-28), 1.36 (...), ...` for messages.
+pub fn supported_minors_text() -> String {
+    SUPPORTED_MINORS
+        .iter()
+        .map(|m| format!("1.{} (supported until {})", m.minor, m.end_of_support))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A Kubernetes version `MAJOR.MINOR.PATCH` (a leading `v` is accepted) of a
+/// supported minor (see [`SUPPORTED_MINORS`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct KubeVersion {
     pub major: u32,
@@ -268,22 +312,23 @@ pub struct KubeVersion {
 
 impl KubeVersion {
     /// Oldest and newest minor versions hakube knows how to configure.
-    pub const MIN_MINOR: u32 = 29;
-    pub const MAX_MINOR: u32 = 34;
+    pub const MIN_MINOR: u32 = SUPPORTED_MINORS[0].minor;
+    pub const MAX_MINOR: u32 = SUPPORTED_MINORS[SUPPORTED_MINORS.len() - 1].minor;
 
-    /// kubeadm config API version for this release.
+    /// kubeadm config API version: v1beta4 for every supported minor (read
+    /// by kubeadm 1.31 and newer; kubeadm 1.37 no longer reads v1beta3,
+    /// kubernetes#136016).
     pub fn kubeadm_api(&self) -> &'static str {
-        if self.minor >= 31 {
-            "kubeadm.k8s.io/v1beta4"
-        } else {
-            "kubeadm.k8s.io/v1beta3"
-        }
+        "kubeadm.k8s.io/v1beta4"
     }
-    /// Whether kubeadm writes `super-admin.conf` (1.29 and newer).
-    pub fn has_super_admin(&self) -> bool {
-        self.minor >= 29
+    /// The support entry of this version's minor.
+    pub fn support(&self) -> SupportedMinor {
+        *SUPPORTED_MINORS
+            .iter()
+            .find(|m| m.minor == self.minor)
+            .expect("a KubeVersion is only made for a supported minor")
     }
-    /// `v1.31.4`
+    /// `v1.37.2`
     pub fn tag(&self) -> String {
         format!("v{self}")
     }
@@ -314,15 +359,14 @@ impl FromStr for KubeVersion {
             },
             _ => {
                 return Err(format!(
-                    "{s:?} is not a Kubernetes version: MAJOR.MINOR.PATCH like 1.31.4 expected"
+                    "{s:?} is not a Kubernetes version: MAJOR.MINOR.PATCH like 1.37.2 expected"
                 ))
             }
         };
-        if v.major != 1 || v.minor < Self::MIN_MINOR || v.minor > Self::MAX_MINOR {
+        if v.major != 1 || !SUPPORTED_MINORS.iter().any(|m| m.minor == v.minor) {
             return Err(format!(
-                "Kubernetes {v} is not supported: 1.{}.x to 1.{}.x expected",
-                Self::MIN_MINOR,
-                Self::MAX_MINOR
+                "Kubernetes {v} is not supported: a release of a supported minor expected: {}",
+                supported_minors_text()
             ));
         }
         Ok(v)
@@ -531,21 +575,37 @@ mod tests {
     fn kubernetes_versions() {
         table(
             |s| s.parse::<KubeVersion>(),
-            &["1.29.0", "1.31.4", "v1.31.4", "1.34.1"],
+            &["1.35.0", "1.35.4", "1.36.3", "v1.37.2", "1.37.9"],
             &[
-                "", "1.31", "1.31.x", "2.31.0", "1.28.9", "1.35.0", "v", "1.31.4.1", "1.31.-1",
+                "", "1.37", "1.37.x", "2.37.0", "1.34.9", "1.38.0", "1.29.0", "v", "1.37.2.1",
+                "1.37.-1",
             ],
         );
-        let v: KubeVersion = "v1.31.4".parse().unwrap();
-        assert_eq!(v.tag(), "v1.31.4");
-        assert_eq!(v.to_string(), "1.31.4");
+        let v: KubeVersion = "v1.37.2".parse().unwrap();
+        assert_eq!(v.tag(), "v1.37.2");
+        assert_eq!(v.to_string(), "1.37.2");
         assert_eq!(v.kubeadm_api(), "kubeadm.k8s.io/v1beta4");
-        let old: KubeVersion = "1.30.8".parse().unwrap();
-        assert_eq!(old.kubeadm_api(), "kubeadm.k8s.io/v1beta3");
-        assert!("1.28.9"
-            .parse::<KubeVersion>()
-            .unwrap_err()
-            .contains("not supported"));
+        assert_eq!(v.support().end_of_support, "2027-10-28");
+        for old_or_new in ["1.34.9", "1.38.0"] {
+            let e = old_or_new.parse::<KubeVersion>().unwrap_err();
+            assert!(e.contains("not supported"), "{e}");
+            for m in [
+                "1.35 (supported until 2027-02-28)",
+                "1.36 (supported until 2027-06-28)",
+                "1.37 (supported until 2027-10-28)",
+            ] {
+                assert!(e.contains(m), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn supported_minors_are_consecutive_and_oldest_first() {
+        for w in SUPPORTED_MINORS.windows(2) {
+            assert_eq!(w[0].minor + 1, w[1].minor);
+            assert!(w[0].end_of_support < w[1].end_of_support);
+        }
+        assert_eq!((KubeVersion::MIN_MINOR, KubeVersion::MAX_MINOR), (35, 37));
     }
 
     #[test]

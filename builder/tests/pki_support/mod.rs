@@ -17,7 +17,7 @@ pub fn default_cluster() -> Cluster {
 /// The classic kubeadm HA guide layout: 3 external etcd, 3 masters, 3 workers.
 pub const EXTERNAL_ETCD_YAML: &str = r#"
 name: ext
-kubernetesVersion: 1.31.4
+kubernetesVersion: 1.37.2
 etcd: {topology: external}
 controlPlaneEndpoint: {mode: vip, address: 10.0.0.10, port: 8443}
 networking: {podCIDR: 10.244.0.0/16, serviceCIDR: 10.96.0.0/12, dnsDomain: cluster.local}

@@ -54,7 +54,7 @@ fn profile(name: &str, role: Role, topology: EtcdTopology) -> NodeProfile {
     NodeProfile {
         profile_version: PROFILE_VERSION,
         cluster_name: "test".into(),
-        kubernetes_version: "1.31.4".into(),
+        kubernetes_version: "1.37.2".into(),
         node_name: name.into(),
         role,
         address: Some(address),

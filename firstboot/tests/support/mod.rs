@@ -27,7 +27,7 @@ pub const MEMBERS: [(&str, &str); 3] = [
 /// The cluster: three external etcd members, master-1 (the init node) and `extra_nodes` (YAML list items).
 pub fn spec(extra_nodes: &str) -> String {
     let mut s = String::from(
-        "name: itest\nkubernetesVersion: 1.31.4\netcd:\n  topology: external\n\
+        "name: itest\nkubernetesVersion: 1.37.2\netcd:\n  topology: external\n\
 controlPlaneEndpoint:\n  mode: vip\n  address: 127.0.0.30\n  port: 8443\n\
 networking:\n  podCIDR: 10.244.0.0/16\n  serviceCIDR: 10.96.0.0/12\n  dnsDomain: cluster.local\n\
 cni: flannel\ncontainerRuntime: containerd\nnodes:\n",
