@@ -497,11 +497,23 @@ fn killed_state_creation_leaves_only_complete_secrets() {
             .process_group(0);
         c
     };
+    // How long creating a state directory and rendering takes here: the
+    // kill points are spread over that whole time.
+    let t = Instant::now();
+    let full = render(&tmp.path().join("state-full"), &tmp.path().join("out-full"))
+        .output()
+        .unwrap();
+    assert!(
+        full.status.success(),
+        "{}",
+        String::from_utf8_lossy(&full.stderr)
+    );
+    let whole = t.elapsed().as_millis() as u64;
     for i in 0..6 {
         let state = tmp.path().join(format!("state-{i}"));
         let out = tmp.path().join(format!("out-{i}"));
         let mut child = render(&state, &out).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(rng.random_range(5..400)));
+        std::thread::sleep(Duration::from_millis(rng.random_range(5..whole.max(10))));
         killpg(child.id(), "KILL");
         child.wait().unwrap();
         // Left now: complete files under final names (a `.tmp-*` being
@@ -526,6 +538,15 @@ fn killed_state_creation_leaves_only_complete_secrets() {
                 assert_eq!(mode(&out.join(&rel)), 0o700, "render tree {n} not private");
             }
         }
+        let files = walk(&state)
+            .iter()
+            .filter(|r| state.join(r).is_file())
+            .count();
+        let trees = walk(&out)
+            .iter()
+            .filter(|r| r.components().count() == 1)
+            .count();
+        eprintln!("state crash {i}: killed with {files} state files and {trees} outputs written");
         // The next render completes the state; renders are then identical.
         let again = out.clone();
         let third = tmp.path().join(format!("third-{i}"));
