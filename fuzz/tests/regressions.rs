@@ -16,7 +16,11 @@ fn every_regression_input_is_handled_without_a_panic() {
             .map(|e| e.unwrap().path())
             .collect();
         inputs.sort();
-        assert!(!inputs.is_empty(), "{}: no regression inputs", dir.display());
+        assert!(
+            !inputs.is_empty(),
+            "{}: no regression inputs",
+            dir.display()
+        );
         for input in inputs {
             let data = std::fs::read(&input).unwrap();
             let r = std::panic::catch_unwind(|| harness(&data));
@@ -45,6 +49,9 @@ fn every_fuzz_target_has_a_harness_and_a_regression_dir() {
     harnesses.sort();
     assert_eq!(targets, harnesses);
     for t in &targets {
-        assert!(dir.join("regressions").join(t).is_dir(), "fuzz/regressions/{t} missing");
+        assert!(
+            dir.join("regressions").join(t).is_dir(),
+            "fuzz/regressions/{t} missing"
+        );
     }
 }
