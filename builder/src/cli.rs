@@ -107,9 +107,15 @@ pub struct BuildArgs {
     #[arg(long, value_name = "DIR", env = "HAKUBE_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
 
-    /// The hakube-firstboot binary to put in the images [default: next to this executable]
+    /// The hakube-firstboot binary to put in the images [default: next to this
+    /// executable, where `cargo build --release --workspace` puts it]
     #[arg(long, value_name = "FILE")]
     pub firstboot_bin: Option<PathBuf>,
+
+    /// Give the images to this group, mode 0640 (default: owner only, 0600).
+    /// Images hold the cluster's keys: see README, "Who can read what".
+    #[arg(long, value_name = "GROUP")]
+    pub image_group: Option<String>,
 
     /// Print a machine-readable JSON result on stdout.
     #[arg(long)]

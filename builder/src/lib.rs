@@ -10,6 +10,7 @@ pub mod cli;
 pub mod errors;
 pub mod image;
 pub mod pki;
+pub mod private;
 pub mod render;
 pub mod spec;
 pub mod summary;

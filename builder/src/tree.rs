@@ -115,7 +115,7 @@ impl FileTree {
         self.files.is_empty()
     }
 
-    /// Writes the tree under `root` (created fresh; `root` must not exist).
+    /// Writes the tree under `root` (new files only; `root` may exist, empty).
     pub fn write_to(&self, root: &Path) -> Result<()> {
         for (rel, entry) in &self.files {
             let path = root.join(rel);
@@ -157,11 +157,13 @@ impl FileTree {
         let Some(name) = dest.file_name() else {
             bail!("{} has no file name", dest.display());
         };
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{}.tmp", name.to_string_lossy()))
-            .tempdir_in(parent)
-            .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
+        // Private, and swept by the next render if this one is killed.
+        let tmp =
+            crate::private::WorkDir::new_in(parent, &format!(".{}.tmp", name.to_string_lossy()))?;
+        // The tree's root is 0700: render trees hold a node's keys and
+        // kubeconfigs, and its public files must not show which.
         let staged = tmp.path().join("tree");
+        crate::private::create_dir_all(&staged)?;
         self.write_to(&staged)?;
         if dest.exists() {
             let old = tmp.path().join("old");

@@ -106,6 +106,12 @@ fn first_resolution_pins_from_checksum_files_and_a_rebuild_needs_no_network() {
         assert_eq!(e["version"], a.version.as_str());
         assert_eq!(e["size"], content.body(&a.url).len() as u64);
         assert!(e["pinnedFrom"].as_str().unwrap().starts_with("https://"));
+        // ... and where the pin was really read: this mirror.
+        let from = e["resolvedFrom"].as_str().unwrap();
+        assert!(
+            from.starts_with(server.url().trim_end_matches('/')),
+            "{from}"
+        );
     }
     let lock_text = std::fs::read_to_string(&s.lock).unwrap();
 
@@ -181,6 +187,13 @@ fn a_tampered_download_is_refused_and_not_cached() {
     assert!(msg.contains(&kubeadm.url), "{msg}");
     assert!(msg.contains(&good) && msg.contains(&evil_hex), "{msg}");
     assert!(msg.contains(&s.lock.display().to_string()), "{msg}");
+    // The refusal names where the pin was first resolved from.
+    let sums = format!("{}.sha256", kubeadm.url);
+    let read_at = format!("{}/dl.k8s.io/", server.url().trim_end_matches('/'));
+    assert!(
+        msg.contains(&format!("pinned from {sums} as read from {read_at}")),
+        "{msg}"
+    );
     assert!(
         cache_names(&s.cache).is_empty(),
         "{:?}",
@@ -286,6 +299,12 @@ fn a_directory_mirror_and_a_file_url_mirror_work() {
     assert!(std::fs::read_to_string(&s.lock)
         .unwrap()
         .contains("\"url\": \"https://dl.k8s.io/release/v1.37.2/bin/linux/amd64/kubeadm\""));
+    // ... and the mirror's path as where each pin was read.
+    let lock = lock_json(&s);
+    for e in lock["artifacts"].as_array().unwrap() {
+        let from = e["resolvedFrom"].as_str().unwrap();
+        assert!(from.starts_with(&mirror.display().to_string()), "{from}");
+    }
 
     let s2 = setup();
     let r2 = resolve(&request(

@@ -3,6 +3,7 @@
 //! Needs e2fsprogs, dosfstools, mtools, erofs-utils, qemu-utils, fdisk.
 
 use hakube_build::image::{self, disk, gpt, osroot::OsRoot, tools::HostRunner};
+use hakube_build::private::ImageAccess;
 use hakube_build::tree::FileTree;
 use hakube_build::ui::Steps;
 use std::fs;
@@ -59,6 +60,16 @@ fn node_tree() -> FileTree {
 }
 
 fn build(os: &OsRoot, tree: &FileTree, node: &str, out: &Path) -> image::BuiltImage {
+    build_for(os, tree, node, out, ImageAccess::Owner)
+}
+
+fn build_for(
+    os: &OsRoot,
+    tree: &FileTree,
+    node: &str,
+    out: &Path,
+    access: ImageAccess,
+) -> image::BuiltImage {
     let cluster = hakube_build::spec::load(None).unwrap();
     let node = cluster.node(node).unwrap().clone();
     fs::create_dir_all(out).unwrap();
@@ -70,8 +81,14 @@ fn build(os: &OsRoot, tree: &FileTree, node: &str, out: &Path) -> image::BuiltIm
         os,
         tree,
         out,
+        access,
     )
     .unwrap()
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(p).unwrap().mode() & 0o7777
 }
 
 fn raw_of(qcow2: &Path, dir: &Path) -> PathBuf {
@@ -107,6 +124,9 @@ fn node_disk_has_the_documented_layout_and_contents() {
         .collect();
     names.sort();
     assert_eq!(names, ["worker-1.qcow2", "worker-1.xml"]);
+    // The image holds the node's keys: owner only. The XML holds none.
+    assert_eq!(mode(&img.qcow2), 0o600);
+    assert_eq!(mode(&img.xml), 0o644);
 
     let info = sh(&format!(
         "qemu-img info --output=json {}",
@@ -230,6 +250,8 @@ fn node_disk_has_the_documented_layout_and_contents() {
     assert!(xml.contains("machine='q35'"));
     assert!(xml.contains("<mac address='"));
     assert!(xml.contains(&format!("<source file='{}'/>", img.qcow2.display())));
+    // libvirt's DAC driver relabels the 0600 image for the domain's qemu.
+    assert!(xml.contains("<seclabel type='dynamic' model='dac' relabel='yes'/>"));
     assert!(xml.contains("org.qemu.guest_agent.0"));
     let v = Command::new("virt-xml-validate")
         .arg(&img.xml)
@@ -241,6 +263,65 @@ fn node_disk_has_the_documented_layout_and_contents() {
         "{}{}",
         String::from_utf8_lossy(&v.stdout),
         String::from_utf8_lossy(&v.stderr)
+    );
+}
+
+#[test]
+fn image_group_gives_0640_and_the_group_and_no_build_file_is_ever_readable_by_others() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let os = stand_in_os(dir.path());
+    let out = dir.path().join("out");
+    fs::create_dir_all(&out).unwrap();
+    // Watch the output directory while the build runs: every entry that
+    // appears (work directory, files renamed in) must never be readable by
+    // others while it holds anything secret.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (out, stop) = (out.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeMap::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for e in fs::read_dir(&out).unwrap().flatten() {
+                    if let Ok(m) = e.metadata() {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        seen.entry(n)
+                            .or_insert_with(Vec::new)
+                            .push(m.mode() & 0o777);
+                    }
+                }
+            }
+            seen
+        })
+    };
+    // `nogroup` exists on every Debian system; root may give files to it.
+    let gid = nix::unistd::Group::from_name("nogroup")
+        .unwrap()
+        .unwrap()
+        .gid;
+    let img = build_for(&os, &node_tree(), "worker-1", &out, ImageAccess::Group(gid));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = watcher.join().unwrap();
+    assert_eq!(mode(&img.qcow2), 0o640);
+    assert_eq!(fs::metadata(&img.qcow2).unwrap().gid(), gid.as_raw());
+    for (name, modes) in &seen {
+        let expect: &[u32] = if name.ends_with(".xml") {
+            &[0o644]
+        } else if name.ends_with(".qcow2") {
+            &[0o640]
+        } else {
+            assert!(name.starts_with(".worker-1.work-"), "unexpected {name}");
+            &[0o700]
+        };
+        assert!(
+            modes.iter().all(|m| expect.contains(m)),
+            "{name} was seen with modes {:?}",
+            modes.iter().map(|m| format!("{m:o}")).collect::<Vec<_>>()
+        );
+    }
+    assert!(
+        seen.keys().any(|n| n.starts_with(".worker-1.work-")),
+        "{seen:?}"
     );
 }
 

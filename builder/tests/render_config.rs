@@ -487,11 +487,17 @@ fn ignition_holds_exactly_the_tree() {
     }
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
+/// Fails the test (never skips it) when `tool` is not on PATH, naming the
+/// Debian package that scripts/setup-host installs it from.
+fn require(tool: &str, package: &str) {
+    let found = Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{tool} is not on PATH: this test needs the real {tool} (Debian package {package}; scripts/setup-host installs it)"
+    );
 }
 
 fn write_temp(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -502,10 +508,7 @@ fn write_temp(dir: &Path, name: &str, body: &str) -> PathBuf {
 
 #[test]
 fn haproxy_accepts_its_configs() {
-    if !have("haproxy") {
-        eprintln!("SKIPPED: haproxy not installed");
-        return;
-    }
+    require("haproxy", "haproxy");
     let dir = tempfile::tempdir().unwrap();
     for (spec_file, node) in [
         ("k8s-1.37.yaml", "master-1"),
@@ -543,10 +546,7 @@ fn haproxy_accepts_its_configs() {
 
 #[test]
 fn keepalived_accepts_its_configs() {
-    if !have("keepalived") {
-        eprintln!("SKIPPED: keepalived not installed");
-        return;
-    }
+    require("keepalived", "keepalived");
     let dir = tempfile::tempdir().unwrap();
     let mut ifaces: Vec<String> = std::fs::read_dir("/sys/class/net")
         .unwrap()
@@ -554,10 +554,9 @@ fn keepalived_accepts_its_configs() {
         .filter(|n| n != "lo" && !n.starts_with("ifb"))
         .collect();
     ifaces.sort();
-    let Some(iface) = ifaces.first() else {
-        eprintln!("SKIPPED: no network interface to check keepalived.conf against");
-        return;
-    };
+    let iface = ifaces.first().expect(
+        "this machine has no network interface but lo: keepalived -t needs one to check keepalived.conf against",
+    );
     let c = load("k8s-1.37.yaml");
     let mut priorities = Vec::new();
     for node in ["master-1", "master-2", "master-3"] {

@@ -36,19 +36,23 @@ impl Drop for Members {
     }
 }
 
-fn have(tool: &str, version_arg: &str) -> bool {
-    Command::new(tool)
+/// Fails the test (never skips it) when `tool` does not run, naming the
+/// Debian package that scripts/setup-host installs it from.
+fn require(tool: &str, version_arg: &str, package: &str) {
+    let runs = Command::new(tool)
         .arg(version_arg)
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        runs,
+        "`{tool} {version_arg}` failed: this test needs the real {tool} (Debian package {package}; scripts/setup-host installs it)"
+    );
 }
 
 #[test]
 fn rendered_members_form_a_healthy_tls_cluster() {
-    if !have("etcd", "--version") || !have("etcdctl", "version") {
-        eprintln!("SKIPPED: etcd/etcdctl not installed (Debian etcd-server, etcd-client)");
-        return;
-    }
+    require("etcd", "--version", "etcd-server");
+    require("etcdctl", "version", "etcd-client");
     let cluster = spec::parse(SPEC, SpecSource::Embedded).unwrap();
     let work = tempfile::tempdir().unwrap();
     let secrets = ClusterSecrets::load_or_create(&cluster, &work.path().join("state")).unwrap();

@@ -33,6 +33,27 @@ pub struct LockEntry {
     /// The checksum file the pin came from, or `trust-on-first-use` when
     /// upstream publishes none.
     pub pinned_from: String,
+    /// Where that checksum file (or, trusted on first use, the file itself)
+    /// was actually read when the pin was made: its upstream URL, or the
+    /// mirror path or URL given with `--artifacts`. A pin taken from a test
+    /// mirror is then recognisable, and a refusal can say where the pin came
+    /// from. Absent in lock files written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_from: Option<String>,
+}
+
+impl LockEntry {
+    /// Where the pin was first resolved from, for messages.
+    pub fn origin(&self) -> String {
+        match &self.resolved_from {
+            Some(r) if *r == self.pinned_from => format!("pinned from {r}"),
+            Some(r) => format!("pinned from {} as read from {r}", self.pinned_from),
+            None => format!(
+                "pinned from {}; where it was read is not recorded (an older lock file)",
+                self.pinned_from
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,7 +81,14 @@ impl Lock {
                 return Err(e).with_context(|| format!("reading lock file {}", path.display()))
             }
         };
-        let repr: LockFileRepr = serde_json::from_str(&text).map_err(|e| {
+        Lock::parse(&text, path)
+    }
+
+    /// Parses lock file text; `path` names the file in errors. Every refusal
+    /// is bad input (exit 2) naming the file and, where one is at fault, the
+    /// entry and field.
+    pub fn parse(text: &str, path: &Path) -> Result<Lock> {
+        let repr: LockFileRepr = serde_json::from_str(text).map_err(|e| {
             crate::errors::bad_input(format!(
                 "lock file {} is not valid: {e} (fix it, or delete it to pin from the upstream checksum files again)",
                 path.display()
@@ -254,6 +282,7 @@ mod tests {
             sha256: sha.into(),
             size: Some(3),
             pinned_from: "https://example.org/sums".into(),
+            resolved_from: Some("/srv/mirror/example.org/sums".into()),
         }
     }
 
@@ -308,6 +337,33 @@ mod tests {
             }
         });
         assert_eq!(Lock::load(&p).unwrap().entries().len(), 8);
+    }
+
+    #[test]
+    fn origin_is_recorded_and_older_files_stay_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hakube.lock");
+        let mut lock = Lock::default();
+        lock.upsert(entry("etcd", "3.7.0", A));
+        lock.merge_and_save(&p).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            text.contains("\"resolvedFrom\": \"/srv/mirror/example.org/sums\""),
+            "{text}"
+        );
+        let loaded = Lock::load(&p).unwrap();
+        let e = &loaded.entries()[0];
+        assert_eq!(
+            e.origin(),
+            "pinned from https://example.org/sums as read from /srv/mirror/example.org/sums"
+        );
+        // A lock file written before resolvedFrom existed (tests/fixtures).
+        let old =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lock/v1-no-origin.lock");
+        let old = Lock::load(&old).unwrap();
+        let e = &old.entries()[0];
+        assert_eq!(e.resolved_from, None);
+        assert!(e.origin().contains("not recorded"), "{}", e.origin());
     }
 
     #[test]

@@ -138,7 +138,7 @@ impl Resolver<'_> {
             Some(e) => e,
             None => match &spec.checksum {
                 Checksum::File { url, entry } => {
-                    let sha256 = self.pin_from_checksum_file(spec, url, entry)?;
+                    let (sha256, read_at) = self.pin_from_checksum_file(spec, url, entry)?;
                     let e = LockEntry {
                         name: spec.name.to_string(),
                         version: spec.version.clone(),
@@ -146,6 +146,7 @@ impl Resolver<'_> {
                         sha256,
                         size: None,
                         pinned_from: url.clone(),
+                        resolved_from: Some(read_at.to_string()),
                     };
                     self.learned.upsert(e.clone());
                     e
@@ -184,7 +185,7 @@ impl Resolver<'_> {
         spec: &ArtifactSpec,
         url: &str,
         entry: &str,
-    ) -> Result<String> {
+    ) -> Result<(String, Location)> {
         let loc = self.locate(url)?;
         let mut body = Capped(Vec::new());
         self.transport
@@ -193,8 +194,9 @@ impl Resolver<'_> {
                 self.download_error(&format!("the checksum file of {}", spec.label()), &loc, e)
             })?;
         let text = String::from_utf8_lossy(&body.0);
-        lock::parse_checksum_file(&text, entry)
-            .with_context(|| format!("reading the checksum file of {} at {loc}", spec.label()))
+        let sha256 = lock::parse_checksum_file(&text, entry)
+            .with_context(|| format!("reading the checksum file of {} at {loc}", spec.label()))?;
+        Ok((sha256, loc))
     }
 
     fn trust_on_first_use(&mut self, spec: &ArtifactSpec) -> Result<ResolvedArtifact> {
@@ -215,6 +217,7 @@ impl Resolver<'_> {
             sha256: stored.sha256.clone(),
             size: Some(stored.size),
             pinned_from: lock::FROM_TRUST_ON_FIRST_USE.to_string(),
+            resolved_from: Some(loc.to_string()),
         });
         Ok(ResolvedArtifact {
             name: spec.name.to_string(),
@@ -236,14 +239,15 @@ impl Resolver<'_> {
                     format!(" (read from {loc})")
                 };
                 Err(anyhow::anyhow!(
-                    "refusing {}: {}{from} has SHA-256 {} but {} pins {} (pinned from {}); nothing was cached.\n\
-                     hint: if upstream really re-published this file, delete its entry from {} to pin it again",
+                    "refusing {}: {}{from} has SHA-256 {} but {} pins {} ({}); nothing was cached.\n\
+                     hint: if that pin came from a test mirror or upstream really re-published this file, \
+                     delete its entry from {} to pin it again",
                     spec.label(),
                     spec.url,
                     m.actual,
                     self.lock_path.display(),
                     pin.sha256,
-                    pin.pinned_from,
+                    pin.origin(),
                     self.lock_path.display(),
                 ))
             }

@@ -176,10 +176,8 @@ pub fn ensure(
     }
     runner.require(&[MMDEBSTRAP])?;
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let work = tempfile::Builder::new()
-        .prefix(&format!(".{key}.build-"))
-        .tempdir_in(&dir)
-        .with_context(|| format!("creating a work directory in {}", dir.display()))?;
+    // A build killed here leaves its work directory; the next one sweeps it.
+    let work = crate::private::WorkDir::new_in(&dir, ".build-")?;
     let early = work.path().join("early");
     let late = work.path().join("late");
     content::write_files(&early, content::INITRAMFS_FILES)?;
@@ -193,7 +191,15 @@ pub fn ensure(
     // mmdebstrap picks the output format from the extension.
     let out = work.path().join("base.tar");
 
+    // Kill safety: as root mmdebstrap defaults to `root` mode, which
+    // bind-mounts /dev and /sys into a chroot under $TMPDIR in the host's
+    // mount namespace; a killed build would leave those mounts (and a whole
+    // chroot) behind. `unshare` mode as root keeps every mount in a private
+    // namespace that dies with it, and TMPDIR puts the chroot inside the work
+    // directory the next build sweeps.
     let mut inv = Invocation::new(MMDEBSTRAP)
+        .arg("--mode=unshare")
+        .env("TMPDIR", work.path().display().to_string())
         .arg("--variant=minbase")
         .arg(format!("--include={}", include_list().join(",")))
         .arg("--aptopt=APT::Install-Recommends \"false\"");

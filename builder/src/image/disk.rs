@@ -5,7 +5,6 @@ use super::fsutil;
 use super::gpt::{types, Gpt, Partition, ATTR_NO_AUTO, SECTOR};
 use super::tools::{Invocation, Runner, QEMU_IMG};
 use anyhow::{Context, Result};
-use std::fs::File;
 use std::path::Path;
 use uuid::Uuid;
 
@@ -82,13 +81,8 @@ pub struct Contents<'a> {
 
 /// Writes a sparse raw disk at `raw`: GPT plus the partition images.
 pub fn assemble_raw(gpt: &Gpt, contents: &Contents, raw: &Path) -> Result<()> {
-    let f = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(raw)
-        .with_context(|| format!("creating {}", raw.display()))?;
+    // The raw disk carries the node's secrets: 0600 from its first byte.
+    let f = crate::private::create_file(raw)?;
     f.set_len(gpt.disk_sectors * SECTOR)
         .with_context(|| format!("sizing {}", raw.display()))?;
     gpt.write_to(&f)?;

@@ -84,6 +84,13 @@ pub fn domain_xml(cluster: &str, node: &Node, disk: &Path) -> String {
       <backend model='random'>/dev/urandom</backend>
     </rng>
   </devices>
+  <!-- The disk holds this node's keys, so it is 0600 (0640 and a group when
+       built with the image-group option). libvirt's DAC driver relabels it for
+       the life of the domain: the qemu process (qemu.conf's user and group)
+       owns it while the domain runs, its owner gets it back after. This is
+       libvirt's default with dynamic_ownership = 1; saying it here keeps a
+       0600 image bootable where a site default differs. -->
+  <seclabel type='dynamic' model='dac' relabel='yes'/>
 </domain>
 "#,
         node_name = esc(node.name.as_str()),

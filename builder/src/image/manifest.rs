@@ -4,7 +4,7 @@
 //! kept (each records the OS root it was built from).
 
 use crate::artifacts::ResolvedArtifact;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
@@ -102,11 +102,10 @@ impl Manifest {
                 }
             }
         }
-        let tmp = path.with_extension("json.tmp");
         let mut text = serde_json::to_string_pretty(&self)?;
         text.push('\n');
-        fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-        super::fsutil::commit(&tmp, path)?;
+        // A hidden temporary, swept by the next build if this one is killed.
+        crate::private::write_atomically_with_mode(path, text.as_bytes(), 0o644)?;
         Ok(self)
     }
 }

@@ -26,6 +26,7 @@ use crate::artifacts::{self, Resolved, Source};
 use crate::cli::BuildArgs;
 use crate::errors::bad_input;
 use crate::pki::{self, ClusterSecrets};
+use crate::private::{ImageAccess, WorkDir};
 use crate::render;
 use crate::spec::{self, Cluster, Node, SpecSource};
 use crate::tree::FileTree;
@@ -102,6 +103,7 @@ struct Plan {
     cache: PathBuf,
     firstboot: PathBuf,
     out: PathBuf,
+    access: ImageAccess,
     source: Source,
     env_epoch: Option<i64>,
 }
@@ -156,6 +158,7 @@ fn build(runner: &dyn Runner, args: &BuildArgs, steps: &mut Steps) -> Result<Bui
             &os,
             &tree,
             &out_dir,
+            plan.access,
         )?;
         entries.insert(
             name.to_string(),
@@ -229,6 +232,7 @@ fn plan(args: &BuildArgs) -> Result<Plan> {
         .clone()
         .unwrap_or_else(artifacts::default_cache_dir);
     let firstboot = find_firstboot(args.firstboot_bin.as_deref())?;
+    let access = ImageAccess::from_group(args.image_group.as_deref())?;
     let env_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.is_empty() => Some(v.trim().parse::<i64>().map_err(|_| {
             bad_input(format!(
@@ -246,6 +250,7 @@ fn plan(args: &BuildArgs) -> Result<Plan> {
         cache,
         firstboot,
         out: args.out.clone(),
+        access,
         source: match &args.artifacts {
             Some(m) => Source::Mirror(m.clone()),
             None => Source::Upstream,
@@ -297,8 +302,10 @@ fn find_firstboot(explicit: Option<&Path>) -> Result<PathBuf> {
             .context("locating the hakube-build executable")?
             .with_file_name("hakube-firstboot"),
     };
-    let hint =
-        "build it with `cargo build --release -p hakube-firstboot` or pass --firstboot-bin FILE";
+    // `cargo run --bin hakube-build` builds only the builder's package; the
+    // README's command builds the whole workspace first (issue 7).
+    let hint = "build it with `cargo build --release --workspace` (then run target/release/hakube-build), \
+                or pass --firstboot-bin FILE";
     let head = match fs::File::open(&path) {
         Ok(mut f) => {
             let mut h = [0u8; 20];
@@ -342,7 +349,10 @@ fn build_os_root(
 
 /// Builds one node's qcow2 and libvirt XML in `out_dir` from the shared OS
 /// root and the node's tree. Files appear under their final names only when
-/// complete.
+/// complete. Everything that holds the node's secrets (the staged tree, the
+/// var partition, the raw disk, the qcow2) is made inside a 0700 work
+/// directory, and the qcow2 gets `access`'s mode there before its rename.
+#[allow(clippy::too_many_arguments)]
 pub fn assemble_node(
     runner: &dyn Runner,
     steps: &mut Steps,
@@ -351,14 +361,12 @@ pub fn assemble_node(
     os: &OsRoot,
     tree: &FileTree,
     out_dir: &Path,
+    access: ImageAccess,
 ) -> Result<BuiltImage> {
     let name = node.name.as_str();
     let layout = disk::Layout::default();
     let epoch = os.source_date_epoch;
-    let work = tempfile::Builder::new()
-        .prefix(&format!(".{name}.work-"))
-        .tempdir_in(out_dir)
-        .with_context(|| format!("creating a work directory in {}", out_dir.display()))?;
+    let work = WorkDir::new_in(out_dir, &format!(".{name}.work-"))?;
     let var_img = work.path().join("var.ext4");
     steps.run(&format!("{name}: var partition"), || {
         let stage = work.path().join("var");
@@ -405,6 +413,7 @@ pub fn assemble_node(
         let tmp = work.path().join(format!("{name}.xml"));
         fs::write(&tmp, libvirt::domain_xml(cluster, node, &abs))
             .with_context(|| format!("writing {}", tmp.display()))?;
+        access.apply(&qcow2_tmp)?;
         fsutil::commit(&qcow2_tmp, &qcow2)?;
         fsutil::commit(&tmp, &xml)
     })?;

@@ -92,10 +92,8 @@ pub fn ensure(runner: &dyn Runner, cache_dir: &Path, inputs: &Inputs) -> Result<
         return Ok(os);
     }
     fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-    let work = tempfile::Builder::new()
-        .prefix(&format!(".{key}.build-"))
-        .tempdir_in(&parent)
-        .with_context(|| format!("creating a work directory in {}", parent.display()))?;
+    // A build killed here leaves its work directory; the next one sweeps it.
+    let work = crate::private::WorkDir::new_in(&parent, ".build-")?;
     let stage = work.path().join("root");
     let out = work.path().join("out");
     fs::create_dir_all(&stage)?;

@@ -65,6 +65,12 @@ impl StateDir {
                 dir.check_owner_and_tighten(root, &meta)?;
             }
         }
+        // Locked before anything is read or written, so a temporary found
+        // now belongs to a build that was killed: remove it (a kill while
+        // state.json was written would otherwise make the directory look
+        // foreign).
+        dir._lock = Some(lock(root)?);
+        remove_temporaries(root)?;
         let marker_path = root.join(MARKER);
         if marker_path.exists() {
             let text = fs::read_to_string(&marker_path)
@@ -112,7 +118,6 @@ impl StateDir {
             let json = serde_json::to_string_pretty(&marker).context("serialising state.json")?;
             dir.write(MARKER, format!("{json}\n").as_bytes())?;
         }
-        dir._lock = Some(lock(root)?);
         dir.tighten_tree(root)?;
         Ok(dir)
     }
@@ -214,6 +219,25 @@ impl StateDir {
         }
         Ok(())
     }
+}
+
+/// Removes the `.tmp-*` files [`StateDir::write`] leaves when killed.
+fn remove_temporaries(dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            remove_temporaries(&entry.path())?;
+        } else if ft.is_file() && entry.file_name().to_string_lossy().starts_with(".tmp-") {
+            tracing::info!(
+                "removing {}, left by an interrupted build",
+                entry.path().display()
+            );
+            fs::remove_file(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Takes the directory's lock, waiting (with a message) while another

@@ -38,8 +38,6 @@ use crate::spec::{self, Cluster, Node};
 use crate::tree::FileTree;
 use anyhow::{Context, Result};
 use hakube_node_profile::Role;
-use std::io::Write as _;
-use std::path::Path;
 
 /// Paths (relative to the image root) of the files this module writes.
 pub mod paths {
@@ -94,6 +92,10 @@ pub fn run(args: &RenderArgs) -> Result<()> {
             Ok((*node, tree, ign))
         })
         .collect::<Result<Vec<_>>>()?;
+    // Trees and Ignition files hold the nodes' keys: --out is made 0700
+    // (an existing directory keeps its mode), each tree's root 0700 and each
+    // .ign file 0600, all from their first byte.
+    crate::private::create_dir_all(&args.out)?;
     if let Some(d) = crate::pki::dates::read(&state, &cluster)? {
         let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
         for line in crate::pki::dates::report(&d, &names) {
@@ -105,7 +107,7 @@ pub fn run(args: &RenderArgs) -> Result<()> {
         tree.write_atomically(&dir)
             .with_context(|| format!("writing the tree of {} to {}", node.name, dir.display()))?;
         let ign_path = args.out.join(format!("{}.ign", node.name));
-        write_file_atomically(&ign_path, ign.as_bytes())?;
+        crate::private::write_atomically(&ign_path, ign.as_bytes())?;
         println!(
             "{:<16} {:<7} {:>3} files  {}  {}",
             node.name,
@@ -133,22 +135,6 @@ fn select_nodes<'c>(cluster: &'c Cluster, only: Option<&str>) -> Result<Vec<&'c 
             }
         },
     }
-}
-
-/// Writes `contents` to `path` via a temporary sibling and a rename.
-fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<()> {
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(parent)
-        .with_context(|| format!("creating a temporary file in {}", parent.display()))?;
-    tmp.write_all(contents)
-        .with_context(|| format!("writing {}", tmp.path().display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
 }
 
 /// The complete tree laid into `node`'s image: PKI, configs and node profile.
