@@ -1,1 +1,4 @@
+pub mod checks;
+pub mod cluster;
+pub mod harness;
 pub mod vm;
