@@ -225,97 +225,131 @@ pub fn assert_local_lb(h: &mut ClusterHarness) {
     }
 }
 
-/// A Deployment on the worker answers through its ClusterIP Service, asked by
-/// name from a pod on the master; CoreDNS resolves kubernetes.default.svc.
+/// A Deployment on the worker answers through its ClusterIP Service when a
+/// pod on the master asks it, and CoreDNS resolves
+/// `kubernetes.default.svc.<domain>` for that pod (see fixtures/e2e/probe.yaml).
 pub fn assert_service_path(h: &ClusterHarness) {
-    let domain = h.cluster.networking.dns_domain.clone();
-    let manifest = fixture("probe.yaml");
+    let net = &h.cluster.networking;
+    let domain = net.dns_domain.clone();
+    let probe_ip = std::net::Ipv4Addr::from(u32::from(net.service_cidr.network()) + 53);
+    let image = h.must(
+        "reading the CoreDNS image",
+        h.kubectl(&[
+            "-n",
+            "kube-system",
+            "get",
+            "deployment",
+            "coredns",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ]),
+    );
+    let manifest = std::fs::read_to_string(fixture("probe.yaml"))
+        .expect("reading fixtures/e2e/probe.yaml")
+        .replace("@IMAGE@", image.trim())
+        .replace("@DOMAIN@", &domain)
+        .replace("@CLUSTER_DNS@", &net.cluster_dns_ip().to_string())
+        .replace("@PROBE_IP@", &probe_ip.to_string());
+    let file = h.work.path().join("probe.yaml");
+    std::fs::write(&file, manifest).expect("writing the probe manifest");
     h.must(
         "applying the probe workload",
-        h.kubectl(&["apply", "-f", manifest.to_str().unwrap_or_default()]),
+        h.kubectl(&["apply", "-f", file.to_str().unwrap_or_default()]),
     );
-    let (server, t) = h.must(
+    let (client_ip, t) = h.must(
         "the probe pods becoming Ready",
         wait_for("probe pods Ready", Duration::from_secs(600), POLL, || {
             let v = h.kubectl_json(&["-n", "hakube-e2e", "get", "pods"])?;
-            let items = v["items"].as_array().cloned().unwrap_or_default();
-            let mut server = None;
+            let mut client = None;
             let mut ready = 0;
             let mut seen = Vec::new();
-            for p in &items {
-                let name = p["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                let ok = condition(p, "Ready")
-                    .map(|c| c["status"] == "True")
-                    .unwrap_or(false);
-                let waiting = &p["status"]["containerStatuses"][0]["state"]["waiting"];
+            for p in v["items"].as_array().into_iter().flatten() {
+                let name = p["metadata"]["name"].as_str().unwrap_or_default();
+                let ok = condition(p, "Ready").is_some_and(|c| c["status"] == "True");
                 seen.push(format!(
                     "{name} on {} {} {}",
-                    p["spec"]["nodeName"], p["status"]["phase"], waiting
+                    p["spec"]["nodeName"],
+                    p["status"]["phase"],
+                    p["status"]["containerStatuses"][0]["state"]["waiting"]
                 ));
                 if ok {
                     ready += 1;
-                    if name.starts_with("probe-server-") {
-                        server = Some(name);
+                    if name == "probe-client" {
+                        client = p["status"]["podIP"].as_str().map(str::to_string);
                     }
                 }
             }
-            match server {
-                Some(s) if ready == 2 => Ok(s),
+            match client {
+                Some(ip) if ready == 2 => Ok(ip),
                 _ => Err(seen.join("; ")),
             }
         }),
     );
     eprintln!("e2e {}: probe pods Ready in {} s", h.scenario, t.as_secs());
-    let host = format!("probe.hakube-e2e.svc.{domain}");
-    let dial = format!(
-        "/api/v1/namespaces/hakube-e2e/pods/http:probe-client:8080/proxy/dial?request=hostname&protocol=http&host={host}&port=80&tries=3"
+    let client_ip: std::net::Ipv4Addr = client_ip
+        .parse()
+        .unwrap_or_else(|e| h.fail(&format!("probe-client's podIP {client_ip}: {e}")));
+    // The host side reaches the master's pods through the master (a route in
+    // the test's namespace only).
+    let master = h.cluster.init_node();
+    let master_ip = master.address().map(|a| a.to_string()).unwrap_or_default();
+    let node = h.must(
+        "the master's pod CIDR",
+        h.kubectl_json(&["get", "node", master.name.as_str()]),
     );
-    let (answer, _) = h.must(
-        "the Service answering the master's pod",
+    let pod_cidr = node["spec"]["podCIDR"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let cidr: ipnet::Ipv4Net = pod_cidr
+        .parse()
+        .unwrap_or_else(|e| h.fail(&format!("{}'s podCIDR {pod_cidr:?}: {e}", master.name)));
+    super::vm::run(std::process::Command::new("ip").args([
+        "-n", &h.ns.name, "route", "replace", &pod_cidr, "via", &master_ip,
+    ]));
+    let client = std::net::SocketAddr::from((client_ip, 1053));
+    let (whoami, _) = h.must(
+        "the probe Service answering the master's pod",
         wait_for(
             "probe Service answers",
-            Duration::from_secs(120),
+            Duration::from_secs(180),
             POLL,
             || {
-                let out = h.kubectl(&["get", "--raw", &dial])?;
-                let v: serde_json::Value =
-                    serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
-                match v["responses"].as_array() {
-                    Some(r) if !r.is_empty() => Ok(r.clone()),
-                    _ => Err(out),
-                }
+                let r =
+                    super::dns::query_in_netns(&h.ns.name, client, "whoami.hakube-e2e.example")?;
+                r.additional
+                    .first()
+                    .map(|(_, ip)| *ip)
+                    .ok_or(format!("no address in the answer: {r:?}"))
             },
         ),
     );
     assert!(
-        answer.iter().all(|r| r == server.as_str()),
-        "the probe Service ({host}) answered {answer:?}, expected the server pod {server}"
+        cidr.contains(&whoami),
+        "the worker's probe-server saw the query come from {whoami}, not from the master's pod network {cidr}"
     );
-    let kubernetes = format!("kubernetes.default.svc.{domain}.:443");
-    h.must(
-        "CoreDNS resolving the kubernetes Service from the master's pod",
+    eprintln!(
+        "e2e {}: the Service {probe_ip} (pod on the worker) answered probe-client {client_ip} on the master, seen as {whoami}",
+        h.scenario
+    );
+    let name = format!("kubernetes.default.svc.{domain}");
+    let want = net.kubernetes_service_ip();
+    let (got, _) = h.must(
+        "CoreDNS resolving the kubernetes Service for the master's pod",
         wait_for(
             "kubernetes.default.svc resolves",
             Duration::from_secs(120),
             POLL,
             || {
-                h.kubectl(&[
-                    "-n",
-                    "hakube-e2e",
-                    "exec",
-                    "probe-client",
-                    "--",
-                    "/agnhost",
-                    "connect",
-                    "--timeout=10s",
-                    &kubernetes,
-                ])
+                let r = super::dns::query_in_netns(&h.ns.name, client, &name)?;
+                r.answers
+                    .first()
+                    .map(|(_, ip)| *ip)
+                    .ok_or(format!("no A record: {r:?}"))
             },
         ),
     );
+    assert_eq!(got, want, "{name} through CoreDNS");
 }
 
 /// Boots the cluster and waits until it has formed: first boot complete on
