@@ -146,6 +146,12 @@ impl CommandRunner for ProcessRunner {
 pub trait ServiceManager {
     /// `systemctl enable --now`-like: enabled for the next boots, started now.
     fn start(&self, unit: &str) -> Result<()>;
+    /// Like [`ServiceManager::start`], but only queues the start job: for a
+    /// unit whose readiness the caller waits for itself, so a slow start that
+    /// trips the unit's own start timeout (and its Restart=) is not fatal.
+    fn start_queued(&self, unit: &str) -> Result<()> {
+        self.start(unit)
+    }
     fn restart(&self, unit: &str) -> Result<()>;
     fn is_active(&self, unit: &str) -> bool;
 }
@@ -160,6 +166,14 @@ impl ServiceManager for Systemctl<'_> {
         run_checked(
             self.runner,
             &Cmd::new("systemctl").args(["enable", "--now", unit]),
+        )
+        .with_context(|| format!("starting {unit}"))?;
+        Ok(())
+    }
+    fn start_queued(&self, unit: &str) -> Result<()> {
+        run_checked(
+            self.runner,
+            &Cmd::new("systemctl").args(["enable", "--now", "--no-block", unit]),
         )
         .with_context(|| format!("starting {unit}"))?;
         Ok(())
