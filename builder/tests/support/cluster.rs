@@ -50,20 +50,19 @@ pub fn required_env(var: &str, what: &str) -> PathBuf {
     }
 }
 
+/// hakube-firstboot of this tree, (re)built so the images never carry a
+/// stale one (cargo does nothing when it is fresh).
 fn firstboot_bin() -> PathBuf {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_hakube-build"));
-    let fb = exe.with_file_name("hakube-firstboot");
-    if !fb.exists() {
-        let release = exe.parent().and_then(|p| p.file_name()) == Some("release".as_ref());
-        let mut c = Command::new(env!("CARGO"));
-        c.current_dir(repo())
-            .args(["build", "-q", "-p", "hakube-firstboot"]);
-        if release {
-            c.arg("--release");
-        }
-        run(&mut c);
+    let release = exe.parent().and_then(|p| p.file_name()) == Some("release".as_ref());
+    let mut c = Command::new(env!("CARGO"));
+    c.current_dir(repo())
+        .args(["build", "-q", "-p", "hakube-firstboot"]);
+    if release {
+        c.arg("--release");
     }
-    fb
+    run(&mut c);
+    exe.with_file_name("hakube-firstboot")
 }
 
 /// One node's VM and what the harness saw of it.
@@ -105,7 +104,9 @@ impl NodeVm {
 
     /// `hakube-firstboot status --json`, parsed.
     pub fn firstboot_status(&mut self) -> Result<serde_json::Value, String> {
-        let (code, out) = self.guest_sh("hakube-firstboot status --json")?;
+        let (code, out) = self
+            .guest_sh("hakube-firstboot status --json")
+            .inspect_err(|e| self.last_status = format!("(not read: {e})"))?;
         let parsed = serde_json::from_str::<serde_json::Value>(&out)
             .map_err(|e| format!("exit {code}, not JSON ({e}): {out}"));
         self.last_status = out;
