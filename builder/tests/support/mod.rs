@@ -1,1 +1,5 @@
+pub mod checks;
+pub mod cluster;
+pub mod dns;
+pub mod harness;
 pub mod vm;

@@ -1,12 +1,14 @@
 //! Boot-test support: a private network namespace with a bridge and a tap,
 //! QEMU with OVMF inside it, and a qemu-guest-agent client (guest-exec).
-//! Everything started here is torn down on drop (also on panic).
+//! Everything started here is torn down on drop (also on panic); QEMU also
+//! dies with the test process (parent-death signal).
 
 #![allow(dead_code)]
 
 use base64::Engine;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,27 +24,53 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `ip netns add hakube-test-<pid>` with br0 and tap0 inside; deleted on drop.
+/// A private network namespace with a bridge `br0` and taps enslaved to it;
+/// deleted on drop (which also removes the bridge and the taps).
 pub struct Netns {
     pub name: String,
 }
 
 impl Netns {
+    /// `hakube-test-<pid>` with br0 and tap0 (the single-VM boot test).
     pub fn new() -> Netns {
-        let name = format!("hakube-test-{}", std::process::id());
-        run(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns { name };
-        for args in [
+        Netns::create(
+            &format!("hakube-test-{}", std::process::id()),
+            &["tap0"],
+            None,
+        )
+    }
+
+    /// `ip netns add NAME`, then br0 (with `bridge_addr`, e.g.
+    /// `192.168.122.1/24`, so the host side of the namespace can reach the
+    /// VMs) and one tap per name. Nothing links the namespace to the host's
+    /// own network, so VM traffic cannot leave it.
+    pub fn create(name: &str, taps: &[&str], bridge_addr: Option<&str>) -> Netns {
+        run(Command::new("ip").args(["netns", "add", name]));
+        let ns = Netns { name: name.into() };
+        let mut steps: Vec<Vec<&str>> = vec![
             vec!["link", "set", "lo", "up"],
             vec!["link", "add", "br0", "type", "bridge"],
-            vec!["tuntap", "add", "dev", "tap0", "mode", "tap"],
-            vec!["link", "set", "tap0", "master", "br0"],
-            vec!["link", "set", "br0", "up"],
-            vec!["link", "set", "tap0", "up"],
-        ] {
+        ];
+        for tap in taps {
+            steps.push(vec!["tuntap", "add", "dev", tap, "mode", "tap"]);
+            steps.push(vec!["link", "set", tap, "master", "br0"]);
+            steps.push(vec!["link", "set", tap, "up"]);
+        }
+        if let Some(addr) = bridge_addr {
+            steps.push(vec!["addr", "add", addr, "dev", "br0"]);
+        }
+        steps.push(vec!["link", "set", "br0", "up"]);
+        for args in steps {
             run(Command::new("ip").arg("-n").arg(&ns.name).args(args));
         }
         ns
+    }
+
+    /// `ip netns exec NAME PROGRAM`: a command run inside the namespace.
+    pub fn exec(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
     }
 }
 
@@ -60,27 +88,66 @@ pub enum Accel {
     Tcg,
 }
 
+/// How to start one VM: its disk, NIC and size.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Names the files in the work directory (`<tag>-serial.log`, ...).
+    pub tag: String,
+    pub disk: PathBuf,
+    pub mac: String,
+    /// The tap in the namespace this VM's NIC is plugged into.
+    pub tap: String,
+    pub memory_mib: u32,
+    pub cpus: u32,
+}
+
 /// A running VM; killed on drop.
 pub struct Vm {
     child: Child,
     pub qga: PathBuf,
     pub serial: PathBuf,
+    pub config: VmConfig,
 }
 
 impl Vm {
     pub fn start(ns: &Netns, accel: Accel, disk: &Path, mac: &str, dir: &Path, tag: &str) -> Vm {
+        let config = VmConfig {
+            tag: tag.into(),
+            disk: disk.into(),
+            mac: mac.into(),
+            tap: "tap0".into(),
+            memory_mib: 2048,
+            cpus: 2,
+        };
+        Vm::launch(ns, accel, config, dir)
+    }
+
+    /// Powers the VM on (fresh UEFI variables, serial console appended to
+    /// `<tag>-serial.log`, guest agent on `<tag>-qga.sock`).
+    pub fn launch(ns: &Netns, accel: Accel, config: VmConfig, dir: &Path) -> Vm {
+        let tag = &config.tag;
         let vars = dir.join(format!("{tag}-OVMF_VARS.fd"));
-        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("ovmf installed");
+        if !vars.exists() {
+            std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("ovmf installed");
+        }
         let qga = dir.join(format!("{tag}-qga.sock"));
+        let _ = std::fs::remove_file(&qga);
         let serial = dir.join(format!("{tag}-serial.log"));
         let (accel_s, cpu) = match accel {
             Accel::Kvm => ("kvm", "host"),
             Accel::Tcg => ("tcg", "max"),
         };
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "qemu-system-x86_64"])
+        let qemu_err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{tag}-qemu.err")))
+            .unwrap();
+        let mut cmd = ns.exec("qemu-system-x86_64");
+        cmd.args(["-name", tag])
             .args(["-machine", &format!("q35,accel={accel_s}")])
-            .args(["-cpu", cpu, "-m", "2048", "-smp", "2"])
+            .args(["-cpu", cpu])
+            .args(["-m", &config.memory_mib.to_string()])
+            .args(["-smp", &config.cpus.to_string()])
             .args([
                 "-drive",
                 "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
@@ -91,10 +158,17 @@ impl Vm {
                 vars.display()
             ))
             .arg("-drive")
-            .arg(format!("file={},if=virtio,format=qcow2", disk.display()))
-            .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
+            .arg(format!(
+                "file={},if=virtio,format=qcow2",
+                config.disk.display()
+            ))
+            .arg("-netdev")
+            .arg(format!(
+                "tap,id=n0,ifname={},script=no,downscript=no",
+                config.tap
+            ))
             .arg("-device")
-            .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"))
+            .arg(format!("virtio-net-pci,netdev=n0,mac={}", config.mac))
             .arg("-chardev")
             .arg(format!(
                 "socket,id=qga0,path={},server=on,wait=off",
@@ -105,17 +179,34 @@ impl Vm {
                 "-device",
                 "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
             ])
-            .arg("-serial")
-            .arg(format!("file:{}", serial.display()))
+            .arg("-chardev")
+            .arg(format!("file,id=ser0,path={},append=on", serial.display()))
+            .args(["-serial", "chardev:ser0"])
             .args(["-display", "none", "-monitor", "none"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.join(format!("{tag}-qemu.err"))).unwrap(),
-            ))
-            .spawn()
-            .expect("starting qemu-system-x86_64");
-        Vm { child, qga, serial }
+            .stderr(Stdio::from(qemu_err));
+        // `ip netns exec` execs QEMU in place: if this test process dies
+        // without unwinding (SIGKILL, abort), the kernel kills QEMU too.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd.spawn().expect("starting qemu-system-x86_64");
+        Vm {
+            child,
+            qga,
+            serial,
+            config,
+        }
+    }
+
+    /// Pulls the plug: QEMU is killed, the disk keeps what reached it.
+    pub fn power_off(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn exited(&mut self) -> bool {
@@ -161,7 +252,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    fn connect(path: &Path) -> std::io::Result<Agent> {
+    pub fn connect(path: &Path) -> std::io::Result<Agent> {
         let stream = UnixStream::connect(path)?;
         let reader = BufReader::new(stream.try_clone()?);
         Ok(Agent {
@@ -172,7 +263,7 @@ impl Agent {
     }
 
     /// guest-sync: discards stale replies left in the channel.
-    fn sync(&mut self, wait: Duration) -> Result<(), String> {
+    pub fn sync(&mut self, wait: Duration) -> Result<(), String> {
         self.next_id += 1;
         let id = self.next_id;
         let req = serde_json::json!({"execute": "guest-sync", "arguments": {"id": id}});

@@ -91,7 +91,10 @@ pub fn container_runtime(ctx: &mut Ctx) -> Result<String> {
             );
         }
     }
-    ctx.env.svc.start(rt.unit())?;
+    // Queued, not waited for: under a slow first boot (TCG, a loaded host)
+    // containerd's READY can come after its unit's start timeout; systemd then
+    // restarts it, and the socket below is what kubeadm needs.
+    ctx.env.svc.start_no_block(rt.unit())?;
     let sock = ctx.path(socket_path);
     ctx.wait_for(
         &format!("{} socket {}", rt.as_str(), sock.display()),
@@ -100,7 +103,7 @@ pub fn container_runtime(ctx: &mut Ctx) -> Result<String> {
             if sock.exists() {
                 Ok(())
             } else if !ctx.env.svc.is_active(rt.unit()) {
-                Err(format!("{} is not active", rt.unit()))
+                Err(format!("{} is not active (yet)", rt.unit()))
             } else {
                 Err("socket not there yet".to_string())
             }

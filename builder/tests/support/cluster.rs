@@ -1,0 +1,576 @@
+//! Cluster VM harness: builds every image of a cluster spec from the test
+//! mirror, boots all nodes at once in a private network namespace
+//! (`hk-e2e-<pid>-<scenario>`: one bridge, one tap per VM, the nodes' gateway
+//! address on the bridge so the host side of the namespace reaches them), and
+//! then only observes them from outside: the guest agent for
+//! `hakube-firstboot status --json`, kubectl run inside the namespace with the
+//! built admin.conf through the control-plane endpoint. Nothing is done to a
+//! VM after power-on except what a scenario does on purpose (power off, start
+//! again, a fresh disk).
+//!
+//! Teardown is unconditional: VMs, namespace and work directory go when the
+//! harness drops (also on panic); SIGINT/SIGTERM make the next wait panic so
+//! the same drops run; QEMU dies with the process in any case (parent-death
+//! signal) and a stale namespace of a killed run is deleted by the next one.
+//! On failure every VM's serial log, QEMU's stderr and the last firstboot
+//! statuses are copied to `target/e2e-artifacts/<scenario>-<time>/`.
+
+#![allow(dead_code)]
+
+use super::harness::{self, run_bounded, wait_for};
+use super::vm::{run, Accel, Agent, Netns, Vm, VmConfig};
+use hakube_build::spec::{Cluster, NodeNetwork};
+use hakube_node_profile::Role;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub const NETNS_PREFIX: &str = "hk-e2e-";
+
+/// Memory per role under TCG: a control plane (etcd, apiserver,
+/// controller-manager, scheduler, CoreDNS, flannel) needs room to not swap.
+fn memory_mib(role: Role) -> u32 {
+    match role {
+        Role::Master => 4096,
+        Role::Worker => 2048,
+        Role::Etcd => 1536,
+    }
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// An environment variable the scenario cannot run without.
+pub fn required_env(var: &str, what: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => panic!("{var} is not set: it must name {what} (see README, Tests)"),
+    }
+}
+
+/// hakube-firstboot of this tree, (re)built so the images never carry a
+/// stale one (cargo does nothing when it is fresh).
+fn firstboot_bin() -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_hakube-build"));
+    let release = exe.parent().and_then(|p| p.file_name()) == Some("release".as_ref());
+    let mut c = Command::new(env!("CARGO"));
+    c.current_dir(repo())
+        .args(["build", "-q", "-p", "hakube-firstboot"]);
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c);
+    exe.with_file_name("hakube-firstboot")
+}
+
+/// One node's VM and what the harness saw of it.
+pub struct NodeVm {
+    pub name: String,
+    pub role: Role,
+    pub address: String,
+    pub vm: Vm,
+    pub powered_on: Instant,
+    agent: Option<Agent>,
+    /// Power-on to `overall: done` in `hakube-firstboot status`.
+    pub first_boot: Option<Duration>,
+    /// The last `hakube-firstboot status --json` read (or why none was).
+    pub last_status: String,
+}
+
+impl NodeVm {
+    /// Runs `sh -c cmd` in the guest through the agent (reconnecting when the
+    /// channel was lost, e.g. after a power cycle).
+    pub fn guest_sh(&mut self, cmd: &str) -> Result<(i64, String), String> {
+        if self.vm.exited() {
+            return Err(format!("{}: qemu exited", self.name));
+        }
+        if self.agent.is_none() {
+            let mut a = Agent::connect(&self.vm.qga).map_err(|e| format!("agent: {e}"))?;
+            a.sync(Duration::from_secs(5))?;
+            self.agent = Some(a);
+        }
+        let r = self
+            .agent
+            .as_mut()
+            .map(|a| a.sh(cmd))
+            .unwrap_or(Err("no agent".into()));
+        if r.is_err() {
+            self.agent = None;
+        }
+        r
+    }
+
+    /// `hakube-firstboot status --json`, parsed.
+    pub fn firstboot_status(&mut self) -> Result<serde_json::Value, String> {
+        let (code, out) = self
+            .guest_sh("hakube-firstboot status --json")
+            .inspect_err(|e| self.last_status = format!("(not read: {e})"))?;
+        let parsed = serde_json::from_str::<serde_json::Value>(&out)
+            .map_err(|e| format!("exit {code}, not JSON ({e}): {out}"));
+        self.last_status = out;
+        parsed
+    }
+}
+
+/// A booted test cluster.
+pub struct ClusterHarness {
+    pub scenario: String,
+    pub cluster: Cluster,
+    pub accel: Accel,
+    /// Dropped first (explicitly, in Drop): the VMs.
+    pub nodes: Vec<NodeVm>,
+    pub images: BTreeMap<String, PathBuf>,
+    pub admin_conf: PathBuf,
+    kubectl_bin: PathBuf,
+    pub ns: Netns,
+    pub work: tempfile::TempDir,
+}
+
+/// What to build: a spec file (None: the embedded default cluster).
+pub struct Plan<'a> {
+    pub scenario: &'a str,
+    pub spec: Option<&'a Path>,
+}
+
+impl ClusterHarness {
+    /// Builds the images, creates the namespace and picks the accelerator;
+    /// no VM runs yet.
+    pub fn build(plan: Plan) -> ClusterHarness {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the cluster scenarios need root (mmdebstrap, network namespaces)"
+        );
+        harness::install_signal_handlers();
+        harness::sweep_stale_netns(NETNS_PREFIX);
+        let srcbuild = required_env(
+            "HAKUBE_SRCBUILD_BIN",
+            "the directory of the real binaries (srcbuild/build prints it); kubectl is taken from it",
+        );
+        let kubectl_bin = srcbuild.join("kubectl");
+        assert!(
+            kubectl_bin.is_file(),
+            "HAKUBE_SRCBUILD_BIN={}: no kubectl in it",
+            srcbuild.display()
+        );
+        let mirror = required_env(
+            "HAKUBE_TEST_MIRROR",
+            "the test mirror made by tests/make-mirror from the real binaries",
+        );
+        let work = tempfile::Builder::new()
+            .prefix(&format!("hk-e2e-{}-", plan.scenario))
+            .tempdir_in("/var/tmp")
+            .expect("creating the work directory under /var/tmp");
+        let w = work.path().to_path_buf();
+        eprintln!("e2e {}: work directory {}", plan.scenario, w.display());
+        let t = Instant::now();
+        run(Command::new(repo().join("tests/make-mirror")).arg(&mirror));
+
+        let spec = plan.spec.map(|p| pin_default_versions(p, &w));
+        let cluster = hakube_build::spec::load(spec.as_deref())
+            .unwrap_or_else(|e| panic!("loading the scenario's spec: {e}"));
+        // A base-rootfs cache shared by runs (not a temp file): a warm run
+        // skips mmdebstrap.
+        let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hakube-cache");
+        let mut images = BTreeMap::new();
+        for role in cluster.roles_present() {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_hakube-build"));
+            cmd.args(["--profile", role.as_str(), "--json"]);
+            if let Some(s) = &spec {
+                cmd.arg("--cluster").arg(s);
+            }
+            cmd.arg("--artifacts")
+                .arg(&mirror)
+                .arg("--cache-dir")
+                .arg(&cache)
+                .arg("--state")
+                .arg(w.join("state"))
+                .arg("--out")
+                .arg(w.join("out"))
+                .arg("--lock")
+                .arg(w.join("hakube.lock"))
+                .arg("--firstboot-bin")
+                .arg(firstboot_bin());
+            registry_args(&mut cmd);
+            let out = run_bounded(&mut cmd, Duration::from_secs(1800), &w)
+                .unwrap_or_else(|e| panic!("hakube-build --profile {}: {e}", role.as_str()));
+            let result: serde_json::Value = serde_json::from_str(&out)
+                .unwrap_or_else(|e| panic!("hakube-build --json printed no JSON ({e}): {out}"));
+            for img in result["images"].as_array().into_iter().flatten() {
+                images.insert(
+                    img["node"].as_str().unwrap_or_default().to_string(),
+                    PathBuf::from(img["qcow2"].as_str().unwrap_or_default()),
+                );
+            }
+        }
+        for n in &cluster.nodes {
+            assert!(
+                images.contains_key(n.name.as_str()),
+                "hakube-build built no image for {}: {images:?}",
+                n.name
+            );
+        }
+        eprintln!(
+            "e2e {}: built {} images in {} s",
+            plan.scenario,
+            images.len(),
+            t.elapsed().as_secs()
+        );
+        let admin_conf = render_admin_conf(&cluster, spec.as_deref(), &w);
+
+        let taps: Vec<String> = (0..cluster.nodes.len())
+            .map(|i| format!("tap{i}"))
+            .collect();
+        let tap_refs: Vec<&str> = taps.iter().map(String::as_str).collect();
+        let ns = Netns::create(
+            &format!("{NETNS_PREFIX}{}-{}", std::process::id(), plan.scenario),
+            &tap_refs,
+            Some(&bridge_address(&cluster)),
+        );
+        let first = &cluster.nodes[0];
+        let accel = pick_accel(
+            &ns,
+            &images[first.name.as_str()],
+            &first.mac.to_string(),
+            &w,
+        );
+        eprintln!("e2e {}: accelerator {accel:?}", plan.scenario);
+        ClusterHarness {
+            scenario: plan.scenario.into(),
+            cluster,
+            accel,
+            nodes: Vec::new(),
+            images,
+            admin_conf,
+            kubectl_bin,
+            ns,
+            work,
+        }
+    }
+
+    /// A fresh copy-on-write disk over the node's built image.
+    pub fn fresh_disk(&self, node: &str) -> PathBuf {
+        let disk = self.work.path().join(format!("{node}-disk.qcow2"));
+        let _ = std::fs::remove_file(&disk);
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(&self.images[node])
+            .arg(&disk));
+        disk
+    }
+
+    /// Powers every node on at once.
+    pub fn boot_all(&mut self) {
+        for (i, n) in self.cluster.nodes.clone().iter().enumerate() {
+            let name = n.name.as_str().to_string();
+            let config = VmConfig {
+                tag: name.clone(),
+                disk: self.fresh_disk(&name),
+                mac: n.mac.to_string(),
+                tap: format!("tap{i}"),
+                memory_mib: memory_mib(n.role),
+                cpus: 2,
+            };
+            let vm = Vm::launch(&self.ns, self.accel, config, self.work.path());
+            self.nodes.push(NodeVm {
+                name,
+                role: n.role,
+                address: n.address().map(|a| a.to_string()).unwrap_or_default(),
+                vm,
+                powered_on: Instant::now(),
+                agent: None,
+                first_boot: None,
+                last_status: String::new(),
+            });
+        }
+        eprintln!(
+            "e2e {}: powered on {}",
+            self.scenario,
+            self.nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+
+    pub fn node(&mut self, name: &str) -> &mut NodeVm {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no VM {name}"))
+    }
+
+    /// Power cut, then the same VM (same disk) on again.
+    pub fn power_cycle(&mut self, name: &str) {
+        let (ns, accel, dir) = (&self.ns, self.accel, self.work.path().to_path_buf());
+        let n = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no VM {name}"));
+        n.vm.power_off();
+        n.agent = None;
+        let config = n.vm.config.clone();
+        n.vm = Vm::launch(ns, accel, config, &dir);
+        n.powered_on = Instant::now();
+        n.first_boot = None;
+    }
+
+    /// Power cut, a fresh disk from the same image, power on: a reimaged machine.
+    pub fn reimage(&mut self, name: &str) {
+        self.node(name).vm.power_off();
+        let disk = self.fresh_disk(name);
+        assert_eq!(disk, self.node(name).vm.config.disk, "the node's disk path");
+        self.power_cycle(name);
+    }
+
+    /// The init node's rendered tree (admin.conf, its certificates).
+    pub fn init_tree(&self) -> PathBuf {
+        self.work
+            .path()
+            .join("render")
+            .join(self.cluster.init_node().name.as_str())
+    }
+
+    /// Waits until `hakube-firstboot status` says `done` on every node; fails
+    /// at once when a node's firstboot unit failed (it is not restarted).
+    pub fn wait_first_boot(&mut self, limit: Duration) {
+        let scenario = self.scenario.clone();
+        let r = wait_for(
+            "first boot complete on every node",
+            limit,
+            Duration::from_secs(10),
+            || {
+                let mut pending = Vec::new();
+                for n in self.nodes.iter_mut().filter(|n| n.first_boot.is_none()) {
+                    match n.firstboot_status() {
+                        Ok(s) if s["overall"] == "done" => {
+                            let d = n.powered_on.elapsed();
+                            eprintln!(
+                            "e2e {scenario}: {}: power-on to first boot complete in {} s (+/- 10 s)",
+                            n.name,
+                            d.as_secs()
+                        );
+                            n.first_boot = Some(d);
+                        }
+                        Ok(s) => {
+                            if let Ok((_, u)) =
+                                n.guest_sh("systemctl is-failed hakube-firstboot.service")
+                            {
+                                if u.trim() == "failed" {
+                                    return Ok(Err(format!(
+                                        "{}: hakube-firstboot.service failed: {s}",
+                                        n.name
+                                    )));
+                                }
+                            }
+                            pending.push(format!("{}: {}", n.name, s["overall"]));
+                        }
+                        Err(e) => pending.push(format!("{}: {e}", n.name)),
+                    }
+                }
+                if pending.is_empty() {
+                    Ok(Ok(()))
+                } else {
+                    Err(pending.join("; "))
+                }
+            },
+        );
+        match r {
+            Ok((Ok(()), _)) => {}
+            Ok((Err(e), _)) | Err(e) => self.fail(&e),
+        }
+    }
+
+    /// `kubectl --kubeconfig admin.conf ARGS` in the namespace (so through
+    /// the control-plane endpoint), bounded.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String, String> {
+        let mut c = self.ns.exec(&self.kubectl_bin);
+        c.arg("--kubeconfig")
+            .arg(&self.admin_conf)
+            .arg("--request-timeout=20s")
+            .args(args);
+        run_bounded(&mut c, Duration::from_secs(60), self.work.path())
+    }
+
+    pub fn kubectl_json(&self, args: &[&str]) -> Result<serde_json::Value, String> {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        let out = self.kubectl(&a)?;
+        serde_json::from_str(&out).map_err(|e| format!("kubectl {args:?}: not JSON ({e})"))
+    }
+
+    /// Fails the scenario: the message, every node's serial log tail and last
+    /// firstboot status (the full logs are kept by Drop).
+    pub fn fail(&self, msg: &str) -> ! {
+        let mut s = format!("e2e {}: {msg}\n", self.scenario);
+        for n in &self.nodes {
+            s.push_str(&format!(
+                "\n--- {} serial log (tail) ---\n{}\n--- {} last firstboot status ---\n{}\n",
+                n.name,
+                n.vm.serial_tail(40),
+                n.name,
+                n.last_status
+            ));
+        }
+        panic!("{s}");
+    }
+
+    /// `Ok(v)` or the scenario fails with `what` and the error.
+    pub fn must<T>(&self, what: &str, r: Result<T, String>) -> T {
+        r.unwrap_or_else(|e| self.fail(&format!("{what}: {e}")))
+    }
+}
+
+impl Drop for ClusterHarness {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        if failed {
+            for n in &self.nodes {
+                let _ = std::fs::write(
+                    self.work
+                        .path()
+                        .join(format!("{}-firstboot-status.json", n.name)),
+                    &n.last_status,
+                );
+            }
+        }
+        // VMs first (they hold the taps), then the logs, then the namespace
+        // and the work directory (field drops).
+        self.nodes.clear();
+        if failed {
+            let dest = harness::artifacts_dir(&self.scenario);
+            match harness::keep_files(
+                self.work.path(),
+                &["-serial.log", "-qemu.err", "-firstboot-status.json"],
+                &dest,
+            ) {
+                Ok(n) => eprintln!(
+                    "e2e {}: kept {n} log files in {}",
+                    self.scenario,
+                    dest.display()
+                ),
+                Err(e) => eprintln!(
+                    "e2e {}: could not keep the logs in {}: {e}",
+                    self.scenario,
+                    dest.display()
+                ),
+            }
+        }
+    }
+}
+
+/// The container images come from the test registry (tests/registry), which
+/// holds them under `<upstream host>/<repository>`; the VMs never see it.
+fn registry_args(cmd: &mut Command) {
+    let registry = required_env(
+        "HAKUBE_TEST_REGISTRY",
+        "the test registry (127.0.0.1:PORT) started by tests/registry",
+    );
+    let ca = required_env(
+        "HAKUBE_TEST_REGISTRY_CA",
+        "the test registry's CA certificate (PEM)",
+    );
+    let registry = registry.display().to_string();
+    for upstream in ["registry.k8s.io", "ghcr.io"] {
+        cmd.arg("--registry-mirror")
+            .arg(format!("{upstream}=https://{registry}/{upstream}"));
+    }
+    cmd.arg("--registry-ca").arg(ca);
+}
+
+/// The test mirror carries the default cluster's versions (tests/make-mirror
+/// builds exactly that set): the fixture's kubernetesVersion is replaced by
+/// the default's, so the fixture never drifts from the mirror.
+fn pin_default_versions(fixture: &Path, work: &Path) -> PathBuf {
+    let default = hakube_build::spec::load(None).expect("the embedded default cluster loads");
+    let text = std::fs::read_to_string(fixture)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", fixture.display()));
+    let pinned: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("kubernetesVersion:") {
+                format!("kubernetesVersion: {}\n", default.kubernetes_version)
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let out = work.join("cluster.yaml");
+    std::fs::write(&out, pinned).expect("writing the scenario spec");
+    out
+}
+
+/// admin.conf as the images carry it (same state directory, so the same
+/// client certificate), pointing at the control-plane endpoint.
+fn render_admin_conf(cluster: &Cluster, spec: Option<&Path>, work: &Path) -> PathBuf {
+    let init = cluster.init_node().name.as_str().to_string();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hakube-build"));
+    cmd.arg("render");
+    if let Some(s) = spec {
+        cmd.arg("--cluster").arg(s);
+    }
+    cmd.arg("--state")
+        .arg(work.join("state"))
+        .arg("--out")
+        .arg(work.join("render"))
+        .args(["--node", &init]);
+    run(&mut cmd);
+    let conf = work
+        .join("render")
+        .join(&init)
+        .join("etc/kubernetes/admin.conf");
+    assert!(
+        conf.is_file(),
+        "hakube-build render wrote no {}",
+        conf.display()
+    );
+    conf
+}
+
+/// The nodes' gateway with their prefix (e.g. 192.168.122.1/24) for br0.
+fn bridge_address(cluster: &Cluster) -> String {
+    for n in &cluster.nodes {
+        if let NodeNetwork::Static {
+            address,
+            gateway: Some(gw),
+            ..
+        } = &n.network
+        {
+            return format!("{gw}/{}", address.prefix_len());
+        }
+    }
+    panic!("the scenario's nodes need static addresses with a gateway (the bridge takes it)");
+}
+
+/// KVM when a short smoke boot reaches the guest agent (nested KVM here fails
+/// or hangs in early boot), TCG otherwise.
+pub fn pick_accel(ns: &Netns, image: &Path, mac: &str, dir: &Path) -> Accel {
+    if !Path::new("/dev/kvm").exists() {
+        return Accel::Tcg;
+    }
+    let overlay = dir.join("smoke.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(image)
+        .arg(&overlay));
+    let config = VmConfig {
+        tag: "smoke".into(),
+        disk: overlay.clone(),
+        mac: mac.into(),
+        tap: "tap0".into(),
+        memory_mib: 1024,
+        cpus: 1,
+    };
+    let mut smoke = Vm::launch(ns, Accel::Kvm, config, dir);
+    let ok = smoke.wait_agent(Duration::from_secs(60)).is_ok();
+    drop(smoke);
+    let _ = std::fs::remove_file(&overlay);
+    if ok {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    }
+}
