@@ -12,6 +12,13 @@
 //! client; what it would have written is then installed where a real run
 //! writes it, so firstboot's later steps read kubeadm's own files.
 //!
+//! The nodes get LAN addresses (kubeadm refuses a loopback advertise
+//! address) and kubeadm runs in a network namespace of the node's own, so
+//! whatever its dry-run client dials stays on this host and goes unanswered.
+//! A dry run checks certificates in the real certificate directory but the
+//! kubeconfigs and the service-account key in its dry-run directory only:
+//! those are judged by a real run in hakube-build's `realtools_phases`.
+//!
 //! Doubles: systemd, the network probes, `hostname`/`ip`, and kubectl (the
 //! API answers: this test has no API server; the real control plane is in
 //! hakube-build's `realtools_control_plane` target).
@@ -52,6 +59,55 @@ fn kubeadm_bin() -> PathBuf {
     p
 }
 
+/// A network namespace of the node's own: `lo`, and a veth pair whose one
+/// end holds the node's address and the default route (kubeadm's defaulting
+/// looks for such an interface). kubeadm's dry-run client may read from the
+/// node's API endpoint; here nothing answers, and nothing leaves this host.
+struct Netns(String);
+
+impl Netns {
+    fn new(address: &str) -> Netns {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("realtools-fb-{}-{n}", std::process::id());
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&["netns", "add", &name]);
+        let ns = Netns(name.clone());
+        let addr = format!("{address}/24");
+        for args in [
+            &["-n", &name, "link", "set", "lo", "up"][..],
+            &[
+                "-n", &name, "link", "add", "rt0", "type", "veth", "peer", "name", "rt1",
+            ],
+            &["-n", &name, "addr", "add", &addr, "dev", "rt0"],
+            &["-n", &name, "link", "set", "rt0", "up"],
+            &["-n", &name, "link", "set", "rt1", "up"],
+            &["-n", &name, "route", "add", "default", "dev", "rt0"],
+        ] {
+            ip(args);
+        }
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .output();
+    }
+}
+
 /// One kubeadm call: firstboot's argv and what the real kubeadm answered.
 #[derive(Debug, Clone)]
 struct Call {
@@ -63,6 +119,7 @@ struct Call {
 /// kubectl answers, `hostname`/`ip` as the node reports them.
 struct NodeRunner {
     root: PathBuf,
+    netns: Netns,
     identity: FakeRunner,
     kubectl: FakeRunner,
     calls: RefCell<Vec<Call>>,
@@ -76,6 +133,7 @@ impl NodeRunner {
         node_identity(&identity, p);
         NodeRunner {
             root: root.to_path_buf(),
+            netns: Netns::new(&p.address.unwrap().to_string()),
             identity,
             kubectl: FakeRunner::new(),
             calls: RefCell::new(Vec::new()),
@@ -104,7 +162,21 @@ impl NodeRunner {
         let dry = self.root.join(DRY_RUN_DIR);
         let _ = fs::remove_dir_all(&dry);
         fs::create_dir_all(&dry).unwrap();
-        let out = std::process::Command::new(kubeadm_bin())
+        // A dry-run phase reads the kubeconfigs from the dry-run directory,
+        // where a dry-run init would have left them: the node's own.
+        let phase = cmd.args.get(1).is_some_and(|a| a == "phase");
+        for e in fs::read_dir(self.root.join("etc/kubernetes")).unwrap() {
+            if !phase {
+                break;
+            }
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "conf") {
+                fs::copy(&p, dry.join(p.file_name().unwrap())).unwrap();
+            }
+        }
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.netns.0])
+            .arg(kubeadm_bin())
             .arg("--rootfs")
             .arg(&self.root)
             .args(&args)
@@ -232,6 +304,10 @@ fn stacked_scenario(index: u16) -> Scenario {
         "  - {name: worker-1, role: worker, network: {address: 127.0.0.41/8, gateway: 127.0.0.1, dns: [127.0.0.1]}}\n",
     )
     .replace("topology: external", "topology: stacked")
+    // kubeadm refuses a loopback advertise address (it then looks for
+    // another on the default route): the node gets a LAN address, and
+    // kubeadm runs in a network namespace where nothing answers it.
+    .replace("127.0.0.", "192.168.122.")
     .lines()
     .filter(|l| !l.contains("role: etcd"))
     .collect::<Vec<_>>()
@@ -270,6 +346,10 @@ fn not_existing<'a>(out: &'a str, tag: &str) -> Vec<&'a str> {
     out.lines()
         .filter(|l| l.starts_with(tag))
         .filter(|l| l.contains("Generating") || l.contains("Writing \""))
+        // A dry run looks for the service-account key in its dry-run
+        // directory only (and "generates" one there); a real run uses the
+        // baked one, as hakube-build's realtools_phases target shows.
+        .filter(|l| !l.contains("Generating \"sa\" key"))
         .collect()
 }
 
@@ -304,7 +384,7 @@ fn firstboots_kubeadm_init_runs_through_the_real_kubeadm() {
     assert_eq!(argvs[1][..3], ["token", "create", &token]);
     assert_eq!(argvs[1][argvs[1].len() - 2..], ["--kubeconfig", &admin]);
 
-    // kubeadm took every baked certificate and kubeconfig as its own.
+    // kubeadm took every baked certificate as its own.
     let init_out = &calls[0].out.stdout;
     let certs: Vec<&str> = init_out
         .lines()
@@ -321,14 +401,9 @@ fn firstboots_kubeadm_init_runs_through_the_real_kubeadm() {
         Vec::<&str>::new(),
         "{init_out}"
     );
-    for baked in ["admin.conf", "controller-manager.conf", "scheduler.conf"] {
-        assert!(
-            init_out.contains(&format!(
-                "Using existing kubeconfig file: \"/etc/kubernetes/{baked}\""
-            )),
-            "kubeadm did not use the baked {baked}:\n{init_out}"
-        );
-    }
+    // (A dry run checks kubeconfigs and the service-account key in its
+    // dry-run directory only; the baked ones are judged by a real run in
+    // hakube-build's realtools_phases target.)
     // kubeadm's own join command carries the token and CA pin render baked
     // into the worker's join.yaml.
     let (w_token, w_hash) = join_yaml_discovery(&s.root("worker-1"));
