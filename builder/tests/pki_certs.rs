@@ -215,7 +215,7 @@ fn kubeadm_identity(
         "apiserver" => (s("kube-apiserver"), vec![], "kubernetes", true, false),
         "apiserver-kubelet-client" => (
             s("kube-apiserver-kubelet-client"),
-            vec!["kubeadm:cluster-admins"],
+            vec![],
             "kubernetes",
             false,
             true,

@@ -100,7 +100,7 @@ impl LeafProfile {
 }
 
 /// kubeadm's group bound to cluster-admin by a ClusterRoleBinding (1.29+);
-/// admin.conf and apiserver-kubelet-client use it instead of system:masters.
+/// admin.conf uses it instead of system:masters.
 pub const CLUSTER_ADMINS_GROUP: &str = "kubeadm:cluster-admins";
 /// The built-in super-user group, only for super-admin.conf.
 pub const SYSTEM_MASTERS_GROUP: &str = "system:masters";
@@ -129,7 +129,11 @@ pub fn leaf_profiles(cluster: &Cluster, node: &Node) -> Result<Vec<LeafProfile>>
                 "apiserver-kubelet-client",
                 CaKind::Kubernetes,
                 "kube-apiserver-kubelet-client",
-                Some(CLUSTER_ADMINS_GROUP),
+                // No group, as kubeadm 1.37 issues it (certlist.go
+                // KubeadmCertKubeletClient): its bootstrap-token phase binds
+                // this CN to system:kubelet-api-admin; kubeadm:cluster-admins
+                // would make this key a cluster-admin credential.
+                None,
             ));
             out.push(LeafProfile::client(
                 "front-proxy-client",

@@ -61,25 +61,6 @@ pub fn hakube_build() -> PathBuf {
     bin
 }
 
-/// `hakube-test-double` from this workspace, next to this test's target dir.
-/// Always (re)built through cargo, a no-op when fresh: a stale double would
-/// test yesterday's strictness.
-pub fn test_double() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "hakube-test-doubles"]);
-    if dir.ends_with("release") {
-        cmd.arg("--release");
-    }
-    let st = cmd.status().unwrap();
-    assert!(st.success(), "building hakube-test-doubles");
-    let bin = dir.join("hakube-test-double");
-    assert!(bin.exists(), "{} missing", bin.display());
-    bin
-}
-
 /// On a master or worker: starting the container runtime makes its CRI
 /// socket appear under the root, as containerd would.
 pub fn runtime_socket_on_start(svc: &FakeServices, root: &Path, p: &NodeProfile) {
