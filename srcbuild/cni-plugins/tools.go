@@ -5,12 +5,9 @@
 package tools
 
 import (
-	_ "github.com/containernetworking/plugins/plugins/meta/bandwidth"
-	_ "github.com/containernetworking/plugins/plugins/meta/firewall"
-	_ "github.com/containernetworking/plugins/plugins/meta/portmap"
-	_ "github.com/containernetworking/plugins/plugins/meta/sbr"
-	_ "github.com/containernetworking/plugins/plugins/meta/tuning"
-	_ "github.com/containernetworking/plugins/plugins/meta/vrf"
+	_ "github.com/containernetworking/plugins/plugins/ipam/dhcp"
+	_ "github.com/containernetworking/plugins/plugins/ipam/host-local"
+	_ "github.com/containernetworking/plugins/plugins/ipam/static"
 	_ "github.com/containernetworking/plugins/plugins/main/bridge"
 	_ "github.com/containernetworking/plugins/plugins/main/dummy"
 	_ "github.com/containernetworking/plugins/plugins/main/host-device"
@@ -20,7 +17,10 @@ import (
 	_ "github.com/containernetworking/plugins/plugins/main/ptp"
 	_ "github.com/containernetworking/plugins/plugins/main/tap"
 	_ "github.com/containernetworking/plugins/plugins/main/vlan"
-	_ "github.com/containernetworking/plugins/plugins/ipam/dhcp"
-	_ "github.com/containernetworking/plugins/plugins/ipam/host-local"
-	_ "github.com/containernetworking/plugins/plugins/ipam/static"
+	_ "github.com/containernetworking/plugins/plugins/meta/bandwidth"
+	_ "github.com/containernetworking/plugins/plugins/meta/firewall"
+	_ "github.com/containernetworking/plugins/plugins/meta/portmap"
+	_ "github.com/containernetworking/plugins/plugins/meta/sbr"
+	_ "github.com/containernetworking/plugins/plugins/meta/tuning"
+	_ "github.com/containernetworking/plugins/plugins/meta/vrf"
 )
