@@ -69,6 +69,11 @@ fn build(os: &OsRoot, tree: &FileTree, node: &str, out: &Path) -> image::BuiltIm
         &node,
         os,
         tree,
+        &hakube_build::images::NodeLayout {
+            needed: &[],
+            pulled: Vec::new(),
+            lock: &hakube_build::artifacts::lock::Lock::default(),
+        },
         out,
     )
     .unwrap()

@@ -28,6 +28,7 @@ pub mod yaml;
 
 pub use ignition::{ignition, IGNITION_VERSION};
 pub use kubeadm::JoinCredentials;
+pub use runtime::pause_image;
 
 use crate::cli::RenderArgs;
 use crate::errors::bad_input;
