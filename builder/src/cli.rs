@@ -97,7 +97,25 @@ pub struct BuildArgs {
     #[arg(long, value_name = "DIR_OR_URL")]
     pub artifacts: Option<String>,
 
-    /// Lock file pinning every artifact's SHA-256 [default: hakube.lock next to
+    /// Read the container images of REGISTRY from a mirror: URL's path is a
+    /// repository prefix on the mirror host, e.g.
+    /// registry.k8s.io=https://127.0.0.1:15443/registry.k8s.io. Repeatable;
+    /// registries without a mirror are read from upstream.
+    #[arg(long, value_name = "REGISTRY=URL")]
+    pub registry_mirror: Vec<crate::images::source::Mirror>,
+
+    /// PEM CA certificate(s) trusted for registries and mirrors, in addition
+    /// to the system roots.
+    #[arg(long, value_name = "FILE")]
+    pub registry_ca: Option<PathBuf>,
+
+    /// Read every container image from this OCI image layout directory
+    /// instead of registries (index.json names each image by its full
+    /// reference, as `skopeo copy docker://IMAGE oci:DIR:IMAGE` writes it).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["registry_mirror", "registry_ca"])]
+    pub image_layout: Option<PathBuf>,
+
+    /// Lock file pinning every artifact's SHA-256 and every image's manifest digest [default: hakube.lock next to
     /// --cluster, or in the current directory for the embedded cluster]
     #[arg(long, value_name = "FILE")]
     pub lock: Option<PathBuf>,
@@ -148,10 +166,19 @@ pub struct SummaryArgs {
     pub state: Option<PathBuf>,
 
     /// Print the resolved configuration as one JSON object instead of text:
-    /// the resolved spec plus initNode, etcdMembers, kubeadmApiVersion, source
-    /// and warnings, keys sorted.
+    /// the resolved spec plus initNode, etcdMembers, kubeadmApiVersion, source,
+    /// warnings and containerImages, keys sorted.
     #[arg(long)]
     pub json: bool,
+
+    /// Lock file holding the image pins shown [default: as for a build]
+    #[arg(long, value_name = "FILE")]
+    pub lock: Option<PathBuf>,
+
+    /// Cache directory holding the artifact set's kubeadm, which lists the
+    /// images [default: as for a build]
+    #[arg(long, value_name = "DIR", env = "HAKUBE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod artifacts;
 pub mod cli;
 pub mod errors;
 pub mod image;
+pub mod images;
 pub mod pki;
 pub mod private;
 pub mod render;

@@ -22,15 +22,35 @@ pub fn run(args: &SummaryArgs) -> Result<()> {
         .unwrap_or_else(|| crate::pki::default_state_dir(&cluster));
     let dates = dates::read(&state, &cluster)
         .with_context(|| format!("reading credential dates from {}", state.display()))?;
+    let lock = args
+        .lock
+        .clone()
+        .unwrap_or_else(|| crate::image::default_lock_path(&cluster));
+    let cache = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(crate::artifacts::default_cache_dir);
+    let images = crate::images::planned(&cluster, &lock, &cache)?;
     let out = if args.json {
         let mut v = to_json(&cluster);
         v["credentials"] = credentials_json(&state, dates.as_ref());
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert(
+                "containerImages".into(),
+                match &images {
+                    Ok(m) => serde_json::to_value(m)?,
+                    Err(why) => serde_json::json!({ "unknown": why }),
+                },
+            );
+        }
         let mut s =
             serde_json::to_string_pretty(&v).context("serialising the resolved cluster as JSON")?;
         s.push('\n');
         s
     } else {
-        to_text(&cluster) + &credentials_text(&cluster, &state, dates.as_ref())
+        to_text(&cluster)
+            + &credentials_text(&cluster, &state, dates.as_ref())
+            + &images_text(&images)
     };
     let mut stdout = std::io::stdout().lock();
     match stdout
@@ -135,6 +155,33 @@ pub fn to_json(c: &Cluster) -> serde_json::Value {
         obj.insert("warnings".into(), c.warnings.clone().into());
     }
     v
+}
+
+/// The container images per node, with their pinned digests.
+fn images_text(
+    images: &std::result::Result<
+        std::collections::BTreeMap<String, Vec<crate::images::PlannedImage>>,
+        String,
+    >,
+) -> String {
+    let mut out = String::from("\nContainer images (inside each node's disk)\n");
+    match images {
+        Err(why) => out.push_str(&format!("  {why}\n")),
+        Ok(m) => {
+            for (node, list) in m {
+                if list.is_empty() {
+                    out.push_str(&format!("  {node}: none (runs no containers)\n"));
+                    continue;
+                }
+                out.push_str(&format!("  {node}:\n"));
+                for i in list {
+                    let d = i.amd64_digest.as_deref().unwrap_or("not pinned yet");
+                    out.push_str(&format!("    {:<56} {d}\n", i.image));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Human-readable summary: settings, then one row per node.

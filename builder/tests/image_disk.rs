@@ -80,6 +80,11 @@ fn build_for(
         &node,
         os,
         tree,
+        &hakube_build::images::NodeLayout {
+            needed: &[],
+            pulled: Vec::new(),
+            lock: &hakube_build::artifacts::lock::Lock::default(),
+        },
         out,
         access,
     )

@@ -32,6 +32,25 @@ fn firstboot_bin() -> PathBuf {
     fb
 }
 
+/// `--registry-mirror` for every upstream registry and `--registry-ca`, from
+/// the test registry holding the real images.
+fn registry_args() -> Vec<String> {
+    let reg = std::env::var("HAKUBE_TEST_REGISTRY").expect(
+        "HAKUBE_TEST_REGISTRY=127.0.0.1:PORT must name the test registry holding the real images \
+         (srcbuild's tests/registry start)",
+    );
+    let ca = std::env::var("HAKUBE_TEST_REGISTRY_CA")
+        .expect("HAKUBE_TEST_REGISTRY_CA must name the test registry's CA (PEM)");
+    let mut args = Vec::new();
+    for r in ["registry.k8s.io", "ghcr.io", "docker.io", "quay.io"] {
+        args.push("--registry-mirror".to_string());
+        args.push(format!("{r}=https://{reg}/{r}"));
+    }
+    args.push("--registry-ca".to_string());
+    args.push(ca);
+    args
+}
+
 fn check(agent: &mut support::vm::Agent, what: &str, cmd: &str, vm: &Vm) -> String {
     match agent.sh(cmd) {
         Ok((0, out)) => out,
@@ -76,6 +95,7 @@ fn worker_image_boots_with_readonly_root_and_persistent_etc_and_var() {
         .arg(d.join("hakube.lock"))
         .arg("--firstboot-bin")
         .arg(firstboot_bin())
+        .args(registry_args())
         .output()
         .unwrap();
     assert!(
@@ -199,7 +219,12 @@ fn worker_image_boots_with_readonly_root_and_persistent_etc_and_var() {
                 .map(|x| x["state"].as_str().unwrap_or("").to_string())
                 .unwrap_or_default()
         };
-        let local = ["identity", "container-runtime", "load-balancer"];
+        let local = [
+            "identity",
+            "container-runtime",
+            "container-images",
+            "load-balancer",
+        ];
         if local.iter().all(|n| state(n) == "done") {
             break;
         }
@@ -209,6 +234,33 @@ fn worker_image_boots_with_readonly_root_and_persistent_etc_and_var() {
             vm.serial_tail(60)
         );
         std::thread::sleep(Duration::from_secs(3));
+    }
+    // Every image the build put on the disk is in containerd, with its digest,
+    // before kubeadm runs (the node has no route to any registry).
+    let listing = check(
+        &mut agent,
+        "containerd images",
+        "ctr --namespace k8s.io images ls",
+        &vm,
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(result["manifest"].as_str().unwrap()).unwrap())
+            .unwrap();
+    let baked = manifest["images"]["worker-1"]["containerImages"]
+        .as_array()
+        .unwrap();
+    assert!(!baked.is_empty(), "{manifest}");
+    for i in baked {
+        let (name, digest) = (
+            i["image"].as_str().unwrap(),
+            i["amd64Digest"].as_str().unwrap(),
+        );
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with(&format!("{name} ")) && l.contains(digest)),
+            "{name} {digest} not in containerd:\n{listing}"
+        );
     }
     // Boot counting: the entry systemd-boot started is the counted one.
     let entry = check(

@@ -19,6 +19,9 @@ pub struct ImageEntry {
     pub sha256: String,
     pub os_root_key: String,
     pub source_date_epoch: i64,
+    /// The container images inside this node's disk.
+    #[serde(default)]
+    pub container_images: Vec<crate::images::NodeImage>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -2,7 +2,8 @@
 //!
 //! resolve spec -> select nodes -> check host tools -> load secrets ->
 //! resolve artifacts (before anything slow, so an unreachable upstream fails
-//! fast and nothing is written under --out) -> base rootfs (cached) -> OS root
+//! fast and nothing is written under --out) -> container images (listed,
+//! pulled, pinned; see [`crate::images`]) -> base rootfs (cached) -> OS root
 //! erofs (cached, shared by every node and role) -> per node: render tree ->
 //! var partition -> ESP -> GPT disk -> qcow2 -> libvirt XML -> manifest.json.
 //!
@@ -25,6 +26,7 @@ pub mod tools;
 use crate::artifacts::{self, Resolved, Source};
 use crate::cli::BuildArgs;
 use crate::errors::bad_input;
+use crate::images;
 use crate::pki::{self, ClusterSecrets};
 use crate::private::{ImageAccess, WorkDir};
 use crate::render;
@@ -105,6 +107,7 @@ struct Plan {
     out: PathBuf,
     access: ImageAccess,
     source: Source,
+    images: images::SourceConfig,
     env_epoch: Option<i64>,
 }
 
@@ -133,6 +136,19 @@ fn build(runner: &dyn Runner, args: &BuildArgs, steps: &mut Steps) -> Result<Bui
             cache_dir: plan.cache.clone(),
         })
     })?;
+    let container_images = steps.run("container images (pulled, pinned, cached)", || {
+        images::resolve(
+            &images::Request {
+                cluster: &plan.cluster,
+                nodes: &plan.nodes,
+                artifacts: &resolved,
+                lock_path: &plan.lock,
+                cache_dir: &plan.cache,
+            },
+            &plan.images,
+        )
+    })?;
+    let image_pins = artifacts::lock::Lock::load(&plan.lock)?;
     let base = steps.run("base rootfs (mmdebstrap, cached)", || {
         base::ensure(runner, &plan.cache, plan.env_epoch)
     })?;
@@ -150,6 +166,16 @@ fn build(runner: &dyn Runner, args: &BuildArgs, steps: &mut Steps) -> Result<Bui
         let tree = steps.run(&format!("{name}: render node tree"), || {
             render::node_tree(&plan.cluster, &secrets, node)
         })?;
+        let needed = container_images
+            .nodes
+            .get(name)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let node_images = images::NodeLayout {
+            needed,
+            pulled: container_images.for_node(name),
+            lock: &image_pins,
+        };
         let img = assemble_node(
             runner,
             steps,
@@ -157,6 +183,7 @@ fn build(runner: &dyn Runner, args: &BuildArgs, steps: &mut Steps) -> Result<Bui
             node,
             &os,
             &tree,
+            &node_images,
             &out_dir,
             plan.access,
         )?;
@@ -170,6 +197,7 @@ fn build(runner: &dyn Runner, args: &BuildArgs, steps: &mut Steps) -> Result<Bui
                 sha256: img.sha256.clone(),
                 os_root_key: os.key.clone(),
                 source_date_epoch: epoch,
+                container_images: needed.to_vec(),
             },
         );
         images.push(img);
@@ -219,14 +247,10 @@ fn plan(args: &BuildArgs) -> Result<Plan> {
         .state
         .clone()
         .unwrap_or_else(|| pki::default_state_dir(&cluster));
-    let lock = args.lock.clone().unwrap_or_else(|| match &cluster.source {
-        SpecSource::File(p) => p
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .join("hakube.lock"),
-        SpecSource::Embedded => PathBuf::from("hakube.lock"),
-    });
+    let lock = args
+        .lock
+        .clone()
+        .unwrap_or_else(|| default_lock_path(&cluster));
     let cache = args
         .cache_dir
         .clone()
@@ -255,8 +279,26 @@ fn plan(args: &BuildArgs) -> Result<Plan> {
             Some(m) => Source::Mirror(m.clone()),
             None => Source::Upstream,
         },
+        images: images::SourceConfig {
+            mirrors: args.registry_mirror.clone(),
+            ca: args.registry_ca.clone(),
+            layout: args.image_layout.clone(),
+        },
         env_epoch,
     })
+}
+
+/// `hakube.lock` next to the spec file, or in the current directory for the
+/// embedded cluster.
+pub fn default_lock_path(cluster: &Cluster) -> PathBuf {
+    match &cluster.source {
+        SpecSource::File(p) => p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .join("hakube.lock"),
+        SpecSource::Embedded => PathBuf::from("hakube.lock"),
+    }
 }
 
 /// The nodes to build: all of `role`, or the one `--node` (which must have it).
@@ -348,10 +390,11 @@ fn build_os_root(
 }
 
 /// Builds one node's qcow2 and libvirt XML in `out_dir` from the shared OS
-/// root and the node's tree. Files appear under their final names only when
-/// complete. Everything that holds the node's secrets (the staged tree, the
-/// var partition, the raw disk, the qcow2) is made inside a 0700 work
-/// directory, and the qcow2 gets `access`'s mode there before its rename.
+/// root, the node's tree and its container images. Files appear under their
+/// final names only when complete. Everything that holds the node's secrets
+/// (the staged tree, the var partition, the raw disk, the qcow2) is made
+/// inside a 0700 work directory, and the qcow2 gets `access`'s mode there
+/// before its rename.
 #[allow(clippy::too_many_arguments)]
 pub fn assemble_node(
     runner: &dyn Runner,
@@ -360,17 +403,22 @@ pub fn assemble_node(
     node: &Node,
     os: &OsRoot,
     tree: &FileTree,
+    node_images: &images::NodeLayout,
     out_dir: &Path,
     access: ImageAccess,
 ) -> Result<BuiltImage> {
     let name = node.name.as_str();
-    let layout = disk::Layout::default();
+    let mut layout = disk::Layout::default();
+    // Room for the image archives (plus a tenth for the file system); the
+    // partition still grows to fill the disk at first boot.
+    layout.var += (node_images.size() + node_images.size() / 10).next_multiple_of(1 << 20);
     let epoch = os.source_date_epoch;
     let work = WorkDir::new_in(out_dir, &format!(".{name}.work-"))?;
     let var_img = work.path().join("var.ext4");
     steps.run(&format!("{name}: var partition"), || {
         let stage = work.path().join("var");
         partitions::stage_var(runner, os, tree, &stage)?;
+        node_images.lay(name, &stage, epoch)?;
         let ids = partitions::VarIds {
             uuid: disk::seeded_uuid(cluster, name, "fs/var"),
             hash_seed: disk::seeded_uuid(cluster, name, "fs/var/hash-seed"),

@@ -7,6 +7,7 @@
 
 mod cluster;
 mod etcd_member;
+mod images;
 mod kubeadm;
 mod node;
 #[cfg(test)]
@@ -191,6 +192,7 @@ pub fn plan(p: &NodeProfile) -> Vec<Step> {
         Role::Etcd => s.push(step("etcd-member", etcd_member::etcd_member)),
         Role::Master => {
             s.push(step("container-runtime", node::container_runtime));
+            s.push(step("container-images", images::container_images));
             if lb {
                 s.push(step("load-balancer", node::load_balancer));
             }
@@ -226,6 +228,7 @@ pub fn plan(p: &NodeProfile) -> Vec<Step> {
         }
         Role::Worker => {
             s.push(step("container-runtime", node::container_runtime));
+            s.push(step("container-images", images::container_images));
             if lb {
                 s.push(step("load-balancer", node::load_balancer));
             }

@@ -326,23 +326,23 @@ fn plan_per_role() {
     );
     assert_eq!(
         names(&profile("m1", Role::Master, EtcdTopology::External)),
-        "identity container-runtime load-balancer vip wait-etcd init-or-join etcd-keyspace kubeadm-init \
+        "identity container-runtime container-images load-balancer vip wait-etcd init-or-join etcd-keyspace kubeadm-init \
          kubeadm-join local-lb-clients cni labels-taints bootstrap-token"
     );
     assert_eq!(
         names(&profile("m2", Role::Master, EtcdTopology::Stacked)),
-        "identity container-runtime load-balancer vip wait-api stale-etcd-member kubeadm-join \
+        "identity container-runtime container-images load-balancer vip wait-api stale-etcd-member kubeadm-join \
          local-lb-clients labels-taints"
     );
     let mut w = profile("w1", Role::Worker, EtcdTopology::Stacked);
     assert_eq!(
         names(&w),
-        "identity container-runtime load-balancer wait-api kubeadm-join local-lb-clients"
+        "identity container-runtime container-images load-balancer wait-api kubeadm-join local-lb-clients"
     );
     w.local_lb.enabled = false;
     assert_eq!(
         names(&w),
-        "identity container-runtime wait-api kubeadm-join"
+        "identity container-runtime container-images wait-api kubeadm-join"
     );
 }
 

@@ -1,0 +1,399 @@
+//! Container images: every image a node runs is inside its disk, checked at
+//! build (air-gapped clusters form with no route to any registry).
+//!
+//! [`resolve`]: which images each node runs ([`list`]: kubeadm's own list
+//! from the artifact set's kubeadm, the CNI manifest's images, the sandbox
+//! image; by role), then each image pulled once ([`pull`]) from the upstream
+//! registries, mirrors or an OCI layout ([`source`]), every blob verified,
+//! manifest digests pinned in `hakube.lock`, blobs in the content-addressed
+//! cache. [`archive`] lays a node's images on its var partition; first boot
+//! imports them into the runtime before kubeadm runs. A missing image, a
+//! digest that differs from its pin or a tampered blob stops the build with
+//! exit code 2, naming the node and the image.
+
+pub mod archive;
+pub mod list;
+pub mod pull;
+pub mod reference;
+pub mod source;
+
+use crate::artifacts::cache::Cache;
+use crate::artifacts::lock::Lock;
+use crate::artifacts::Resolved;
+use crate::errors::bad_input;
+use crate::render;
+use crate::spec::{model::Cni, Cluster, Node};
+use anyhow::{anyhow, Context, Result};
+use hakube_node_profile::Role;
+pub use list::Origin;
+pub use pull::PulledImage;
+pub use reference::ImageRef;
+use source::{ImageSource, LayoutSource, Mirror, RegistrySource};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Where images come from (`--registry-mirror`, `--registry-ca`, `--image-layout`).
+#[derive(Debug, Clone, Default)]
+pub struct SourceConfig {
+    pub mirrors: Vec<Mirror>,
+    pub ca: Option<PathBuf>,
+    pub layout: Option<PathBuf>,
+}
+
+impl SourceConfig {
+    pub fn open(&self) -> Result<Box<dyn ImageSource>> {
+        match &self.layout {
+            Some(dir) => Ok(Box::new(LayoutSource::new(dir)?)),
+            None => Ok(Box::new(RegistrySource::new(
+                self.mirrors.clone(),
+                self.ca.as_deref(),
+            )?)),
+        }
+    }
+}
+
+/// One image of one node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeImage {
+    pub image: ImageRef,
+    pub origin: Origin,
+    /// The pinned digest the tag resolves to.
+    pub digest: String,
+    pub amd64_digest: String,
+}
+
+/// Every node's images, pulled.
+#[derive(Debug, Clone, Default)]
+pub struct Images {
+    pub nodes: BTreeMap<String, Vec<NodeImage>>,
+    pub pulled: BTreeMap<ImageRef, PulledImage>,
+}
+
+impl Images {
+    /// `node`'s images, ready to archive.
+    pub fn for_node(&self, node: &str) -> Vec<&PulledImage> {
+        self.nodes
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|i| self.pulled.get(&i.image))
+            .collect()
+    }
+}
+
+/// What [`resolve`] needs.
+pub struct Request<'a> {
+    pub cluster: &'a Cluster,
+    pub nodes: &'a [Node],
+    pub artifacts: &'a Resolved,
+    pub lock_path: &'a Path,
+    pub cache_dir: &'a Path,
+}
+
+/// The images each of `nodes` runs (see [`list`]), without pulling.
+/// `calico_operator`: the tigera operator manifest, for calico clusters.
+pub fn wanted(
+    cluster: &Cluster,
+    nodes: &[Node],
+    kubeadm: &dyn list::KubeadmImages,
+    calico_operator: Option<&Path>,
+) -> Result<BTreeMap<String, Vec<(ImageRef, Origin)>>> {
+    let mut out = BTreeMap::new();
+    if nodes.iter().all(|n| n.role == Role::Etcd) {
+        for n in nodes {
+            out.insert(n.name.as_str().to_string(), Vec::new());
+        }
+        return Ok(out);
+    }
+    // The image list depends on the ClusterConfiguration only: render the
+    // init node's config with placeholder credentials (nothing secret is
+    // read or written to list images).
+    let init = cluster.init_node();
+    let creds = render::JoinCredentials {
+        token: "abcdef.0123456789abcdef".into(),
+        ca_cert_hash: format!("sha256:{}", "0".repeat(64)),
+        cluster_initialised: false,
+    };
+    let tree = render::config_tree(cluster, init, &creds)
+        .with_context(|| format!("rendering node {} for its kubeadm config", init.name))?;
+    let init_cfg = file_bytes(&tree, render::paths::KUBEADM_INIT)
+        .ok_or_else(|| anyhow!("node {} has no {}", init.name, render::paths::KUBEADM_INIT))?;
+    let kubeadm_list = list::kubeadm_images(kubeadm, init_cfg).context(
+        "listing kubeadm's images with the kubeadm of the artifact set (kubeadm config images list)",
+    )?;
+    let cni = cni_images(cluster, &tree, calico_operator)?;
+    let sandbox = ImageRef::parse(&crate::artifacts::catalog::pause_image(cluster.kubernetes_version))?;
+    for n in nodes {
+        out.insert(
+            n.name.as_str().to_string(),
+            list::for_role(n.role, &kubeadm_list, &cni, &sandbox),
+        );
+    }
+    Ok(out)
+}
+
+fn cni_images(
+    cluster: &Cluster,
+    init_tree: &crate::tree::FileTree,
+    calico_operator: Option<&Path>,
+) -> Result<Vec<ImageRef>> {
+    let path = render::paths::cni_manifest(cluster.cni);
+    let mut images = match file_bytes(init_tree, &path) {
+        Some(f) => list::manifest_images(&String::from_utf8_lossy(f))
+            .with_context(|| format!("reading the images of {path}"))?,
+        None => Vec::new(),
+    };
+    if cluster.cni == Cni::Calico {
+        // The operator's manifest names the operator; the images the operator
+        // then deploys (calico-node, typha, ...) are chosen at runtime.
+        if let Some(p) = calico_operator {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            images.extend(list::manifest_images(&text)?);
+        }
+        tracing::warn!(
+            "calico: only the tigera operator's image is preloaded; the images it deploys are pulled at runtime"
+        );
+    }
+    images.sort();
+    images.dedup();
+    Ok(images)
+}
+
+fn file_bytes<'t>(tree: &'t crate::tree::FileTree, path: &str) -> Option<&'t [u8]> {
+    match tree.get(path)? {
+        crate::tree::FileEntry::File { contents, .. } => Some(contents),
+        crate::tree::FileEntry::Symlink { .. } => None,
+    }
+}
+
+/// Lists and pulls every image of `req.nodes`. Pins learned are saved even
+/// when a later image fails (they are what the source published).
+pub fn resolve(req: &Request, src: &SourceConfig) -> Result<Images> {
+    let operator = req
+        .artifacts
+        .get("calico-tigera-operator")
+        .map(|a| a.path.as_path());
+    let wanted = match req.artifacts.get("kubeadm") {
+        Some(k) => wanted(
+            req.cluster,
+            req.nodes,
+            &list::KubeadmBinary { path: &k.path },
+            operator,
+        )?,
+        None if req.nodes.iter().all(|n| n.role == Role::Etcd) => BTreeMap::new(),
+        None => return Err(anyhow!("the artifact set has no kubeadm")),
+    };
+    let needs_any = wanted.values().any(|v| !v.is_empty());
+    if !needs_any {
+        return Ok(Images {
+            nodes: BTreeMap::new(),
+            pulled: BTreeMap::new(),
+        });
+    }
+    let source = src.open()?;
+    pull_all(req.lock_path, req.cache_dir, &*source, wanted)
+}
+
+/// Pulls `wanted` (node -> images) through `source`, pinning in the lock
+/// file at `lock_path` and caching under `cache_dir`.
+pub fn pull_all(
+    lock_path: &Path,
+    cache_dir: &Path,
+    source: &dyn ImageSource,
+    wanted: BTreeMap<String, Vec<(ImageRef, Origin)>>,
+) -> Result<Images> {
+    let lock = Lock::load(lock_path)?;
+    let cache = Cache::new(cache_dir);
+    cache.sweep_stale_partials();
+    let mut puller = pull::Puller {
+        source,
+        cache,
+        lock: &lock,
+        lock_path,
+        learned: Lock::default(),
+    };
+    let mut users: BTreeMap<ImageRef, Vec<&str>> = BTreeMap::new();
+    for (node, list) in &wanted {
+        for (i, _) in list {
+            users.entry(i.clone()).or_default().push(node);
+        }
+    }
+    let mut pulled = BTreeMap::new();
+    let mut result = Ok(());
+    for (image, nodes) in &users {
+        match puller.pull(image) {
+            Ok(p) => {
+                pulled.insert(image.clone(), p);
+            }
+            Err(e) => {
+                result = Err(e.context(format!("{} needs image {image}", who(nodes))));
+                break;
+            }
+        }
+    }
+    if !puller.learned.images().is_empty() {
+        let saved = puller.learned.merge_and_save(lock_path);
+        if result.is_ok() {
+            saved?;
+        } else if let Err(e) = saved {
+            tracing::warn!("could not save the lock file: {e:#}");
+        }
+    }
+    result?;
+    let mut nodes = BTreeMap::new();
+    for (node, list) in wanted {
+        let entries = list
+            .into_iter()
+            .map(|(image, origin)| {
+                let p = &pulled[&image];
+                NodeImage {
+                    digest: p.digest.clone(),
+                    amd64_digest: p.amd64_digest().to_string(),
+                    image,
+                    origin,
+                }
+            })
+            .collect();
+        nodes.insert(node, entries);
+    }
+    Ok(Images { nodes, pulled })
+}
+
+fn who(nodes: &[&str]) -> String {
+    match nodes {
+        [one] => format!("node {one}"),
+        _ => format!("nodes {}", nodes.join(", ")),
+    }
+}
+
+/// One node's images, to lay on its var partition.
+pub struct NodeLayout<'a> {
+    pub needed: &'a [NodeImage],
+    pub pulled: Vec<&'a PulledImage>,
+    pub lock: &'a Lock,
+}
+
+impl NodeLayout<'_> {
+    /// Bytes the archives take (before file system overhead).
+    pub fn size(&self) -> u64 {
+        self.pulled.iter().map(|p| p.size()).sum()
+    }
+
+    /// Writes the archives and `images.json` into the var stage, then checks
+    /// that everything the node runs is there with its pinned digests.
+    pub fn lay(&self, node: &str, var_stage: &Path, epoch: i64) -> Result<()> {
+        if !self.needed.is_empty() {
+            archive::write_node_images(var_stage, node, &self.pulled, epoch)?;
+        }
+        check_complete(node, self.needed, var_stage, self.lock)
+    }
+}
+
+/// The completeness check of a node's laid-out images: every image the node
+/// runs is in its `images.json` with the pinned digests, and its archive is
+/// there. Refuses (exit 2) naming the node and the image.
+pub fn check_complete(
+    node: &str,
+    needed: &[NodeImage],
+    var_stage: &Path,
+    lock: &Lock,
+) -> Result<()> {
+    let dir = var_stage.join(archive::IMAGES_DIR);
+    let p = dir.join(archive::INDEX_FILE);
+    let laid: archive::ImagesIndex = if needed.is_empty() && !p.exists() {
+        return Ok(());
+    } else {
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("reading {}", p.display()))?
+    };
+    for n in needed {
+        let name = n.image.to_string();
+        let Some(got) = laid.images.iter().find(|i| i.image == name) else {
+            return Err(bad_input(format!(
+                "node {node}: image {name} ({:?}) is missing from its disk",
+                n.origin
+            )));
+        };
+        let pinned = lock.image(&name);
+        let want_digest = pinned.map(|p| p.digest.as_str()).unwrap_or(&n.digest);
+        if got.digest != want_digest || pinned.is_some_and(|p| p.amd64_digest != got.amd64_digest) {
+            return Err(bad_input(format!(
+                "node {node}: image {name} on its disk has digest {} but the pin is {want_digest}",
+                got.digest
+            )));
+        }
+        if !dir.join(&got.archive).is_file() {
+            return Err(bad_input(format!(
+                "node {node}: the archive {} of image {name} is missing",
+                got.archive
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// One image of one node as `summary` shows it: the pin, when there is one.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedImage {
+    pub image: String,
+    pub origin: Origin,
+    /// `null` until a build pins it.
+    pub digest: Option<String>,
+    pub amd64_digest: Option<String>,
+}
+
+/// Every node's images for `summary`, from the kubeadm of the artifact set
+/// when it is pinned and cached (a build has run), digests from the lock.
+/// `Err(why)` when kubeadm is not available yet. Makes no network request
+/// and writes nothing.
+pub fn planned(
+    cluster: &Cluster,
+    lock_path: &Path,
+    cache_dir: &Path,
+) -> Result<std::result::Result<BTreeMap<String, Vec<PlannedImage>>, String>> {
+    let lock = Lock::load(lock_path)?;
+    let cache = Cache::new(cache_dir);
+    let specs = crate::artifacts::catalog::for_cluster(cluster);
+    let cached = |name: &str| -> Option<PathBuf> {
+        let spec = specs.iter().find(|s| s.name == name)?;
+        let pin = lock.get(&spec.url)?;
+        cache.lookup(&pin.sha256, pin.size)
+    };
+    let Some(kubeadm) = cached("kubeadm") else {
+        return Ok(Err(format!(
+            "known after the first build: kubeadm v{} of the artifact set is not pinned in {} and cached in {}",
+            cluster.kubernetes_version,
+            lock_path.display(),
+            cache_dir.display()
+        )));
+    };
+    let operator = cached("calico-tigera-operator");
+    let w = wanted(
+        cluster,
+        &cluster.nodes,
+        &list::KubeadmBinary { path: &kubeadm },
+        operator.as_deref(),
+    )?;
+    Ok(Ok(w
+        .into_iter()
+        .map(|(node, list)| {
+            let list = list
+                .into_iter()
+                .map(|(image, origin)| {
+                    let pin = lock.image(&image.to_string());
+                    PlannedImage {
+                        image: image.to_string(),
+                        origin,
+                        digest: pin.map(|p| p.digest.clone()),
+                        amd64_digest: pin.map(|p| p.amd64_digest.clone()),
+                    }
+                })
+                .collect();
+            (node, list)
+        })
+        .collect()))
+}

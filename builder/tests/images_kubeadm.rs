@@ -1,0 +1,206 @@
+//! The images each node gets are the real kubeadm's list (by role) plus the
+//! CNI manifest's images and the sandbox image; laid on a node, its
+//! `images.json` holds exactly those, pinned. Needs the real kubeadm
+//! (HAKUBE_SRCBUILD_BIN, srcbuild's binaries) and, for the pull, the test
+//! registry holding the real images (HAKUBE_TEST_REGISTRY, HAKUBE_TEST_REGISTRY_CA).
+
+use hakube_build::artifacts::lock::Lock;
+use hakube_build::images::{self, list::KubeadmBinary, source::RegistrySource};
+use hakube_build::spec;
+use hakube_node_profile::Role;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn kubeadm() -> PathBuf {
+    let dir = std::env::var_os("HAKUBE_SRCBUILD_BIN").expect(
+        "HAKUBE_SRCBUILD_BIN must name the directory of the real Kubernetes binaries (srcbuild/build prints it)",
+    );
+    let p = Path::new(&dir).join("kubeadm");
+    assert!(
+        p.is_file(),
+        "HAKUBE_SRCBUILD_BIN: no kubeadm in {}",
+        p.display()
+    );
+    p
+}
+
+/// The real kubeadm's plain-text list for the init node's config as `hakube-build render` writes it.
+fn real_list(cluster_file: Option<&Path>, work: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
+    let out = work.join("render");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hakube-build"));
+    cmd.arg("render")
+        .arg("--out")
+        .arg(&out)
+        .arg("--state")
+        .arg(work.join("state"));
+    if let Some(f) = cluster_file {
+        cmd.arg("--cluster").arg(f);
+    }
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "render: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let cluster = spec::load(cluster_file).unwrap();
+    let init = out.join(cluster.init_node().name.as_str());
+    let o = Command::new(kubeadm())
+        .args(["config", "images", "list", "--config"])
+        .arg(init.join("etc/hakube/kubeadm/init.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "kubeadm: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let list = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    // The CNI manifest's images, read as text.
+    let cni_file = std::fs::read_dir(init.join("etc/hakube/cni"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let cni = std::fs::read_to_string(cni_file.path())
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("image:"))
+        .map(|i| i.trim().trim_matches('"').to_string())
+        .collect();
+    (list, cni)
+}
+
+fn normalise(i: &str) -> String {
+    images::ImageRef::parse(i).unwrap().to_string()
+}
+
+fn check_roles(cluster_file: Option<&Path>) {
+    let work = tempfile::tempdir().unwrap();
+    let cluster = spec::load(cluster_file).unwrap();
+    let (kubeadm_list, cni) = real_list(cluster_file, work.path());
+    let k = kubeadm();
+    let wanted =
+        images::wanted(&cluster, &cluster.nodes, &KubeadmBinary { path: &k }, None).unwrap();
+    let pause = hakube_build::artifacts::catalog::pause_image(cluster.kubernetes_version);
+    let control = [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "etcd",
+    ];
+    for n in &cluster.nodes {
+        let got: BTreeSet<String> = wanted[n.name.as_str()]
+            .iter()
+            .map(|(i, _)| i.to_string())
+            .collect();
+        let mut want: BTreeSet<String> = BTreeSet::new();
+        match n.role {
+            Role::Etcd => {}
+            Role::Master => want.extend(kubeadm_list.iter().map(|i| normalise(i))),
+            Role::Worker => want.extend(
+                kubeadm_list
+                    .iter()
+                    .filter(|i| {
+                        !control
+                            .iter()
+                            .any(|c| i.rsplit('/').next().unwrap().starts_with(&format!("{c}:")))
+                    })
+                    .map(|i| normalise(i)),
+            ),
+        }
+        if n.role != Role::Etcd {
+            want.extend(cni.iter().map(|i| normalise(i)));
+            want.insert(normalise(&pause));
+        }
+        assert_eq!(got, want, "node {} ({:?})", n.name, n.role);
+    }
+}
+
+#[test]
+fn images_per_role_follow_the_real_kubeadm() {
+    // Stacked etcd: the masters carry kubeadm's etcd image.
+    check_roles(None);
+}
+
+#[test]
+fn external_etcd_masters_carry_no_etcd_image() {
+    let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/render/external-etcd.yaml");
+    check_roles(Some(&f));
+    let cluster = spec::load(Some(&f)).unwrap();
+    let k = kubeadm();
+    let wanted =
+        images::wanted(&cluster, &cluster.nodes, &KubeadmBinary { path: &k }, None).unwrap();
+    for n in &cluster.nodes {
+        let names: Vec<&str> = wanted[n.name.as_str()]
+            .iter()
+            .map(|(i, _)| i.basename())
+            .collect();
+        assert!(!names.contains(&"etcd"), "{}: {names:?}", n.name);
+        if n.role == Role::Etcd {
+            assert!(names.is_empty(), "{}: {names:?}", n.name);
+        }
+    }
+}
+
+/// Pulls the real images from the test registry and lays every node's out:
+/// each node's images.json holds exactly what it runs, pinned.
+#[test]
+fn real_images_laid_on_each_node_match_the_list() {
+    let reg = std::env::var("HAKUBE_TEST_REGISTRY").expect(
+        "HAKUBE_TEST_REGISTRY=127.0.0.1:PORT must name the registry holding the real images",
+    );
+    let ca = std::env::var("HAKUBE_TEST_REGISTRY_CA")
+        .expect("HAKUBE_TEST_REGISTRY_CA must name the test registry's CA (PEM)");
+    let work = tempfile::tempdir().unwrap();
+    let cluster = spec::load(None).unwrap();
+    let k = kubeadm();
+    let wanted =
+        images::wanted(&cluster, &cluster.nodes, &KubeadmBinary { path: &k }, None).unwrap();
+    let mirrors = ["registry.k8s.io", "ghcr.io", "docker.io", "quay.io"]
+        .iter()
+        .map(|r| format!("{r}=https://{reg}/{r}").parse().unwrap())
+        .collect();
+    let src = RegistrySource::new(mirrors, Some(Path::new(&ca))).unwrap();
+    let lock_path = work.path().join("hakube.lock");
+    let got =
+        images::pull_all(&lock_path, &work.path().join("cache"), &src, wanted.clone()).unwrap();
+    let lock = Lock::load(&lock_path).unwrap();
+    for n in &cluster.nodes {
+        let name = n.name.as_str();
+        let stage = work.path().join(name);
+        images::NodeLayout {
+            needed: &got.nodes[name],
+            pulled: got.for_node(name),
+            lock: &lock,
+        }
+        .lay(name, &stage, 0)
+        .unwrap();
+        let want: BTreeSet<String> = wanted[name].iter().map(|(i, _)| i.to_string()).collect();
+        let index = stage.join("lib/hakube/images/images.json");
+        if want.is_empty() {
+            assert!(!index.exists());
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&index).unwrap()).unwrap();
+        let laid: BTreeSet<String> = v["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                let image = i["image"].as_str().unwrap();
+                assert_eq!(
+                    i["amd64Digest"].as_str(),
+                    lock.image(image).map(|p| p.amd64_digest.as_str()),
+                    "{name}: {image}"
+                );
+                image.to_string()
+            })
+            .collect();
+        assert_eq!(laid, want, "node {name}");
+    }
+}
