@@ -602,11 +602,7 @@ fn init_node_finding_a_cluster_joins_it() {
         )),
         1
     );
-    assert!(!w
-        .runner
-        .calls()
-        .iter()
-        .any(|c| c.contains("apply -f")));
+    assert!(!w.runner.calls().iter().any(|c| c.contains("apply -f")));
     // Every master keeps the join token alive, this one too (the fake
     // cluster has none, so it is re-created with its lifetime).
     assert_eq!(w.runner.count("kubeadm token create"), 1);
