@@ -109,7 +109,10 @@ fn replaces_a_wiped_member_while_the_others_hold_quorum() {
     assert_ne!(old[0].1, new[0].1, "etcd-1 has a new member id");
     let cfg =
         fs::read_to_string(s.root("etcd-1").join("var/lib/hakube/etcd/etcd.conf.yml")).unwrap();
-    assert!(cfg.contains(r#""initial-cluster-state": "existing""#), "{cfg}");
+    assert!(
+        cfg.contains(r#""initial-cluster-state": "existing""#),
+        "{cfg}"
+    );
     // the keys written before are served by the new member
     let out = s.etcdctl("etcd-1", &["get", "--prefix", "/before/", "--keys-only"]);
     assert!(out.success(), "{}", out.combined());

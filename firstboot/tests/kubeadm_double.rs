@@ -278,11 +278,17 @@ fn rendered_configs_and_firstboot_argv_pass_the_strict_double() {
         "{taints}"
     );
 
-    // Running again (the unit on the next boot) calls no tool at all.
+    // Running again (the unit on the next boot) calls no tool but the
+    // every-boot check of the join token (one kubectl get).
     let before = calls.len();
     run_node(&s, &tools, "master-1", false).unwrap();
     let calls = tools.calls();
-    assert_eq!(calls.len(), before, "{:#?}", &calls[before..]);
+    assert_eq!(calls.len(), before + 1, "{:#?}", &calls[before..]);
+    assert!(
+        argv(&calls[before]).contains(&format!("bootstrap-token-{id}")),
+        "{:#?}",
+        &calls[before..]
+    );
     let st = hakube_firstboot::status(&master, true).unwrap();
     let v: Value = serde_json::from_str(&st).unwrap();
     let init_step = v["steps"]
