@@ -144,6 +144,7 @@ impl CommandRunner for FakeRunner {
 }
 
 type Hook = Box<dyn Fn()>;
+type Ready = Box<dyn Fn() -> bool>;
 
 /// systemd: records starts and restarts; a started unit is active; hooks let
 /// a test make starting a unit do something (bring an etcd member up).
@@ -152,7 +153,7 @@ pub struct FakeServices {
     pub active: RefCell<BTreeSet<String>>,
     calls: RefCell<Vec<String>>,
     hooks: RefCell<Vec<(String, Hook)>>,
-    ready: RefCell<Vec<(String, Box<dyn Fn() -> bool>)>>,
+    ready: RefCell<Vec<(String, Ready)>>,
     pub cut: PowerCut,
 }
 

@@ -58,7 +58,7 @@ fn forms_a_three_member_cluster() {
         let out = s.etcdctl(n, &["endpoint", "health"]);
         assert!(out.success(), "{}", out.combined());
         let cfg = fs::read_to_string(s.root(n).join("var/lib/hakube/etcd/etcd.conf.yml")).unwrap();
-        assert!(cfg.contains("initial-cluster-state: new"), "{cfg}");
+        assert!(cfg.contains(r#""initial-cluster-state": "new""#), "{cfg}");
     }
     // health of the etcd role through the real client
     let root = s.root("etcd-2");
@@ -109,7 +109,10 @@ fn replaces_a_wiped_member_while_the_others_hold_quorum() {
     assert_ne!(old[0].1, new[0].1, "etcd-1 has a new member id");
     let cfg =
         fs::read_to_string(s.root("etcd-1").join("var/lib/hakube/etcd/etcd.conf.yml")).unwrap();
-    assert!(cfg.contains("initial-cluster-state: existing"), "{cfg}");
+    assert!(
+        cfg.contains(r#""initial-cluster-state": "existing""#),
+        "{cfg}"
+    );
     // the keys written before are served by the new member
     let out = s.etcdctl("etcd-1", &["get", "--prefix", "/before/", "--keys-only"]);
     assert!(out.success(), "{}", out.combined());
