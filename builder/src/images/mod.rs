@@ -123,7 +123,9 @@ pub fn wanted(
         "listing kubeadm's images with the kubeadm of the artifact set (kubeadm config images list)",
     )?;
     let cni = cni_images(cluster, &tree, calico_operator)?;
-    let sandbox = ImageRef::parse(&crate::artifacts::catalog::pause_image(cluster.kubernetes_version))?;
+    let sandbox = ImageRef::parse(&crate::artifacts::catalog::pause_image(
+        cluster.kubernetes_version,
+    ))?;
     for n in nodes {
         out.insert(
             n.name.as_str().to_string(),
