@@ -57,6 +57,25 @@ fn firstboot_bin() -> PathBuf {
     fb
 }
 
+/// `--registry-mirror` for every upstream registry and `--registry-ca`: the
+/// build pulls the node's container images from the test registry.
+fn registry_args() -> Vec<String> {
+    let reg = std::env::var("HAKUBE_TEST_REGISTRY").expect(
+        "HAKUBE_TEST_REGISTRY=127.0.0.1:PORT must name the test registry holding the real images \
+         (tests/registry start)",
+    );
+    let ca = std::env::var("HAKUBE_TEST_REGISTRY_CA")
+        .expect("HAKUBE_TEST_REGISTRY_CA must name the test registry's CA (PEM)");
+    let mut args = Vec::new();
+    for r in ["registry.k8s.io", "ghcr.io"] {
+        args.push("--registry-mirror".to_string());
+        args.push(format!("{r}=https://{reg}/{r}"));
+    }
+    args.push("--registry-ca".to_string());
+    args.push(ca);
+    args
+}
+
 struct Env {
     dir: PathBuf,
     mirror: PathBuf,
@@ -88,6 +107,7 @@ impl Env {
             .arg(&self.firstboot)
             .arg("--out")
             .arg(out)
+            .args(registry_args())
             .env("SOURCE_DATE_EPOCH", EPOCH)
             .env_remove("HAKUBE_CACHE_DIR")
             .stdout(Stdio::piped())
