@@ -419,7 +419,7 @@ mod tests {
             ["1.14.6", "kubeadm", "v1.37.2"],
             "{t}"
         );
-        assert_eq!(line("containerd")[1], "2.2.9", "{t}");
+        assert_eq!(line("containerd")[1], "2.3.7", "{t}");
         assert!(
             line("CRI-O")[2..].starts_with(&["not", "confirmed:"]),
             "{t}"
@@ -441,7 +441,7 @@ mod tests {
         let comp = &v["companions"];
         assert_eq!(comp["pause"]["version"], "3.10.2");
         assert_eq!(comp["etcdImage"]["version"], "3.7.0-0");
-        assert_eq!(comp["runc"]["version"], "1.3.6");
+        assert_eq!(comp["runc"]["version"], "1.5.2");
         assert_eq!(comp["flannelCniPlugin"]["version"], "1.9.1-flannel3");
         assert_eq!(comp["calico"]["confirmed"], false);
         assert!(comp["coredns"]["source"]

@@ -212,7 +212,7 @@ fn a_download_that_contradicts_the_checksum_file_is_refused_on_first_resolution(
     let s = setup();
     let err = resolve(&request(&c, &s, Source::Mirror(server.url()))).unwrap_err();
     let msg = format!("{err:#}");
-    assert!(msg.contains("refusing runc v1.3.6"), "{msg}");
+    assert!(msg.contains("refusing runc v1.5.2"), "{msg}");
     assert!(msg.contains("runc.sha256sum"), "{msg}");
     assert!(!cache_names(&s.cache).contains(&sha256_hex(b"not runc")));
     // The pin from the checksum file is kept, so the next try checks the same.
@@ -322,7 +322,7 @@ fn a_mirror_without_the_file_names_it_and_the_layout() {
     let mut content = Content::for_specs(&specs(&c));
     content
         .files
-        .remove("github.com/opencontainers/runc/releases/download/v1.3.6/runc.amd64");
+        .remove("github.com/opencontainers/runc/releases/download/v1.5.2/runc.amd64");
     let s = setup();
     let mirror = s.root.join("mirror");
     content.write_to(&mirror);
@@ -335,7 +335,7 @@ fn a_mirror_without_the_file_names_it_and_the_layout() {
     let msg = format!("{err:#}");
     assert!(
         msg.contains(&format!(
-            "cannot download runc v1.3.6 from {}/github.com/opencontainers/runc/releases/download/v1.3.6/runc.amd64",
+            "cannot download runc v1.5.2 from {}/github.com/opencontainers/runc/releases/download/v1.5.2/runc.amd64",
             mirror.display()
         )),
         "{msg}"

@@ -138,6 +138,7 @@ impl Companions {
 // Shared by every minor.
 
 /// CNI plugins: the 1.9 line containerd v2.2.9 installs for its own CRI tests
+/// (v2.3.7's go.mod requires exactly v1.9.1)
 /// (script/setup/install-cni takes the github.com/containernetworking/plugins
 /// version of its go.mod, v1.9.0), at its newest patch the Go module proxy
 /// serves, v1.9.1 (v1.10.0 is served too, but untested by that containerd).
@@ -145,19 +146,28 @@ const CNI_PLUGINS: Pin = pin(
     "1.9.1",
     "containerd v2.2.9 go.mod/script/setup/install-cni: the 1.9 line; github.com/containernetworking/plugins v1.9.1, served by the Go module proxy",
 );
-/// containerd 2.2.9 with the runc its release pins in script/setup/runc-version
-/// (v1.3.6). containerd's RELEASES.md (v2.4.2) recommends 2.2.0+ for
-/// Kubernetes 1.35 and 1.36, and 2.3.0+/2.4.0+ for 1.37; it also lists the 2.2
-/// branch as ending on 2026-11-06. 2.2.9 is the project's agreed runtime for
-/// now (what srcbuild/ builds); 2.3.x (LTS to 2028-04-30, runc v1.5.2) is the
-/// successor to move to, see the README's version notes.
-const CONTAINERD: Pin = pin(
+/// containerd per minor, from containerd's own Kubernetes support matrix
+/// (RELEASES.md of v2.4.2): 1.35 -> 2.2.0+ (2.3 is not listed for 1.35),
+/// 1.36 -> 2.3.0+ or 2.2.0+, 1.37 -> 2.4.0+ or 2.3.0+. 2.3 is the LTS line
+/// (supported to 2028-04-30), so 1.36 and 1.37 take its newest patch the Go
+/// module proxy serves; 1.35 stays on 2.2 (the only matrix line both lists
+/// and the proxy serves), whose branch ended on 2026-11-06. Each with the runc
+/// its release pins in script/setup/runc-version.
+const CONTAINERD_2_2: Pin = pin(
     "2.2.9",
-    "github.com/containerd/containerd/v2 v2.2.9, served by the Go module proxy; RELEASES.md: 2.2.0+ for Kubernetes 1.35/1.36 (2.3.0+ recommended for 1.37; the 2.2 branch ended 2026-11-06)",
+    "github.com/containerd/containerd/v2 v2.2.9, served by the Go module proxy; RELEASES.md: 2.2.0+ for Kubernetes 1.35 (the 2.2 branch ended 2026-11-06)",
 );
-const RUNC: Pin = pin(
+const RUNC_FOR_2_2: Pin = pin(
     "1.3.6",
     "containerd v2.2.9 script/setup/runc-version (v1.3.6); github.com/opencontainers/runc v1.3.6, served by the Go module proxy",
+);
+const CONTAINERD_2_3: Pin = pin(
+    "2.3.7",
+    "github.com/containerd/containerd/v2 v2.3.7, served by the Go module proxy; RELEASES.md: 2.3.0+ for Kubernetes 1.36 and 1.37 (LTS to 2028-04-30)",
+);
+const RUNC_FOR_2_3: Pin = pin(
+    "1.5.2",
+    "containerd v2.3.7 script/setup/runc-version (v1.5.2); github.com/opencontainers/runc v1.5.2, served by the Go module proxy",
 );
 /// flannel v0.28.10 and the CNI plugin image its own manifest names
 /// (Documentation/kube-flannel.yml of the github.com/flannel-io/flannel v0.28.10 module).
@@ -210,8 +220,8 @@ pub fn companions(minor: u32) -> Option<Companions> {
                 "1.36.0",
                 "sigs.k8s.io/cri-tools v1.36.0, served by the Go module proxy (v1.35.0 is not served: 403)",
             ),
-            containerd: CONTAINERD,
-            runc: RUNC,
+            containerd: CONTAINERD_2_2,
+            runc: RUNC_FOR_2_2,
             cni_plugins: CNI_PLUGINS,
             cri_o: unconfirmed(
                 "1.35.0",
@@ -235,8 +245,8 @@ pub fn companions(minor: u32) -> Option<Companions> {
                 "1.36.0",
                 "sigs.k8s.io/cri-tools v1.36.0 (same minor), served by the Go module proxy",
             ),
-            containerd: CONTAINERD,
-            runc: RUNC,
+            containerd: CONTAINERD_2_3,
+            runc: RUNC_FOR_2_3,
             cni_plugins: CNI_PLUGINS,
             cri_o: unconfirmed(
                 "1.36.0",
@@ -262,8 +272,8 @@ pub fn companions(minor: u32) -> Option<Companions> {
                 "1.37.0",
                 "sigs.k8s.io/cri-tools v1.37.0 (same minor), served by the Go module proxy",
             ),
-            containerd: CONTAINERD,
-            runc: RUNC,
+            containerd: CONTAINERD_2_3,
+            runc: RUNC_FOR_2_3,
             cni_plugins: CNI_PLUGINS,
             cri_o: unconfirmed(
                 "1.37.0",
@@ -668,11 +678,11 @@ mod tests {
         );
         assert_eq!(
             url("containerd"),
-            "https://github.com/containerd/containerd/releases/download/v2.2.9/containerd-2.2.9-linux-amd64.tar.gz"
+            "https://github.com/containerd/containerd/releases/download/v2.3.7/containerd-2.3.7-linux-amd64.tar.gz"
         );
         assert_eq!(
             url("runc"),
-            "https://github.com/opencontainers/runc/releases/download/v1.3.6/runc.amd64"
+            "https://github.com/opencontainers/runc/releases/download/v1.5.2/runc.amd64"
         );
         assert_eq!(
             url("crictl"),
@@ -687,7 +697,7 @@ mod tests {
             containerd.checksum,
             Checksum::File {
                 url: format!("{}.sha256sum", containerd.url),
-                entry: "containerd-2.2.9-linux-amd64.tar.gz".into()
+                entry: "containerd-2.3.7-linux-amd64.tar.gz".into()
             }
         );
     }

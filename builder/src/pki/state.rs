@@ -277,22 +277,9 @@ fn tighten(path: &Path, meta: &fs::Metadata, want: u32) -> Result<()> {
     Ok(())
 }
 
-/// `mkdir -p` where every directory created gets mode 0700.
+/// `mkdir -p` where every directory created is 0700 from the start (parents
+/// outside the state directory, e.g. `.hakube`, too): a kill between a
+/// `mkdir` and a `chmod` once left a 0755 node directory (crash_safety).
 fn create_private_dir_all(dir: &Path) -> Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.exists() {
-            // Parents outside the state directory (e.g. `.hakube`) are private too.
-            create_private_dir_all(parent)?;
-        }
-    }
-    match fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e).with_context(|| format!("creating directory {}", dir.display())),
-    }
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("setting mode 0700 on {}", dir.display()))
+    crate::private::create_dir_all(dir)
 }

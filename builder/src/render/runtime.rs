@@ -15,7 +15,7 @@ pub const CRICTL_CONFIG: &str = "etc/crictl.yaml";
 /// (pulls; the sandbox image is a pinned image there, no longer
 /// `sandbox_image`) and `io.containerd.cri.v1.runtime` (runtimes, CNI).
 /// Reference: docs/cri/config.md and internal/cri/config/config.go of
-/// containerd v2.2.9. Only what differs from containerd's defaults is set.
+/// containerd v2.3.7 (and v2.2.9 for 1.35). Only what differs from containerd's defaults is set.
 fn containerd_config(cluster: &Cluster) -> String {
     format!(
         r#"# containerd configuration written by hakube-build render.
