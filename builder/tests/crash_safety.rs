@@ -22,7 +22,10 @@
 //! mirror (HAKUBE_TEST_MIRROR, else tests/make-mirror makes one). The seed of
 //! the random kill points is printed; HAKUBE_CRASH_SEED=N repeats a run.
 
+#[path = "common/registry.rs"]
+mod registry;
 use rand::{Rng, SeedableRng};
+use registry::registry_args;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -55,25 +58,6 @@ fn firstboot_bin() -> PathBuf {
         assert!(c.status().unwrap().success(), "building hakube-firstboot");
     }
     fb
-}
-
-/// `--registry-mirror` for every upstream registry and `--registry-ca`: the
-/// build pulls the node's container images from the test registry.
-fn registry_args() -> Vec<String> {
-    let reg = std::env::var("HAKUBE_TEST_REGISTRY").expect(
-        "HAKUBE_TEST_REGISTRY=127.0.0.1:PORT must name the test registry holding the real images \
-         (tests/registry start)",
-    );
-    let ca = std::env::var("HAKUBE_TEST_REGISTRY_CA")
-        .expect("HAKUBE_TEST_REGISTRY_CA must name the test registry's CA (PEM)");
-    let mut args = Vec::new();
-    for r in ["registry.k8s.io", "ghcr.io"] {
-        args.push("--registry-mirror".to_string());
-        args.push(format!("{r}=https://{reg}/{r}"));
-    }
-    args.push("--registry-ca".to_string());
-    args.push(ca);
-    args
 }
 
 struct Env {

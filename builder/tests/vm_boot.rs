@@ -5,6 +5,9 @@
 
 mod support;
 
+#[path = "common/registry.rs"]
+mod registry;
+use registry::registry_args;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -30,25 +33,6 @@ fn firstboot_bin() -> PathBuf {
         run(&mut c);
     }
     fb
-}
-
-/// `--registry-mirror` for every upstream registry and `--registry-ca`, from
-/// the test registry holding the real images.
-fn registry_args() -> Vec<String> {
-    let reg = std::env::var("HAKUBE_TEST_REGISTRY").expect(
-        "HAKUBE_TEST_REGISTRY=127.0.0.1:PORT must name the test registry holding the real images \
-         (srcbuild's tests/registry start)",
-    );
-    let ca = std::env::var("HAKUBE_TEST_REGISTRY_CA")
-        .expect("HAKUBE_TEST_REGISTRY_CA must name the test registry's CA (PEM)");
-    let mut args = Vec::new();
-    for r in ["registry.k8s.io", "ghcr.io", "docker.io", "quay.io"] {
-        args.push("--registry-mirror".to_string());
-        args.push(format!("{r}=https://{reg}/{r}"));
-    }
-    args.push("--registry-ca".to_string());
-    args.push(ca);
-    args
 }
 
 fn check(agent: &mut support::vm::Agent, what: &str, cmd: &str, vm: &Vm) -> String {
