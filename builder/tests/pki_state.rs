@@ -269,6 +269,46 @@ fn a_missing_ca_key_is_an_error_not_a_new_ca() {
 }
 
 #[test]
+fn a_ca_key_without_its_certificate_is_finished_with_the_same_key() {
+    // A run killed between writing a CA's key and its certificate.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s");
+    let cluster = default_cluster();
+    ClusterSecrets::load_or_create(&cluster, &state).unwrap();
+    let key = fs::read(state.join("front-proxy-ca.key")).unwrap();
+    fs::remove_file(state.join("front-proxy-ca.crt")).unwrap();
+    let secrets = ClusterSecrets::load_or_create(&cluster, &state).unwrap();
+    assert_eq!(fs::read(state.join("front-proxy-ca.key")).unwrap(), key);
+    let crt = fs::read(state.join("front-proxy-ca.crt")).unwrap();
+    assert_eq!(mode_of(&state.join("front-proxy-ca.crt")), 0o600);
+    // The new certificate is for the stored key, and the leaf issued under
+    // it verifies against it.
+    let m1 = node_files(&cluster, &secrets, cluster.node("master-1").unwrap()).unwrap();
+    assert_eq!(contents(&m1, &format!("{PKI_DIR}/front-proxy-ca.crt")), crt);
+    openssl_verify(
+        &crt,
+        &contents(&m1, &format!("{PKI_DIR}/front-proxy-client.crt")),
+        Some("sslclient"),
+    )
+    .unwrap();
+    let pub_of = |args: &str| {
+        sh(&format!(
+            "openssl {args} | openssl pkey -pubin -outform DER | sha256sum"
+        ))
+    };
+    assert_eq!(
+        pub_of(&format!(
+            "x509 -in {} -noout -pubkey",
+            state.join("front-proxy-ca.crt").display()
+        )),
+        pub_of(&format!(
+            "pkey -in {} -pubout",
+            state.join("front-proxy-ca.key").display()
+        )),
+    );
+}
+
+#[test]
 fn rsa_mode_makes_rsa_keys() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("s");

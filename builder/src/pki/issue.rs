@@ -102,7 +102,28 @@ pub fn new_ca(
     validity: Validity,
     now: OffsetDateTime,
 ) -> Result<CertAndKey> {
-    let key = generate_key(alg)?;
+    ca_for_key(kind, generate_key(alg)?, validity, now)
+}
+
+/// A self-signed CA certificate for an existing key (PEM): what finishes a
+/// CA whose creation was cut short after its key was written.
+pub fn ca_from_key_pem(
+    kind: CaKind,
+    key_pem: &str,
+    validity: Validity,
+    now: OffsetDateTime,
+) -> Result<CertAndKey> {
+    let key = KeyPair::from_pem(key_pem)
+        .map_err(|e| anyhow!("reading the {} CA key: {e}", kind.base()))?;
+    ca_for_key(kind, key, validity, now)
+}
+
+fn ca_for_key(
+    kind: CaKind,
+    key: KeyPair,
+    validity: Validity,
+    now: OffsetDateTime,
+) -> Result<CertAndKey> {
     let mut p = base_params(now, validity)?;
     p.distinguished_name = dn(kind.common_name(), &[]);
     // kubeadm's NewSelfSignedCACert puts the CN in as a DNS name as well.

@@ -117,8 +117,22 @@ impl ClusterSecrets {
                     tracing::info!("created the {} CA in {}", kind.base(), dir.root().display());
                     (ca.cert_pem, ca.key_pem)
                 }
-                _ => bail!(
-                    "{}: one of {crt} and {key} is missing; refusing to re-create a CA (restore the file from a backup)",
+                (None, Some(k)) => {
+                    // The key is written first, so this is a creation cut
+                    // short: no certificate was ever issued under this CA.
+                    // Finish it with the same key.
+                    let ca =
+                        issue::ca_from_key_pem(kind, &k, cluster.certificates.ca_validity, now)
+                            .with_context(|| format!("{}", dir.root().join(&key).display()))?;
+                    dir.write(&crt, ca.cert_pem.as_bytes())?;
+                    tracing::warn!(
+                        "{}: {key} had no certificate (an interrupted run); issued {crt} for it",
+                        dir.root().display()
+                    );
+                    (ca.cert_pem, ca.key_pem)
+                }
+                (Some(_), None) => bail!(
+                    "{}: {crt} is there but {key} is missing; refusing to re-create a CA that may already have signed certificates (restore {key} from a backup)",
                     dir.root().display()
                 ),
             };
