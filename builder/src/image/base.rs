@@ -251,8 +251,7 @@ pub fn ensure(
 
 /// Parses `dpkg-query -W -f '${Package}\t${Version}\n'` output.
 fn read_versions(path: &Path) -> Result<BTreeMap<String, String>> {
-    let text =
-        fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     parse_versions(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -285,7 +284,7 @@ fn check_pins(installed: &BTreeMap<String, String>) -> Result<()> {
     Ok(())
 }
 
-fn now_epoch() -> i64 {
+pub fn now_epoch() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -331,7 +330,10 @@ mod tests {
         let mut drifted = v.clone();
         drifted.insert("systemd".into(), "257.14-1".into());
         let e = check_pins(&drifted).unwrap_err().to_string();
-        assert!(e.contains("systemd 257.14-1") && e.contains("257.13-1~deb13u1"), "{e}");
+        assert!(
+            e.contains("systemd 257.14-1") && e.contains("257.13-1~deb13u1"),
+            "{e}"
+        );
         assert!(parse_versions("no tab here\n").is_err());
         assert!(parse_versions("").is_err());
     }

@@ -29,7 +29,13 @@ pub struct Netns {
 
 impl Netns {
     pub fn new() -> Netns {
-        let name = format!("hakube-test-{}", std::process::id());
+        Netns::named(&format!("hakube-test-{}", std::process::id()))
+    }
+
+    /// A namespace of that name (a test's own prefix, so parallel runs of
+    /// different tests never collide).
+    pub fn named(name: &str) -> Netns {
+        let name = name.to_string();
         run(Command::new("ip").args(["netns", "add", &name]));
         let ns = Netns { name };
         for args in [
@@ -69,6 +75,29 @@ pub struct Vm {
 
 impl Vm {
     pub fn start(ns: &Netns, accel: Accel, disk: &Path, mac: &str, dir: &Path, tag: &str) -> Vm {
+        Vm::start_with(ns, accel, disk, mac, dir, tag, &[])
+    }
+
+    /// Like [`Vm::start`], with more disks attached read-only (virtio, raw),
+    /// in order after the boot disk (`/dev/vdb`, ...).
+    pub fn start_with(
+        ns: &Netns,
+        accel: Accel,
+        disk: &Path,
+        mac: &str,
+        dir: &Path,
+        tag: &str,
+        extra_disks: &[&Path],
+    ) -> Vm {
+        let extra: Vec<String> = extra_disks
+            .iter()
+            .flat_map(|d| {
+                [
+                    "-drive".to_string(),
+                    format!("file={},if=virtio,format=raw,readonly=on", d.display()),
+                ]
+            })
+            .collect();
         let vars = dir.join(format!("{tag}-OVMF_VARS.fd"));
         std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("ovmf installed");
         let qga = dir.join(format!("{tag}-qga.sock"));
@@ -92,6 +121,7 @@ impl Vm {
             ))
             .arg("-drive")
             .arg(format!("file={},if=virtio,format=qcow2", disk.display()))
+            .args(&extra)
             .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
             .arg("-device")
             .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"))

@@ -104,6 +104,7 @@ fn profile(name: &str, role: Role, topology: EtcdTopology) -> NodeProfile {
             kubelet_kubeconfig: "/etc/kubernetes/kubelet.conf".into(),
             bootstrap_token: (role == Role::Master).then(|| "/etc/hakube/bootstrap-token".into()),
         },
+        health_deadline_seconds: 600,
     }
 }
 
