@@ -107,7 +107,7 @@ mod tests {
         );
         let entry = &t[3].1;
         assert!(
-            entry.contains("MatchPattern=hakube_@v.conf\n[Target]"),
+            entry.contains("MatchPattern=hakube_@v.conf\n\n[Target]"),
             "{entry}"
         );
         assert!(
