@@ -167,7 +167,11 @@ fn first_install(v1: &ImageVersion) -> Node {
     ] {
         fs::create_dir_all(root.join(d)).unwrap();
     }
-    fs::write(root.join(layout::ESP_LOADER_CONF), layout::LOADER_CONF).unwrap();
+    fs::write(
+        root.join("efi").join(layout::ESP_LOADER_CONF),
+        layout::LOADER_CONF,
+    )
+    .unwrap();
     let uuid = uuid::Uuid::parse_str(a).unwrap();
     fs::write(
         root.join("efi")
@@ -568,7 +572,7 @@ fn update_fallback_and_rollback_move_between_the_two_slots() {
     assert!(last.result.contains("marked bad"), "{last:?}");
     let text = update::os_status_text(&update::os_status(&p).unwrap());
     assert!(
-        text.contains("root-a   20261203.000000 no      bad"),
+        text.contains("root-a   20261203.000000  no      bad"),
         "{text}"
     );
 
