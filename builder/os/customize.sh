@@ -5,7 +5,7 @@ root="$1"
 in_root() { chroot "$root" "$@"; }
 
 in_root systemctl enable systemd-networkd.service systemd-timesyncd.service \
-	hakube-grow-var.service hakube-boot-health.service
+	hakube-grow-var.service hakube-boot-health.service hakube-boot-assess.service
 # Enabled per node by its tree (or started by hakube-firstboot), never by default.
 in_root systemctl disable ssh.service haproxy.service keepalived.service systemd-resolved.service
 # A distinct identity per node: machine-id is generated on first boot (empty

@@ -47,7 +47,7 @@ fn stand_in_os(dir: &Path) -> OsRoot {
     fs::write(os.join("vmlinuz"), vec![0x4b; 3 << 20]).unwrap();
     fs::write(os.join("initrd.img"), vec![0x17; 2 << 20]).unwrap();
     fs::write(os.join("systemd-bootx64.efi"), b"MZ stand-in systemd-boot").unwrap();
-    OsRoot::from_dir(&os, "6.1.0-test-amd64", EPOCH).unwrap()
+    OsRoot::from_dir(&os, "6.12.0-test-amd64", EPOCH).unwrap()
 }
 
 fn node_tree() -> FileTree {
@@ -149,7 +149,9 @@ fn node_disk_has_the_documented_layout_and_contents() {
     let parts = pt["partitions"].as_array().unwrap();
     let field = |i: usize, k: &str| parts[i][k].as_str().unwrap_or("").to_string();
     let names: Vec<String> = (0..parts.len()).map(|i| field(i, "name")).collect();
-    assert_eq!(names, ["esp", "root-a", "root-b", "var"]);
+    // Slot A is labelled with the image version (the build time), slot B
+    // empty: the labels systemd-sysupdate matches.
+    assert_eq!(names, ["esp", "hakube_20231114.221320", "_empty", "var"]);
     assert_eq!(field(0, "type"), "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
     assert_eq!(field(1, "type"), "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709");
     assert_eq!(field(2, "type"), "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709");
@@ -168,7 +170,12 @@ fn node_disk_has_the_documented_layout_and_contents() {
         "{}",
         String::from_utf8_lossy(&verify.stdout)
     );
-    let gpt = disk::plan("hakube", "worker-1", &disk::Layout::default());
+    let gpt = disk::plan(
+        "hakube",
+        "worker-1",
+        &disk::Layout::default(),
+        &os.image_version().unwrap(),
+    );
     assert_eq!(
         pt["id"].as_str().unwrap().to_lowercase(),
         gpt.disk_guid.to_string()
@@ -232,17 +239,41 @@ fn node_disk_has_the_documented_layout_and_contents() {
         mtype("EFI/systemd/systemd-bootx64.efi"),
         "MZ stand-in systemd-boot"
     );
-    let entry = mtype("loader/entries/hakube-a+3.conf");
-    assert!(entry.contains("linux /hakube/a/vmlinuz"), "{entry}");
-    assert!(entry.contains("initrd /hakube/a/initrd.img"), "{entry}");
-    assert!(entry.contains(
-        "options root=PARTLABEL=root-a rootfstype=erofs ro console=tty0 console=ttyS0,115200"
-    ));
-    assert!(entry.contains("version 6.1.0-test-amd64"), "{entry}");
-    assert!(mtype("loader/loader.conf").contains("default hakube-"));
+    // The first install's entry has no counter (nothing to fall back to) and
+    // names slot A by PARTUUID (systemd#32653).
+    let ls = sh(&format!("mdir -b -i {} ::/loader/entries", esp.display()));
+    assert_eq!(
+        ls.trim(),
+        "::/loader/entries/hakube_20231114.221320.conf",
+        "{ls}"
+    );
+    let entry = mtype("loader/entries/hakube_20231114.221320.conf");
+    assert!(
+        entry.contains("linux /hakube/hakube_20231114.221320.vmlinuz"),
+        "{entry}"
+    );
+    assert!(
+        entry.contains("initrd /hakube/hakube_20231114.221320.initrd"),
+        "{entry}"
+    );
+    let root_a = field(1, "uuid").to_lowercase();
+    assert!(
+        entry.contains(&format!(
+            "options root=PARTUUID={root_a} rootfstype=erofs ro console=tty0 console=ttyS0,115200"
+        )),
+        "{entry}"
+    );
+    assert!(entry.contains("version 20231114.221320\n"), "{entry}");
+    assert!(entry.contains("(Linux 6.12.0-test-amd64)"), "{entry}");
+    // No default: it would win over boot counting (systemd#31215).
+    let loader = mtype("loader/loader.conf");
+    assert!(
+        !loader.lines().any(|l| l.starts_with("default")),
+        "{loader}"
+    );
     let kernel = dir.path().join("k");
     sh(&format!(
-        "mcopy -n -i {} ::/hakube/a/vmlinuz {}",
+        "mcopy -n -i {} ::/hakube/hakube_20231114.221320.vmlinuz {}",
         esp.display(),
         kernel.display()
     ));

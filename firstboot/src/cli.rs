@@ -27,7 +27,55 @@ pub enum Command {
     Status(StatusArgs),
     /// Exit 0 only when this node's role is healthy (etcd: member healthy and
     /// cluster in quorum; Kubernetes: kubelet active and this Node Ready).
-    Health(RootArg),
+    Health(HealthArgs),
+    /// Install a newer OS version from an update bundle into the other root
+    /// slot (systemd-sysupdate), with a boot entry that has 3 tries, and reboot.
+    Upgrade(UpgradeArgs),
+    /// Boot the other root slot from now on: marks the booted version's entry
+    /// bad, so systemd-boot picks the other one, and reboots.
+    Rollback(RollbackArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    pub root: RootArg,
+
+    /// Boot health gate (hakube-boot-assess.service): on a boot that is on
+    /// trial after an update, wait up to the profile's healthDeadlineSeconds
+    /// for health; if it does not come, mark the boot entry bad and reboot,
+    /// so that the previous slot boots. Does nothing on an uncounted boot.
+    #[arg(long)]
+    pub gate: bool,
+
+    /// With --gate: mark the entry bad but do not reboot.
+    #[arg(long, requires = "gate")]
+    pub no_reboot: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UpgradeArgs {
+    #[command(flatten)]
+    pub root: RootArg,
+
+    /// The update bundle: a directory or an http(s) URL holding SHA256SUMS
+    /// and the files it lists (hakube-build writes it under update/VERSION/).
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
+
+    /// Install, but do not reboot.
+    #[arg(long)]
+    pub no_reboot: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub root: RootArg,
+
+    /// Switch, but do not reboot.
+    #[arg(long)]
+    pub no_reboot: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -76,7 +124,7 @@ mod tests {
     #[test]
     fn help_explains_every_flag() {
         let mut cmd = Cli::command();
-        for sub in ["run", "status", "health"] {
+        for sub in ["run", "status", "health", "upgrade", "rollback"] {
             let help = cmd
                 .find_subcommand_mut(sub)
                 .unwrap()

@@ -14,6 +14,7 @@ pub mod journal;
 pub mod status;
 pub mod steps;
 pub mod system;
+pub mod update;
 
 use anyhow::{Context, Result};
 use hakube_node_profile::{NodeProfile, PROFILE_PATH};
@@ -75,16 +76,50 @@ pub fn run(env: &steps::Env, retry: Option<&str>) -> Result<()> {
     steps::run(env, &profile, &mut journal)
 }
 
-/// `status`: the journal as text or JSON.
-pub fn status(root: &Path, json: bool) -> Result<String> {
+/// `status`: the journal and both OS slots, as text or JSON. The slots need
+/// the boot disk and ESP; where they cannot be read (a `--root` that is not a
+/// booted node) the reason is reported instead.
+pub fn status(root: &Path, json: bool, os: &update::Platform) -> Result<String> {
     let profile = load_profile(root)?;
     let journal = open_journal(root, &profile)?;
     let s = status::status(&profile, &journal);
+    let slots = update::os_status(os);
     Ok(if json {
-        status::to_json(&s)
+        let mut v = serde_json::to_value(&s)?;
+        v["os"] = match &slots {
+            Ok(o) => serde_json::to_value(o)?,
+            Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+        };
+        let mut out = serde_json::to_string_pretty(&v)?;
+        out.push('\n');
+        out
     } else {
-        status::to_text(&s)
+        let mut out = status::to_text(&s);
+        out.push_str("\nOS slots:\n");
+        match &slots {
+            Ok(o) => out.push_str(&update::os_status_text(o)),
+            Err(e) => out.push_str(&format!("unavailable: {e:#}\n")),
+        }
+        out
     })
+}
+
+/// `health --gate`: the boot health gate after an OS update.
+pub fn health_gate(env: &steps::Env, os: &update::Platform, no_reboot: bool) -> Result<String> {
+    let profile = load_profile(&env.root)?;
+    let deadline = Duration::from_secs(profile.health_deadline_seconds);
+    let outcome = update::gate(os, deadline, Duration::from_secs(10), no_reboot, &|| {
+        health::check(env, &profile)
+    })?;
+    match outcome {
+        update::GateOutcome::NotCounted => {
+            Ok("boot not on trial (first install or blessed): nothing to assess\n".into())
+        }
+        update::GateOutcome::Healthy(s) => Ok(format!("healthy: {s}\n")),
+        update::GateOutcome::MarkedBad(why) => {
+            anyhow::bail!("boot marked bad: {why}")
+        }
+    }
 }
 
 /// `health`: `Ok(summary)` only when this node's role is healthy.

@@ -1,7 +1,9 @@
 use clap::Parser;
 use hakube_firstboot::cli::{Cli, Command};
 use hakube_firstboot::system::{NetProbe, ProcessRunner, SystemClock, Systemctl};
-use hakube_firstboot::{etcd_client_for, exit_code, health, real_env, run, status};
+use hakube_firstboot::{
+    etcd_client_for, exit_code, health, health_gate, real_env, run, status, update,
+};
 use std::path::Path;
 use std::time::Duration;
 
@@ -27,10 +29,30 @@ fn main() {
         Command::Run(a) => with_env(&a.root.root, a.wait_timeout, &|env| {
             run(env, a.retry.as_deref()).map(|()| String::new())
         }),
-        Command::Status(a) => status(&a.root.root, a.json),
-        Command::Health(a) => with_env(&a.root, Some(0), &|env| {
+        Command::Status(a) => status(
+            &a.root.root,
+            a.json,
+            &update::platform(&a.root.root, &runner, &clock),
+        ),
+        Command::Health(a) if a.gate => with_env(&a.root.root, Some(0), &|env| {
+            health_gate(
+                env,
+                &update::platform(&a.root.root, &runner, &clock),
+                a.no_reboot,
+            )
+        }),
+        Command::Health(a) => with_env(&a.root.root, Some(0), &|env| {
             health(env).map(|s| format!("healthy: {s}\n"))
         }),
+        Command::Upgrade(a) => update::upgrade(
+            &update::platform(&a.root.root, &runner, &clock),
+            &a.source,
+            a.no_reboot,
+        ),
+        Command::Rollback(a) => update::rollback(
+            &update::platform(&a.root.root, &runner, &clock),
+            a.no_reboot,
+        ),
     };
     match result {
         Ok(out) => print!("{out}"),

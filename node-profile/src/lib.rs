@@ -206,6 +206,18 @@ pub struct NodeProfile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_token_ttl: Option<String>,
     pub paths: Paths,
+    /// How long the boot health gate waits, after an OS update, for this
+    /// node's role to be healthy before it marks the boot bad and reboots
+    /// into the previous slot.
+    #[serde(default = "default_health_deadline")]
+    pub health_deadline_seconds: u64,
+}
+
+/// [`NodeProfile::health_deadline_seconds`] when a profile does not say.
+pub const DEFAULT_HEALTH_DEADLINE_SECONDS: u64 = 600;
+
+fn default_health_deadline() -> u64 {
+    DEFAULT_HEALTH_DEADLINE_SECONDS
 }
 
 fn is_false(b: &bool) -> bool {

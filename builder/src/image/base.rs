@@ -292,7 +292,7 @@ fn check_pins(installed: &BTreeMap<String, String>) -> Result<()> {
     Ok(())
 }
 
-fn now_epoch() -> i64 {
+pub fn now_epoch() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

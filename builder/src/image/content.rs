@@ -75,6 +75,21 @@ pub const ROOT_FILES: &[OsFile] = &[
         "rootfs/usr/lib/systemd/system/hakube-boot-health.service"
     ),
     os_file!(
+        "usr/lib/systemd/system/hakube-boot-assess.service",
+        0o644,
+        "rootfs/usr/lib/systemd/system/hakube-boot-assess.service"
+    ),
+    os_file!(
+        "usr/lib/systemd/system/hakube-boot-bad.service",
+        0o644,
+        "rootfs/usr/lib/systemd/system/hakube-boot-bad.service"
+    ),
+    os_file!(
+        "usr/lib/hakube/boot-bad",
+        0o755,
+        "rootfs/usr/lib/hakube/boot-bad"
+    ),
+    os_file!(
         "usr/lib/systemd/system/ssh.service.d/hakube-host-keys.conf",
         0o644,
         "rootfs/usr/lib/systemd/system/ssh.service.d/hakube-host-keys.conf"
@@ -98,10 +113,6 @@ pub const ROOT_FILES: &[OsFile] = &[
 
 /// The mmdebstrap customize hook (enables units, strips build leftovers).
 pub const CUSTOMIZE_HOOK: &[u8] = include_bytes!("../../os/customize.sh");
-
-/// Kernel command line of slot A.
-pub const KERNEL_CMDLINE_A: &str =
-    "root=PARTLABEL=root-a rootfstype=erofs ro console=tty0 console=ttyS0,115200";
 
 /// Writes `files` under `dir` with their modes (directories 0755).
 pub fn write_files(dir: &std::path::Path, files: &[OsFile]) -> anyhow::Result<()> {
@@ -152,6 +163,13 @@ mod tests {
         let health = find("usr/lib/systemd/system/hakube-boot-health.service");
         assert!(health.contains("Before=boot-complete.target"));
         assert!(health.contains("RequiredBy=boot-complete.target"));
+        assert!(health.contains("OnFailure=hakube-boot-bad.service"));
+        let gate = find("usr/lib/systemd/system/hakube-boot-assess.service");
+        assert!(gate.contains("ExecStart=/usr/local/bin/hakube-firstboot health --gate"));
+        assert!(gate.contains("Before=boot-complete.target"));
+        assert!(gate.contains("RequiredBy=boot-complete.target"));
+        assert!(gate.contains("OnFailure=hakube-boot-bad.service"));
+        assert!(find("usr/lib/hakube/boot-bad").contains("systemd-bless-boot bad"));
         let fstab = find("etc/fstab");
         assert!(fstab.contains("overlay\t/opt/cni/bin\toverlay\tlowerdir=/opt/cni/bin"));
         assert!(fstab

@@ -2,66 +2,43 @@
 //! assembled from partition images, and its qcow2 conversion.
 
 use super::fsutil;
-use super::gpt::{types, Gpt, Partition, ATTR_NO_AUTO, SECTOR};
+use super::gpt::{Gpt, Partition, SECTOR};
 use super::tools::{Invocation, Runner, QEMU_IMG};
 use anyhow::{Context, Result};
+use hakube_os_layout::{ImageVersion, Part};
+use std::fs::File;
 use std::path::Path;
 use uuid::Uuid;
 
 /// Namespace of every UUID hakube derives (uuid v5 of a descriptive name).
-pub const NAMESPACE: Uuid = uuid::uuid!("5a3f0c1e-7d2b-5e64-9c1a-6b8f2d4e0a17");
+pub use hakube_os_layout::NAMESPACE;
 
 const MIB: u64 = 1 << 20;
-const GIB: u64 = 1 << 30;
 
-/// Sizes of the disk and its partitions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Layout {
-    /// The virtual disk (sparse).
-    pub disk: u64,
-    pub esp: u64,
-    /// Each root slot (A holds the erofs, B stays empty for updates).
-    pub root: u64,
-    /// The var partition as built; it grows to fill the disk on first boot.
-    pub var: u64,
-}
-
-impl Default for Layout {
-    fn default() -> Self {
-        Layout {
-            disk: 20 * GIB,
-            esp: 256 * MIB,
-            root: 2 * GIB,
-            var: GIB,
-        }
-    }
-}
+/// Sizes of the disk and its partitions (one definition, shared with the node).
+pub type Layout = hakube_os_layout::Sizes;
 
 /// A deterministic UUID for `what` of `node` in `cluster`.
 pub fn seeded_uuid(cluster: &str, node: &str, what: &str) -> Uuid {
     Uuid::new_v5(&NAMESPACE, format!("{cluster}/{node}/{what}").as_bytes())
 }
 
-/// The partition table: esp, root-a, root-b (no-auto), var; 1 MiB aligned.
-pub fn plan(cluster: &str, node: &str, layout: &Layout) -> Gpt {
+/// The partition table of a first install of `version`, in
+/// [`Part::ALL`] order: esp, root slot A (labelled with the version), root
+/// slot B (`_empty`, no-auto), var; 1 MiB aligned.
+pub fn plan(cluster: &str, node: &str, layout: &Layout, version: &ImageVersion) -> Gpt {
     let align = MIB / SECTOR;
     let mut next = align;
     let mut parts = Vec::new();
-    let specs: [(&str, Uuid, u64, u64); 4] = [
-        ("esp", types::ESP, layout.esp, 0),
-        ("root-a", types::ROOT_X86_64, layout.root, 0),
-        ("root-b", types::ROOT_X86_64, layout.root, ATTR_NO_AUTO),
-        ("var", types::VAR, layout.var, 0),
-    ];
-    for (name, ty, size, attributes) in specs {
-        let sectors = size / SECTOR;
+    for part in Part::ALL {
+        let sectors = part.size(layout) / SECTOR;
         parts.push(Partition {
-            name: name.into(),
-            type_guid: ty,
-            guid: seeded_uuid(cluster, node, &format!("partition/{name}")),
+            name: part.initial_label(version),
+            type_guid: part.type_guid(),
+            guid: seeded_uuid(cluster, node, &format!("partition/{}", part.id())),
             first_lba: next,
             last_lba: next + sectors - 1,
-            attributes,
+            attributes: part.initial_attributes(),
         });
         next += sectors.div_ceil(align) * align;
     }
@@ -86,12 +63,12 @@ pub fn assemble_raw(gpt: &Gpt, contents: &Contents, raw: &Path) -> Result<()> {
     f.set_len(gpt.disk_sectors * SECTOR)
         .with_context(|| format!("sizing {}", raw.display()))?;
     gpt.write_to(&f)?;
-    for p in &gpt.partitions {
-        let src = match p.name.as_str() {
-            "esp" => contents.esp,
-            "root-a" => contents.root_a,
-            "var" => contents.var,
-            _ => continue,
+    for (part, p) in Part::ALL.iter().zip(&gpt.partitions) {
+        let src = match part {
+            Part::Esp => contents.esp,
+            Part::RootA => contents.root_a,
+            Part::Var => contents.var,
+            Part::RootB => continue,
         };
         fsutil::copy_sparse_into(src, &f, p.offset(), p.size())
             .with_context(|| format!("placing {} into partition {}", src.display(), p.name))?;
@@ -128,12 +105,16 @@ pub fn to_qcow2(runner: &dyn Runner, raw: &Path, qcow2: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    use super::super::gpt::ATTR_NO_AUTO;
+
     #[test]
     fn plan_is_aligned_ordered_and_seeded() {
         let l = Layout::default();
+        let v: ImageVersion = "20261201.202300".parse().unwrap();
+        let plan = |c: &str, n: &str, l: &Layout| plan(c, n, l, &v);
         let g = plan("hakube", "worker-1", &l);
         let names: Vec<&str> = g.partitions.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["esp", "root-a", "root-b", "var"]);
+        assert_eq!(names, ["esp", "hakube_20261201.202300", "_empty", "var"]);
         for p in &g.partitions {
             assert_eq!(p.first_lba % 2048, 0, "{} not 1 MiB aligned", p.name);
         }

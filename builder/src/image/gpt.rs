@@ -15,15 +15,10 @@ const ARRAY_SECTORS: u64 = (ENTRY_SIZE * ENTRY_COUNT) as u64 / SECTOR;
 const HEADER_SIZE: usize = 92;
 
 /// Partition type GUIDs of the Discoverable Partitions Specification.
-pub mod types {
-    use uuid::{uuid, Uuid};
-    pub const ESP: Uuid = uuid!("c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
-    pub const ROOT_X86_64: Uuid = uuid!("4f68bce3-e8cd-4db1-96e7-fbcaf984b709");
-    pub const VAR: Uuid = uuid!("4d21b016-b534-45c2-a9fb-5c16e091fd2d");
-}
+pub use hakube_os_layout::types;
 
 /// GPT attribute bit 63: "do not auto-mount" (Discoverable Partitions Specification).
-pub const ATTR_NO_AUTO: u64 = 1 << 63;
+pub use hakube_os_layout::ATTR_NO_AUTO;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partition {

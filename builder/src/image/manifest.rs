@@ -33,6 +33,8 @@ pub struct Manifest {
     pub base: BaseInfo,
     pub os_root: OsRootInfo,
     pub firstboot: FileInfo,
+    /// The OS update bundle of this build's OS root.
+    pub update: super::update::UpdateInfo,
     pub artifacts: Vec<ArtifactInfo>,
     pub images: BTreeMap<String, ImageEntry>,
 }
@@ -63,6 +65,8 @@ pub struct OsRootInfo {
     pub erofs_sha256: String,
     pub kernel_version: String,
     pub source_date_epoch: i64,
+    /// The image version (IMAGE_VERSION; names the update bundle and entries).
+    pub version: String,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -22,6 +22,7 @@ pub mod manifest;
 pub mod osroot;
 pub mod partitions;
 pub mod tools;
+pub mod update;
 
 use crate::artifacts::{self, Resolved, Source};
 use crate::cli::BuildArgs;
@@ -72,6 +73,9 @@ pub struct BuildResult {
     pub images: Vec<BuiltImage>,
     pub manifest: PathBuf,
     pub source_date_epoch: i64,
+    /// The OS image version and the update bundle directory of this build.
+    pub version: String,
+    pub update: PathBuf,
     pub cache: CacheHits,
     pub timings: Vec<StepTiming>,
 }
@@ -159,6 +163,9 @@ fn build(runner: &dyn Runner, args: &BuildArgs, steps: &mut Steps) -> Result<Bui
 
     let out_dir = plan.out.join(plan.cluster.name.as_str());
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let update = steps.run("OS update bundle", || {
+        update::write_bundle(&os, plan.cluster.name.as_str(), &out_dir)
+    })?;
     let mut images = Vec::new();
     let mut entries = std::collections::BTreeMap::new();
     for node in &plan.nodes {
@@ -211,7 +218,8 @@ fn build(runner: &dyn Runner, args: &BuildArgs, steps: &mut Steps) -> Result<Bui
     }
     let manifest_path = out_dir.join("manifest.json");
     steps.run("manifest", || {
-        make_manifest(&plan, &base, &os, &resolved, entries)?.merge_and_write(&manifest_path)
+        make_manifest(&plan, &base, &os, &resolved, entries, update.clone())?
+            .merge_and_write(&manifest_path)
     })?;
     Ok(BuildResult {
         cluster: plan.cluster.name.as_str().into(),
@@ -219,6 +227,8 @@ fn build(runner: &dyn Runner, args: &BuildArgs, steps: &mut Steps) -> Result<Bui
         images,
         manifest: manifest_path,
         source_date_epoch: epoch,
+        version: update.version.clone(),
+        update: out_dir.join(&update.dir),
         cache: CacheHits {
             base_rootfs: base.cache_hit,
             os_root: os.cache_hit,
@@ -385,6 +395,7 @@ fn build_os_root(
             artifacts: resolved,
             firstboot_bin: &plan.firstboot,
             source_date_epoch: epoch,
+            version_epoch: plan.env_epoch.unwrap_or_else(base::now_epoch),
         },
     )
 }
@@ -413,6 +424,8 @@ pub fn assemble_node(
     // partition still grows to fill the disk at first boot.
     layout.var += (node_images.size() + node_images.size() / 10).next_multiple_of(1 << 20);
     let epoch = os.source_date_epoch;
+    let gpt = disk::plan(cluster, name, &layout, &os.image_version()?);
+    let root_a = gpt.partitions[1].guid;
     let work = WorkDir::new_in(out_dir, &format!(".{name}.work-"))?;
     let var_img = work.path().join("var.ext4");
     steps.run(&format!("{name}: var partition"), || {
@@ -427,13 +440,12 @@ pub fn assemble_node(
     })?;
     let esp_img = work.path().join("esp.vfat");
     steps.run(&format!("{name}: EFI system partition"), || {
-        let files = partitions::esp_files(os)?;
+        let files = partitions::esp_files(os, &root_a)?;
         let volid = disk::seeded_uuid(cluster, name, "fs/esp").as_u128() as u32;
         partitions::make_esp(runner, &files, &esp_img, layout.esp, volid, epoch)
     })?;
     let raw = work.path().join("disk.raw");
     steps.run(&format!("{name}: GPT disk"), || {
-        let gpt = disk::plan(cluster, name, &layout);
         disk::assemble_raw(
             &gpt,
             &disk::Contents {
@@ -480,6 +492,7 @@ fn make_manifest(
     os: &OsRoot,
     resolved: &Resolved,
     images: std::collections::BTreeMap<String, manifest::ImageEntry>,
+    update: update::UpdateInfo,
 ) -> Result<manifest::Manifest> {
     let spec_bytes = match &plan.cluster.source {
         SpecSource::Embedded => spec::DEFAULT_CLUSTER_YAML.as_bytes().to_vec(),
@@ -505,7 +518,9 @@ fn make_manifest(
             erofs_sha256: os.erofs_sha256.clone(),
             kernel_version: os.kernel_version.clone(),
             source_date_epoch: os.source_date_epoch,
+            version: os.version.clone(),
         },
+        update,
         firstboot: manifest::FileInfo {
             sha256: fsutil::sha256_file(&plan.firstboot)?,
         },

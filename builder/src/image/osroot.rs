@@ -2,12 +2,17 @@
 //! hakube-firstboot, as one read-only erofs image shared by every node and
 //! role. Its /var moves to a seed tar (each node's /var partition starts from
 //! it); kernel, initrd and systemd-boot are taken out for the ESP.
+//!
+//! Each OS root has an image version (the build's time, see
+//! `hakube_os_layout::ImageVersion`), written into os-release as
+//! IMAGE_VERSION: systemd-sysupdate reads the running version from there.
 
 use super::base::Base;
 use super::fsutil;
 use super::tools::{Invocation, Runner, MKFS_EROFS, TAR};
 use crate::artifacts::Resolved;
 use anyhow::{bail, Context, Result};
+use hakube_os_layout::{self as layout, ImageVersion};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -17,6 +22,9 @@ pub struct Inputs<'a> {
     pub artifacts: &'a Resolved,
     pub firstboot_bin: &'a Path,
     pub source_date_epoch: i64,
+    /// The build time that names a newly built root (SOURCE_DATE_EPOCH when
+    /// set, else now); a cached root keeps the version it was built with.
+    pub version_epoch: i64,
 }
 
 /// A cached OS root.
@@ -26,6 +34,8 @@ pub struct OsRoot {
     pub kernel_version: String,
     pub erofs_sha256: String,
     pub source_date_epoch: i64,
+    /// The image version (IMAGE_VERSION in its os-release).
+    pub version: String,
     #[serde(skip)]
     pub dir: PathBuf,
     #[serde(skip)]
@@ -49,6 +59,11 @@ impl OsRoot {
     pub fn systemd_boot(&self) -> PathBuf {
         self.dir.join("systemd-bootx64.efi")
     }
+    pub fn image_version(&self) -> Result<ImageVersion> {
+        self.version
+            .parse()
+            .with_context(|| format!("the OS root in {}", self.dir.display()))
+    }
     /// Assembles an `OsRoot` from a directory holding those files (tests).
     pub fn from_dir(dir: &Path, kernel_version: &str, source_date_epoch: i64) -> Result<OsRoot> {
         let erofs_sha256 = fsutil::sha256_file(&dir.join("root.erofs"))?;
@@ -57,6 +72,7 @@ impl OsRoot {
             kernel_version: kernel_version.into(),
             erofs_sha256,
             source_date_epoch,
+            version: ImageVersion::from_epoch(source_date_epoch)?.to_string(),
             dir: dir.to_path_buf(),
             cache_hit: false,
         })
@@ -120,6 +136,10 @@ pub fn ensure(runner: &dyn Runner, cache_dir: &Path, inputs: &Inputs) -> Result<
         .install_into(&stage)
         .context("installing the Kubernetes artifacts into the OS root")?;
     install_firstboot(inputs.firstboot_bin, &stage)?;
+    let version = ImageVersion::from_epoch(inputs.version_epoch)
+        .context("naming the OS root's image version")?;
+    stamp_os_release(&stage, &version)?;
+    install_sysupdate_transfers(&stage)?;
 
     let kernel_version = take_boot_files(&stage, &out)?;
 
@@ -167,6 +187,7 @@ pub fn ensure(runner: &dyn Runner, cache_dir: &Path, inputs: &Inputs) -> Result<
         kernel_version,
         erofs_sha256: fsutil::sha256_file(&out.join("root.erofs"))?,
         source_date_epoch: inputs.source_date_epoch,
+        version: version.to_string(),
         dir: dir.clone(),
         cache_hit: false,
     };
@@ -189,6 +210,34 @@ fn install_firstboot(bin: &Path, root: &Path) -> Result<()> {
         .with_context(|| format!("copying {} to {}", bin.display(), dest.display()))?;
     fs::set_permissions(&dest, fs::Permissions::from_mode(0o755))
         .with_context(|| format!("setting the mode of {}", dest.display()))?;
+    Ok(())
+}
+
+/// IMAGE_ID and IMAGE_VERSION in os-release (os-release(5)): the running
+/// version for systemd-sysupdate (`%A`) and for `hakube-firstboot status`.
+fn stamp_os_release(root: &Path, version: &ImageVersion) -> Result<()> {
+    let path = root.join("usr/lib/os-release");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out: String = text
+        .lines()
+        .filter(|l| !l.starts_with("IMAGE_ID=") && !l.starts_with("IMAGE_VERSION="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str(&format!(
+        "IMAGE_ID={}\nIMAGE_VERSION={version}\n",
+        layout::IMAGE_ID
+    ));
+    fs::write(&path, out).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The systemd-sysupdate transfer definitions (from the shared layout).
+fn install_sysupdate_transfers(root: &Path) -> Result<()> {
+    let dir = root.join(layout::sysupdate::DEFINITIONS_DIR);
+    fsutil::create_dirs_0755(root, &dir)?;
+    for (name, body) in layout::sysupdate::transfers() {
+        let p = dir.join(name);
+        fs::write(&p, body).with_context(|| format!("writing {}", p.display()))?;
+    }
     Ok(())
 }
 

@@ -3,7 +3,6 @@
 //! and mtools). Timestamps are clamped and identifiers seeded, so the same
 //! inputs give the same bytes.
 
-use super::content::KERNEL_CMDLINE_A;
 use super::fsutil;
 use super::osroot::OsRoot;
 use super::tools::{Invocation, Runner, DEBUGFS, MCOPY, MKE2FS, MKFS_VFAT, MMD, TAR};
@@ -143,24 +142,33 @@ pub fn make_var(
     Ok(())
 }
 
-/// The ESP's files: systemd-boot, loader.conf, the slot-A entry with boot
-/// counting (3 tries), kernel and initrd.
-pub fn esp_files(os: &OsRoot) -> Result<Vec<(String, Vec<u8>)>> {
+/// The ESP's files: systemd-boot, loader.conf (no default), the first
+/// install's entry (no counter: there is nothing to fall back to) naming slot
+/// A's PARTUUID, and its kernel and initrd, all named by the image version as
+/// systemd-sysupdate's transfers expect (hakube_os_layout).
+pub fn esp_files(os: &OsRoot, root_a: &Uuid) -> Result<Vec<(String, Vec<u8>)>> {
+    use hakube_os_layout::{self as layout, EntryName};
     let read = |p: &Path| fs::read(p).with_context(|| format!("reading {}", p.display()));
     let sdboot = read(&os.systemd_boot())?;
-    let loader = "# hakube: slot A by default; the entry counts boots (systemd-bless-boot).\n\
-                  default hakube-*\ntimeout 0\neditor no\n";
-    let entry = format!(
-        "title hakube (slot A)\nversion {}\nsort-key hakube\nlinux /hakube/a/vmlinuz\ninitrd /hakube/a/initrd.img\noptions {}\n",
-        os.kernel_version, KERNEL_CMDLINE_A
-    );
+    let v = os.image_version()?;
+    let entry = layout::entry_conf(&v, &os.kernel_version, root_a);
     Ok(vec![
         ("EFI/BOOT/BOOTX64.EFI".into(), sdboot.clone()),
         ("EFI/systemd/systemd-bootx64.efi".into(), sdboot),
-        ("loader/loader.conf".into(), loader.as_bytes().to_vec()),
-        ("loader/entries/hakube-a+3.conf".into(), entry.into_bytes()),
-        ("hakube/a/vmlinuz".into(), read(&os.kernel())?),
-        ("hakube/a/initrd.img".into(), read(&os.initrd())?),
+        (
+            layout::ESP_LOADER_CONF.into(),
+            layout::LOADER_CONF.as_bytes().to_vec(),
+        ),
+        (
+            format!(
+                "{}/{}",
+                layout::ESP_ENTRIES_DIR,
+                EntryName::new(v.clone(), None)
+            ),
+            entry.into_bytes(),
+        ),
+        (layout::esp_kernel(&v), read(&os.kernel())?),
+        (layout::esp_initrd(&v), read(&os.initrd())?),
     ])
 }
 

@@ -271,6 +271,7 @@ impl ClusterHarness {
                 tap: format!("tap{i}"),
                 memory_mib: memory_mib(n.role),
                 cpus: 2,
+                extra_disks: Vec::new(),
             };
             let vm = Vm::launch(&self.ns, self.accel, config, self.work.path());
             self.nodes.push(NodeVm {
@@ -563,6 +564,7 @@ pub fn pick_accel(ns: &Netns, image: &Path, mac: &str, dir: &Path) -> Accel {
         tap: "tap0".into(),
         memory_mib: 1024,
         cpus: 1,
+        extra_disks: Vec::new(),
     };
     let mut smoke = Vm::launch(ns, Accel::Kvm, config, dir);
     let ok = smoke.wait_agent(Duration::from_secs(60)).is_ok();

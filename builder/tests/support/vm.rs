@@ -99,6 +99,9 @@ pub struct VmConfig {
     pub tap: String,
     pub memory_mib: u32,
     pub cpus: u32,
+    /// More disks, attached read-only (virtio, raw) after the boot disk
+    /// (`/dev/vdb`, ...).
+    pub extra_disks: Vec<PathBuf>,
 }
 
 /// A running VM; killed on drop.
@@ -111,6 +114,19 @@ pub struct Vm {
 
 impl Vm {
     pub fn start(ns: &Netns, accel: Accel, disk: &Path, mac: &str, dir: &Path, tag: &str) -> Vm {
+        Vm::start_with(ns, accel, disk, mac, dir, tag, &[])
+    }
+
+    /// Like [`Vm::start`], with more disks attached read-only.
+    pub fn start_with(
+        ns: &Netns,
+        accel: Accel,
+        disk: &Path,
+        mac: &str,
+        dir: &Path,
+        tag: &str,
+        extra_disks: &[&Path],
+    ) -> Vm {
         let config = VmConfig {
             tag: tag.into(),
             disk: disk.into(),
@@ -118,6 +134,7 @@ impl Vm {
             tap: "tap0".into(),
             memory_mib: 2048,
             cpus: 2,
+            extra_disks: extra_disks.iter().map(|d| d.to_path_buf()).collect(),
         };
         Vm::launch(ns, accel, config, dir)
     }
@@ -166,6 +183,12 @@ impl Vm {
                 "file={},if=virtio,format=qcow2",
                 config.disk.display()
             ))
+            .args(config.extra_disks.iter().flat_map(|d| {
+                [
+                    "-drive".to_string(),
+                    format!("file={},if=virtio,format=raw,readonly=on", d.display()),
+                ]
+            }))
             .arg("-netdev")
             .arg(format!(
                 "tap,id=n0,ifname={},script=no,downscript=no",

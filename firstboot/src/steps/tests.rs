@@ -107,6 +107,7 @@ fn profile(name: &str, role: Role, topology: EtcdTopology) -> NodeProfile {
             kubelet_kubeconfig: "/etc/kubernetes/kubelet.conf".into(),
             bootstrap_token: (role == Role::Master).then(|| "/etc/hakube/bootstrap-token".into()),
         },
+        health_deadline_seconds: 600,
     }
 }
 
@@ -1108,8 +1109,18 @@ fn status_json_reports_states_timings_attempts_errors() {
         FakeCluster::default(),
     );
     let _ = w.run();
+    // No boot disk under this root: status says why instead of the slots.
+    let (runner, clock) = (
+        crate::fakes::FakeRunner::new(),
+        crate::fakes::FakeClock::default(),
+    );
+    let os = crate::update::platform(w.root.path(), &runner, &clock);
     let v: serde_json::Value =
-        serde_json::from_str(&crate::status(w.root.path(), true).unwrap()).unwrap();
+        serde_json::from_str(&crate::status(w.root.path(), true, &os).unwrap()).unwrap();
+    assert!(
+        v["os"]["error"].as_str().unwrap().contains("no disk"),
+        "{v}"
+    );
     assert_eq!(v["node"], "w1");
     assert_eq!(v["role"], "worker");
     assert_eq!(v["overall"], "failed");
@@ -1128,7 +1139,7 @@ fn status_json_reports_states_timings_attempts_errors() {
     assert_eq!(wait["durationMs"], 3601 * 1000); // fake clock: waited to the limit
     let join = steps.iter().find(|s| s["name"] == "kubeadm-join").unwrap();
     assert_eq!(join["state"], "pending");
-    let text = crate::status(w.root.path(), false).unwrap();
+    let text = crate::status(w.root.path(), false, &os).unwrap();
     assert!(text.contains("wait-api             failed"), "{text}");
     assert!(text.contains("last error of wait-api"), "{text}");
 }
