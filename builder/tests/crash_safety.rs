@@ -22,8 +22,11 @@
 //! mirror (HAKUBE_TEST_MIRROR, else tests/make-mirror makes one). The seed of
 //! the random kill points is printed; HAKUBE_CRASH_SEED=N repeats a run.
 
+#[path = "common/firstboot.rs"]
+mod firstboot;
 #[path = "common/registry.rs"]
 mod registry;
+use firstboot::firstboot_bin;
 use rand::{Rng, SeedableRng};
 use registry::registry_args;
 use std::collections::BTreeMap;
@@ -42,22 +45,6 @@ const CLUSTER: &str = "hakube";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn firstboot_bin() -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_hakube-build"));
-    let fb = exe.with_file_name("hakube-firstboot");
-    if !fb.exists() {
-        let release = exe.parent().and_then(|p| p.file_name()) == Some("release".as_ref());
-        let mut c = Command::new(env!("CARGO"));
-        c.current_dir(repo())
-            .args(["build", "-q", "-p", "hakube-firstboot"]);
-        if release {
-            c.arg("--release");
-        }
-        assert!(c.status().unwrap().success(), "building hakube-firstboot");
-    }
-    fb
 }
 
 struct Env {

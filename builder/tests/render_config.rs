@@ -5,12 +5,16 @@
 //!
 //! Regenerate the golden files with `UPDATE_GOLDEN=1 cargo test -p hakube-build --test render_config`.
 
+#[path = "common/srcbuild.rs"]
+mod srcbuild;
+
 use hakube_build::render::{self, paths, JoinCredentials};
 use hakube_build::spec::{self, Cluster};
 use hakube_build::tree::{FileEntry, FileTree};
 use hakube_node_profile::{NodeProfile, Role};
 use serde::Deserialize;
 use serde_json::Value;
+use srcbuild::srcbuild_bin;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -606,23 +610,6 @@ fn keepalived_accepts_its_configs() {
         priorities.push(prio);
     }
     assert!(priorities.windows(2).all(|w| w[0] > w[1]), "{priorities:?}");
-}
-
-/// The directory of the real binaries built from source (srcbuild/build).
-fn srcbuild_bin(tool: &str) -> PathBuf {
-    let dir = std::env::var_os("HAKUBE_SRCBUILD_BIN").unwrap_or_else(|| {
-        panic!(
-            "HAKUBE_SRCBUILD_BIN is not set: this test runs the real {tool} built from source; \
-             set it to the directory srcbuild/build prints"
-        )
-    });
-    let bin = PathBuf::from(dir).join(tool);
-    assert!(
-        bin.is_file(),
-        "HAKUBE_SRCBUILD_BIN has no {tool}: {}",
-        bin.display()
-    );
-    bin
 }
 
 /// containerd 2 reads the rendered config (version 3) and its `config dump`

@@ -1,5 +1,5 @@
 //! The rendered etcd configuration and PKI form a real, healthy etcd cluster
-//! (Debian's etcd-server): three members on 127.0.0.21-23 with peer and
+//! (etcd built from source, the version the catalogue pins): three members on 127.0.0.21-23 with peer and
 //! client TLS and client-certificate authentication.
 //!
 //! Three members share this machine's loopback, so the test re-roots the
@@ -7,9 +7,13 @@
 //! the 127.0.0.1 client listener and moves the metrics listener (both would
 //! collide between members on one host). Everything else is used as rendered.
 
+#[path = "common/srcbuild.rs"]
+mod srcbuild;
+
 use hakube_build::pki::ClusterSecrets;
 use hakube_build::render;
 use hakube_build::spec::{self, SpecSource};
+use srcbuild::srcbuild_bin;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -36,23 +40,9 @@ impl Drop for Members {
     }
 }
 
-/// Fails the test (never skips it) when `tool` does not run, naming the
-/// Debian package that scripts/setup-host installs it from.
-fn require(tool: &str, version_arg: &str, package: &str) {
-    let runs = Command::new(tool)
-        .arg(version_arg)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        runs,
-        "`{tool} {version_arg}` failed: this test needs the real {tool} (Debian package {package}; scripts/setup-host installs it)"
-    );
-}
-
 #[test]
 fn rendered_members_form_a_healthy_tls_cluster() {
-    require("etcd", "--version", "etcd-server");
-    require("etcdctl", "version", "etcd-client");
+    let (etcd, etcdctl) = (srcbuild_bin("etcd"), srcbuild_bin("etcdctl"));
     let cluster = spec::parse(SPEC, SpecSource::Embedded).unwrap();
     let work = tempfile::tempdir().unwrap();
     let secrets = ClusterSecrets::load_or_create(&cluster, &work.path().join("state")).unwrap();
@@ -81,7 +71,7 @@ fn rendered_members_form_a_healthy_tls_cluster() {
         std::fs::write(&conf_path, conf).unwrap();
         let log = std::fs::File::create(root.join("etcd.log")).unwrap();
         members.0.push(
-            Command::new("etcd")
+            Command::new(&etcd)
                 .arg("--config-file")
                 .arg(&conf_path)
                 .stdout(Stdio::null())
@@ -93,7 +83,7 @@ fn rendered_members_form_a_healthy_tls_cluster() {
     let pki = work.path().join("etcd-1/etc/kubernetes/pki/etcd");
     let deadline = Instant::now() + Duration::from_secs(60);
     let healthy = loop {
-        let out = Command::new("etcdctl")
+        let out = Command::new(&etcdctl)
             .env("ETCDCTL_API", "3")
             .args([
                 "--endpoints",
@@ -137,7 +127,7 @@ fn rendered_members_form_a_healthy_tls_cluster() {
         panic!("cluster not healthy within 60 s:\n{text}\n{logs}");
     }
     // A client certificate is required: without one the member refuses.
-    let out = Command::new("etcdctl")
+    let out = Command::new(&etcdctl)
         .env("ETCDCTL_API", "3")
         .args([
             "--endpoints",

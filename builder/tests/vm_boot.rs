@@ -11,28 +11,13 @@ use registry::registry_args;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use support::firstboot::firstboot_bin;
 use support::vm::{run, Accel, Netns, Vm};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(240);
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn firstboot_bin() -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_hakube-build"));
-    let fb = exe.with_file_name("hakube-firstboot");
-    if !fb.exists() {
-        let profile_release = exe.parent().and_then(|p| p.file_name()) == Some("release".as_ref());
-        let mut c = Command::new(env!("CARGO"));
-        c.current_dir(repo())
-            .args(["build", "-q", "-p", "hakube-firstboot"]);
-        if profile_release {
-            c.arg("--release");
-        }
-        run(&mut c);
-    }
-    fb
 }
 
 fn check(agent: &mut support::vm::Agent, what: &str, cmd: &str, vm: &Vm) -> String {

@@ -1,5 +1,5 @@
-//! The etcd steps of hakube-firstboot against a REAL etcd: Debian's
-//! /usr/bin/etcd (3.4) as three processes on 127.0.0.11-13, with the TLS
+//! The etcd steps of hakube-firstboot against a REAL etcd: the etcd the
+//! catalogue pins, built from source (`HAKUBE_SRCBUILD_BIN`), as three processes on 127.0.0.11-13, with the TLS
 //! certificates, etcd config templates and node profiles that
 //! `hakube-build render` produces for a cluster with external etcd.
 //!

@@ -44,19 +44,7 @@ use support::{node_identity, runtime_socket_on_start, waits, Scenario};
 const DRY_RUN_DIR: &str = "var/tmp/realtools-kubeadm-dryrun";
 
 fn kubeadm_bin() -> PathBuf {
-    let dir = std::env::var_os("HAKUBE_SRCBUILD_BIN").unwrap_or_else(|| {
-        panic!(
-            "HAKUBE_SRCBUILD_BIN is not set: point it at the directory of the binaries built \
-             from source (`srcbuild/build` prints it) to run this test; it needs kubeadm"
-        )
-    });
-    let p = Path::new(&dir).join("kubeadm");
-    assert!(
-        p.is_file(),
-        "HAKUBE_SRCBUILD_BIN: no kubeadm in {}",
-        p.display()
-    );
-    p
+    support::srcbuild_bin("kubeadm")
 }
 
 /// A network namespace of the node's own: `lo`, and a veth pair whose one

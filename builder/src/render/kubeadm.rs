@@ -126,6 +126,24 @@ pub fn token_ttl(cluster: &Cluster) -> String {
     hours(cluster.certificates.leaf_validity.days)
 }
 
+/// kubeadm's timeouts (v1beta4 `timeouts`, in InitConfiguration and
+/// JoinConfiguration), longer than its defaults (4m, 4m, 1m, 2m, 5m, 5m): a
+/// node forms the cluster on its own at first boot, on hardware nobody
+/// chose for speed, and a kubeadm run that gives up leaves the node for a
+/// human. The 1m API-call default is what failed first: under QEMU's TCG the
+/// fresh API server took longer than that to answer kubeadm's first
+/// ClusterRoleBinding POST. hakube-firstboot's own waits bound the whole.
+fn timeouts() -> Value {
+    json!({
+        "controlPlaneComponentHealthCheck": "10m0s",
+        "kubeletHealthCheck": "10m0s",
+        "kubernetesAPICall": "5m0s",
+        "etcdAPICall": "5m0s",
+        "tlsBootstrap": "10m0s",
+        "discovery": "10m0s",
+    })
+}
+
 fn init_configuration(cluster: &Cluster, node: &Node, creds: &JoinCredentials) -> Result<Value> {
     let ip = master_address(node)?;
     Ok(json!({
@@ -140,6 +158,7 @@ fn init_configuration(cluster: &Cluster, node: &Node, creds: &JoinCredentials) -
         }],
         "localAPIEndpoint": {"advertiseAddress": ip.to_string(), "bindPort": APISERVER_PORT},
         "nodeRegistration": node_registration(cluster, node),
+        "timeouts": timeouts(),
     }))
 }
 
@@ -253,6 +272,7 @@ pub fn join_config(cluster: &Cluster, node: &Node, creds: &JoinCredentials) -> R
             "tlsBootstrapToken": creds.token,
         },
         "nodeRegistration": node_registration(cluster, node),
+        "timeouts": timeouts(),
     });
     if node.role == Role::Master {
         // No certificateKey: masters carry the shared CA and SA keys already.

@@ -11,23 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use x509_parser::extensions::GeneralName;
 
-/// The directory holding the real binaries. A test that needs them fails
-/// (never skips) when the variable is unset or the binary is missing.
-pub fn tool(name: &str) -> PathBuf {
-    let dir = std::env::var_os("HAKUBE_SRCBUILD_BIN").unwrap_or_else(|| {
-        panic!(
-            "HAKUBE_SRCBUILD_BIN is not set: point it at the directory of the binaries built \
-             from source (`srcbuild/build` prints it) to run this test; it needs {name}"
-        )
-    });
-    let path = Path::new(&dir).join(name);
-    assert!(
-        path.is_file(),
-        "HAKUBE_SRCBUILD_BIN={}: no {name} there",
-        Path::new(&dir).display()
-    );
-    path
-}
+#[path = "../common/srcbuild.rs"]
+mod srcbuild;
+/// A real binary built from source (see `common/srcbuild.rs`).
+pub use srcbuild::srcbuild_bin as tool;
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

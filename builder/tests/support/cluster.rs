@@ -17,6 +17,7 @@
 
 #![allow(dead_code)]
 
+use super::firstboot::firstboot_bin;
 use super::harness::{self, run_bounded, wait_for};
 use super::vm::{run, Accel, Agent, Netns, Vm, VmConfig};
 use hakube_build::spec::{Cluster, NodeNetwork};
@@ -48,21 +49,6 @@ pub fn required_env(var: &str, what: &str) -> PathBuf {
         Some(v) if !v.is_empty() => PathBuf::from(v),
         _ => panic!("{var} is not set: it must name {what} (see README, Tests)"),
     }
-}
-
-/// hakube-firstboot of this tree, (re)built so the images never carry a
-/// stale one (cargo does nothing when it is fresh).
-fn firstboot_bin() -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_hakube-build"));
-    let release = exe.parent().and_then(|p| p.file_name()) == Some("release".as_ref());
-    let mut c = Command::new(env!("CARGO"));
-    c.current_dir(repo())
-        .args(["build", "-q", "-p", "hakube-firstboot"]);
-    if release {
-        c.arg("--release");
-    }
-    run(&mut c);
-    exe.with_file_name("hakube-firstboot")
 }
 
 /// One node's VM and what the harness saw of it.

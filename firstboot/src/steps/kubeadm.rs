@@ -292,10 +292,36 @@ pub fn kubeadm_init(ctx: &mut Ctx) -> Result<String> {
         .args(["init", "--config"])
         .arg(config.to_string_lossy())
         .timeout(KUBEADM_TIMEOUT);
-    run_checked(ctx.env.cmd, &cmd)
-        .context("kubeadm init failed; it will not be re-run automatically")?;
+    if let Err(init) = run_checked(ctx.env.cmd, &cmd) {
+        // kubeadm gives up on its own timeouts; once it has written the
+        // control plane (kubelet.conf and the API server manifest) the rest
+        // of init is idempotent phases, which finish it against the control
+        // plane the kubelet keeps running. Before that point nothing is
+        // retried: a second full init is never run.
+        if !init_control_plane_written(ctx) {
+            return Err(init.context("kubeadm init failed; it will not be re-run automatically"));
+        }
+        log(&format!(
+            "kubeadm init stopped after writing the control plane ({init:#}); finishing it with its phases"
+        ));
+        return resume_init(ctx, &config).map_err(|resume| {
+            resume.context(format!(
+                "kubeadm init failed ({init:#}) and finishing it with its phases failed too; \
+                 neither will be re-run automatically"
+            ))
+        });
+    }
     check_certs_kept(ctx)?;
     Ok("kubeadm init done; baked certificates kept".into())
+}
+
+/// Whether an init got as far as the control plane: only what kubeadm
+/// itself writes tells (admin.conf is baked into the image, so its presence
+/// says nothing): kubelet.conf from the kubeconfig phase, the API server's
+/// manifest from the control-plane phase.
+fn init_control_plane_written(ctx: &Ctx) -> bool {
+    ctx.path(&ctx.profile.paths.kubelet_kubeconfig).exists()
+        && ctx.path(APISERVER_MANIFEST).exists()
 }
 
 fn check_certs_kept(ctx: &Ctx) -> Result<()> {
@@ -322,9 +348,6 @@ const FINISH_PHASES: [&[&str]; 5] = [
 ];
 
 fn resume_init(ctx: &mut Ctx, config: &Path) -> Result<String> {
-    // Only what kubeadm itself writes tells how far it got: admin.conf is
-    // baked into the image, so its presence says nothing. kubelet.conf comes
-    // from the kubeconfig phase, the manifest from the control-plane phase.
     let kubelet_conf = ctx.path(&ctx.profile.paths.kubelet_kubeconfig).exists();
     let manifest = ctx.path(APISERVER_MANIFEST).exists();
     let local_api = format!(

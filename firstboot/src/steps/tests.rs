@@ -980,6 +980,58 @@ fn interrupted_init_with_a_control_plane_is_finished_by_phases() {
 }
 
 #[test]
+fn init_that_gives_up_after_the_control_plane_is_finished_by_phases_in_the_same_run() {
+    // What a slow first boot did: kubeadm wrote the control plane, then its
+    // API-call timeout ran out before the API server answered.
+    let w = init_world(EtcdTopology::External);
+    let (r, probe) = (w.root.path().to_path_buf(), w.probe.clone());
+    w.runner.effect_front("kubeadm init --config", move |_| {
+        write(&r, "etc/kubernetes/kubelet.conf", KUBECONFIG);
+        write(
+            &r,
+            "etc/kubernetes/manifests/kube-apiserver.yaml",
+            "kind: Pod\n",
+        );
+        probe.answer("https://10.0.0.11:6443/readyz", 0);
+        Output {
+            status: 1,
+            stdout: String::new(),
+            stderr:
+                "error execution phase wait-control-plane: unable to create ClusterRoleBinding: \
+                     context deadline exceeded\n"
+                    .into(),
+        }
+    });
+    w.run().unwrap();
+    assert_eq!(w.runner.count("kubeadm init --config"), 1);
+    let config = w.path("etc/hakube/kubeadm/init.yaml");
+    assert_eq!(
+        w.runner
+            .count(&format!("kubeadm init phase addon all --config {config}")),
+        1
+    );
+    assert_eq!(w.state("kubeadm-init"), StepState::Done);
+}
+
+#[test]
+fn init_that_fails_before_the_control_plane_runs_no_phases() {
+    let w = init_world(EtcdTopology::External);
+    w.runner.push_front(
+        "kubeadm init --config",
+        Output {
+            status: 1,
+            stdout: String::new(),
+            stderr: "error execution phase preflight: [ERROR Port-10250]: Port 10250 is in use\n"
+                .into(),
+        },
+    );
+    let msg = format!("{:#}", w.run().unwrap_err());
+    assert!(msg.contains("will not be re-run automatically"), "{msg}");
+    assert_eq!(w.runner.count("kubeadm init phase"), 0);
+    assert_eq!(w.state("kubeadm-init"), StepState::Failed);
+}
+
+#[test]
 fn interrupted_init_is_judged_by_what_kubeadm_wrote_not_the_baked_admin_conf() {
     let w = init_world(EtcdTopology::External);
     // Masters carry a baked admin.conf; kubeadm init got as far as the

@@ -1,6 +1,6 @@
 //! Shared harness of firstboot's integration tests: a cluster rendered by
 //! `hakube-build render` into per-node trees (each tree is a node's --root),
-//! and a real three-member etcd (Debian's /usr/bin/etcd) on 127.0.0.11-13
+//! and a real three-member etcd (built from source: `HAKUBE_SRCBUILD_BIN`) on 127.0.0.11-13
 //! with unique ports per scenario. See etcd_real.rs for what is real.
 
 // Each test target uses a different part of the harness.
@@ -17,7 +17,24 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub const ETCD: &str = "/usr/bin/etcd";
+/// A real binary built from source (`HAKUBE_SRCBUILD_BIN`, the directory
+/// `srcbuild/build` prints): the test fails, never skips, without it.
+pub fn srcbuild_bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("HAKUBE_SRCBUILD_BIN").unwrap_or_else(|| {
+        panic!(
+            "HAKUBE_SRCBUILD_BIN is not set: point it at the directory of the binaries built \
+             from source (`srcbuild/build` prints it) to run this test; it needs {name}"
+        )
+    });
+    let path = Path::new(&dir).join(name);
+    assert!(
+        path.is_file(),
+        "HAKUBE_SRCBUILD_BIN={}: no {name} there",
+        Path::new(&dir).display()
+    );
+    path
+}
+
 pub const MEMBERS: [(&str, &str); 3] = [
     ("etcd-1", "127.0.0.11"),
     ("etcd-2", "127.0.0.12"),
@@ -119,7 +136,7 @@ impl ServiceManager for EtcdUnit {
             }
         }
         let log = fs::File::create(self.root.join("etcd.log"))?;
-        let child = Command::new(ETCD)
+        let child = Command::new(srcbuild_bin("etcd"))
             .arg("--config-file")
             .arg(self.root.join("var/lib/hakube/etcd/etcd.conf.yml"))
             .stdout(Stdio::null())
@@ -279,7 +296,7 @@ impl Scenario {
         let root = self.root(node);
         let pki = root.join("etc/kubernetes/pki/etcd");
         let ip = MEMBERS.iter().find(|(n, _)| *n == node).unwrap().1;
-        let out = Command::new("etcdctl")
+        let out = Command::new(srcbuild_bin("etcdctl"))
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoint(ip)))
             .arg(format!("--cacert={}", pki.join("ca.crt").display()))
