@@ -20,6 +20,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use support::firstboot::firstboot_bin;
 use support::vm::{run, Accel, Agent, Netns, Vm};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(300);
@@ -31,20 +32,6 @@ fn repo() -> PathBuf {
 
 fn spec() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/update/etcd-single.yaml")
-}
-
-fn firstboot_bin() -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_hakube-build"));
-    let fb = exe.with_file_name("hakube-firstboot");
-    let release = exe.parent().and_then(|p| p.file_name()) == Some("release".as_ref());
-    let mut c = Command::new(env!("CARGO"));
-    c.current_dir(repo())
-        .args(["build", "-q", "-p", "hakube-firstboot"]);
-    if release {
-        c.arg("--release");
-    }
-    run(&mut c);
-    fb
 }
 
 /// One `hakube-build` of etcd-1 at `epoch` (the build time names the version).
