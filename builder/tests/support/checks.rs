@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 /// Under TCG a control plane comes up ~5x slower than on hardware: kubeadm
 /// init alone takes minutes. Generous, but every wait is bounded.
-pub const FIRST_BOOT_LIMIT: Duration = Duration::from_secs(30 * 60);
+pub const FIRST_BOOT_LIMIT: Duration = Duration::from_secs(50 * 60);
 pub const SETTLE_LIMIT: Duration = Duration::from_secs(10 * 60);
 pub const POLL: Duration = Duration::from_secs(10);
 

@@ -411,16 +411,35 @@ impl ClusterHarness {
     }
 }
 
+/// Run in each guest when a scenario fails (kept as `<node>-diagnostics.txt`).
+const DIAGNOSTICS: &str = "exec 2>&1; \
+    echo '== systemctl --failed'; systemctl --failed --no-pager; \
+    for u in kubelet containerd hakube-firstboot; do \
+      echo \"== journalctl -u $u\"; journalctl -b --no-pager -o short-monotonic -u $u | tail -n 150; done; \
+    export CONTAINER_RUNTIME_ENDPOINT=unix:///run/containerd/containerd.sock; \
+    echo '== crictl pods'; crictl pods; echo '== crictl ps -a'; crictl ps -a; \
+    for c in $(crictl ps -a -q); do echo \"== crictl logs $c\"; crictl logs --tail 40 $c; done";
+
 impl Drop for ClusterHarness {
     fn drop(&mut self) {
         let failed = std::thread::panicking();
         if failed {
-            for n in &self.nodes {
+            for n in &mut self.nodes {
                 let _ = std::fs::write(
                     self.work
                         .path()
                         .join(format!("{}-firstboot-status.json", n.name)),
                     &n.last_status,
+                );
+                // What the serial console does not show: the kubelet's and
+                // containerd's journals and every container's last lines.
+                let diag = match n.guest_sh(DIAGNOSTICS) {
+                    Ok((_, out)) => out,
+                    Err(e) => format!("(diagnostics not read: {e})\n"),
+                };
+                let _ = std::fs::write(
+                    self.work.path().join(format!("{}-diagnostics.txt", n.name)),
+                    diag,
                 );
             }
         }
@@ -431,7 +450,12 @@ impl Drop for ClusterHarness {
             let dest = harness::artifacts_dir(&self.scenario);
             match harness::keep_files(
                 self.work.path(),
-                &["-serial.log", "-qemu.err", "-firstboot-status.json"],
+                &[
+                    "-serial.log",
+                    "-qemu.err",
+                    "-firstboot-status.json",
+                    "-diagnostics.txt",
+                ],
                 &dest,
             ) {
                 Ok(n) => eprintln!(
