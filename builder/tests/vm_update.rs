@@ -12,6 +12,7 @@
 //!    start, the gate marks the boot bad after the profile's deadline and
 //!    reboots; systemd-boot comes back on slot B by itself, /var intact,
 //!    `status` reporting the bad slot and the health result.
+//!
 //! Needs root.
 
 mod support;
@@ -257,7 +258,11 @@ fn upgrade_to_a_good_update_then_a_bad_one_falls_back_by_itself() {
     let qcow2 = PathBuf::from(first["images"][0]["qcow2"].as_str().unwrap());
     let cluster = hakube_build::spec::load(Some(&spec())).unwrap();
     let mac = cluster.node("etcd-1").unwrap().mac.to_string();
-    let ns = Netns::create(&format!("hk-pos-upd-{}", std::process::id()), &["tap0"], None);
+    let ns = Netns::create(
+        &format!("hk-pos-upd-{}", std::process::id()),
+        &["tap0"],
+        None,
+    );
     let mut vm = Vm::start_with(&ns, Accel::Tcg, &qcow2, &mac, d, "upd", &[&bundle_disk]);
 
     // 1. First boot: slot A, not counted; etcd formed; healthy.

@@ -52,7 +52,7 @@ fn forms_a_three_member_cluster() {
     assert_eq!(names, ["etcd-1", "etcd-2", "etcd-3"]);
     assert!(members.iter().all(|m| !m.2));
     for (n, _) in MEMBERS {
-        let st = hakube_firstboot::status(&s.root(n), true).unwrap();
+        let st = support::status(&s.root(n), true);
         let v: serde_json::Value = serde_json::from_str(&st).unwrap();
         assert_eq!(v["overall"], "done", "{st}");
         let out = s.etcdctl(n, &["endpoint", "health"]);
@@ -124,7 +124,7 @@ fn replaces_a_wiped_member_while_the_others_hold_quorum() {
     );
     let out = s.etcdctl("etcd-1", &["get", "/before/7", "--print-value-only"]);
     assert_eq!(out.stdout.trim(), "v7");
-    let st = hakube_firstboot::status(&s.root("etcd-1"), false).unwrap();
+    let st = support::status(&s.root("etcd-1"), false);
     assert!(st.contains("removed stale member etcd-1"), "{st}");
     assert!(st.contains("promoted"), "{st}");
 }
@@ -151,7 +151,7 @@ fn refuses_to_replace_when_quorum_would_be_lost() {
     );
     // membership untouched, as seen by the surviving member
     assert_eq!(member_ids(&s, "etcd-3"), before);
-    let st = hakube_firstboot::status(&s.root("etcd-1"), true).unwrap();
+    let st = support::status(&s.root("etcd-1"), true);
     assert!(st.contains("\"state\": \"failed\""), "{st}");
 }
 
@@ -206,7 +206,7 @@ fn refuses_to_init_a_first_master_over_a_registry_keyspace() {
         "{}",
         out.combined()
     );
-    let st = hakube_firstboot::status(&root, false).unwrap();
+    let st = support::status(&root, false);
     assert!(st.contains("wait-etcd            done"), "{st}");
     assert!(st.contains("etcd-keyspace        failed"), "{st}");
 }

@@ -403,7 +403,7 @@ fn firstboots_kubeadm_init_runs_through_the_real_kubeadm() {
     );
 
     // firstboot finished, and says so.
-    let st: Value = serde_json::from_str(&hakube_firstboot::status(&m1, true).unwrap()).unwrap();
+    let st: Value = serde_json::from_str(&support::status(&m1, true)).unwrap();
     assert_eq!(st["overall"], "done", "{st:#}");
 }
 
@@ -419,7 +419,7 @@ fn an_init_cut_short_is_finished_with_phases_the_real_kubeadm_accepts() {
         run_node(&s, &runner, "master-1", false)
     }));
     assert!(cut.is_err(), "the power cut happened");
-    let st = hakube_firstboot::status(&m1, false).unwrap();
+    let st = support::status(&m1, false);
     assert!(st.contains("kubeadm-init         running"), "{st}");
 
     // Next boot: the control plane is up; firstboot finishes with phases.
@@ -459,6 +459,6 @@ fn an_init_cut_short_is_finished_with_phases_the_real_kubeadm_accepts() {
         "kubeadm refused:\n{}",
         calls_text(&calls)
     );
-    let st: Value = serde_json::from_str(&hakube_firstboot::status(&m1, true).unwrap()).unwrap();
+    let st: Value = serde_json::from_str(&support::status(&m1, true)).unwrap();
     assert_eq!(st["overall"], "done", "{st:#}");
 }

@@ -10,6 +10,7 @@
 //! - systemd-boot: boots the newest entry with tries left (no default) and
 //!   counts one try down; systemd-bless-boot: removes the counter, or sets
 //!   tries left to 0.
+//!
 //! The VM test (builder/tests/vm_update.rs) runs the real ones.
 
 use anyhow::Result;
@@ -348,7 +349,11 @@ fn platform<'a>(n: &Node, sd: &'a Systemd) -> Platform<'a> {
     }
 }
 
-fn slot_summary(p: &Platform) -> Vec<(String, Option<String>, bool, String, Option<u32>, bool)> {
+/// One slot as the tests compare it: partition, version, booted,
+/// assessment, tries left, next boot.
+type SlotRow = (String, Option<String>, bool, String, Option<u32>, bool);
+
+fn slot_summary(p: &Platform) -> Vec<SlotRow> {
     update::os_status(p)
         .unwrap()
         .slots

@@ -6,7 +6,6 @@ use super::gpt::{Gpt, Partition, SECTOR};
 use super::tools::{Invocation, Runner, QEMU_IMG};
 use anyhow::{Context, Result};
 use hakube_os_layout::{ImageVersion, Part};
-use std::fs::File;
 use std::path::Path;
 use uuid::Uuid;
 

@@ -99,7 +99,7 @@ pub fn list_entries(esp: &Path) -> Result<Vec<EntryName>> {
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().and_then(EntryName::parse))
         .collect();
-    out.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+    out.sort_by_key(|a| a.to_string());
     Ok(out)
 }
 

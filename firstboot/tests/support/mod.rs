@@ -349,3 +349,16 @@ pub fn node_identity(runner: &FakeRunner, p: &NodeProfile) {
         )),
     );
 }
+
+/// `hakube-firstboot status` of a node tree (no boot disk here: the OS
+/// slots part reports why it is unavailable).
+pub fn status(root: &Path, json: bool) -> String {
+    let cmd = FakeRunner::new();
+    let os = hakube_firstboot::update::Platform {
+        root: root.to_path_buf(),
+        disk: None,
+        cmd: &cmd,
+        clock: &SystemClock,
+    };
+    hakube_firstboot::status(root, json, &os).unwrap()
+}
