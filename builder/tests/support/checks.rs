@@ -252,9 +252,18 @@ pub fn assert_service_path(h: &ClusterHarness) {
         .replace("@PROBE_IP@", &probe_ip.to_string());
     let file = h.work.path().join("probe.yaml");
     std::fs::write(&file, manifest).expect("writing the probe manifest");
+    // Applied until everything is accepted: a new namespace's default
+    // ServiceAccount comes from the controller-manager a moment later, and
+    // until then the API refuses the bare probe-client Pod (apply is
+    // idempotent, so the objects already created stay as they are).
     h.must(
         "applying the probe workload",
-        h.kubectl(&["apply", "-f", file.to_str().unwrap_or_default()]),
+        wait_for(
+            "the probe workload accepted",
+            Duration::from_secs(180),
+            POLL,
+            || h.kubectl(&["apply", "-f", file.to_str().unwrap_or_default()]),
+        ),
     );
     let (client_ip, t) = h.must(
         "the probe pods becoming Ready",
