@@ -247,18 +247,25 @@ fn check_after_kill(env: &Env, out: &Path, reference: &BTreeMap<PathBuf, String>
     let dir = out.join(CLUSTER);
     for rel in walk(&dir) {
         let p = dir.join(&rel);
-        let top = rel
-            .components()
-            .next()
-            .unwrap()
-            .as_os_str()
-            .to_string_lossy();
-        if top.starts_with('.') {
-            // A work directory of the killed build: private, swept later.
-            if rel.components().count() == 1 {
+        if is_hidden(&rel) {
+            // A work directory of the killed build (in the output directory
+            // or in update/): private, swept later.
+            let name = rel.file_name().unwrap().to_string_lossy();
+            let parent_hidden = rel.parent().is_some_and(is_hidden);
+            if name.starts_with('.') && !parent_hidden {
                 assert!(p.is_dir(), "{what}: {} is a stray file", p.display());
                 assert_eq!(mode(&p), 0o700, "{what}: {} is not private", p.display());
             }
+            continue;
+        }
+        if p.is_dir() {
+            // A directory under a final name (the update bundle's) is one the
+            // complete build has too; its files are checked one by one.
+            assert!(
+                reference.keys().any(|k| k.starts_with(&rel)),
+                "{what}: unexpected final directory {}",
+                p.display()
+            );
             continue;
         }
         let want = reference
@@ -324,6 +331,7 @@ fn check_after_kill(env: &Env, out: &Path, reference: &BTreeMap<PathBuf, String>
 fn check_no_leftovers(env: &Env, out: &Path) {
     for dir in [
         out.join(CLUSTER),
+        out.join(CLUSTER).join("update"),
         env.cache().join("rootfs"),
         env.cache().join("osroot"),
     ] {
@@ -338,15 +346,52 @@ fn check_no_leftovers(env: &Env, out: &Path) {
 }
 
 /// Every file of a build and its mode: images 0600 (they hold the node's
-/// keys), the XML and manifest 0644; the state directory 0700/0600.
+/// keys), the XML and manifest 0644; the OS update bundle (the cluster's OS
+/// root, kernel, initrd and entry: no node file, no secret) in one directory
+/// per version, writable by its owner only; the state directory 0700/0600.
 fn check_modes(env: &Env, out: &Path) {
     let dir = out.join(CLUSTER);
     let files: Vec<String> = walk(&dir).iter().map(|r| r.display().to_string()).collect();
+    let (update, node): (Vec<&String>, Vec<&String>) =
+        files.iter().partition(|f| f.starts_with("update"));
     assert_eq!(
-        files,
+        node,
         ["manifest.json", "worker-1.qcow2", "worker-1.xml"],
-        "the files of a build"
+        "the node files of a build"
     );
+    let version = update
+        .iter()
+        .find_map(|f| f.strip_prefix("update/").filter(|v| !v.contains('/')))
+        .unwrap_or_else(|| panic!("no update/<version> directory in {files:?}"));
+    let mut names: Vec<String> = update
+        .iter()
+        .filter_map(|f| f.strip_prefix(&format!("update/{version}/")))
+        .map(|n| n.replace(version, "V"))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 5, "the update bundle's files: {names:?}");
+    assert_eq!(
+        names[..4],
+        [
+            "SHA256SUMS",
+            "hakube_V.conf",
+            "hakube_V.initrd",
+            "hakube_V.vmlinuz"
+        ],
+        "the update bundle's files"
+    );
+    assert!(
+        names[4].starts_with("hakube_V_") && names[4].ends_with(".root.erofs"),
+        "the update bundle's root image: {}",
+        names[4]
+    );
+    for f in &update {
+        assert_eq!(
+            mode(&dir.join(f)) & 0o022,
+            0,
+            "{f} is writable by others than its owner"
+        );
+    }
     assert_eq!(mode(&dir.join("worker-1.qcow2")), 0o600);
     assert_eq!(mode(&dir.join("worker-1.xml")), 0o644);
     assert_eq!(mode(&dir.join("manifest.json")), 0o644);

@@ -34,10 +34,8 @@ pub fn write_bundle(os: &OsRoot, cluster: &str, out_dir: &Path) -> Result<Update
     let parent = out_dir.join("update");
     let dest = parent.join(v.as_str());
     fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-    let work = tempfile::Builder::new()
-        .prefix(&format!(".{v}.work-"))
-        .tempdir_in(&parent)
-        .with_context(|| format!("creating a work directory in {}", parent.display()))?;
+    // 0700 and locked while in use; one a killed build left is swept here.
+    let work = crate::private::WorkDir::new_in(&parent, ".work-")?;
     let entry = layout::entry_conf(&v, &os.kernel_version, &uuid);
     let files: Vec<(String, PathBuf)> = vec![
         (bundle::root(&v, &uuid), os.erofs()),
@@ -66,9 +64,9 @@ pub fn write_bundle(os: &OsRoot, cluster: &str, out_dir: &Path) -> Result<Update
         // Same version, same OS root: the same bundle is there already.
         return Ok(info);
     }
-    let kept = work.keep();
-    if let Err(e) = fs::rename(&kept, &dest) {
-        let _ = fs::remove_dir_all(&kept);
+    // The work directory is removed when dropped (after a successful rename
+    // there is nothing left to remove); a parallel build may have won.
+    if let Err(e) = fs::rename(work.path(), &dest) {
         if !dest.join(bundle::SHA256SUMS).is_file() {
             return Err(e).with_context(|| format!("renaming into {}", dest.display()));
         }
