@@ -12,8 +12,11 @@ use hakube_node_profile::NodeProfile;
 use std::path::Path;
 use std::sync::OnceLock;
 
+/// A harness: arbitrary bytes in, a panic on a defect.
+pub type Harness = fn(&[u8]);
+
 /// Every harness, by name (the fuzz target's and the regression directory's).
-pub const HARNESSES: &[(&str, fn(&[u8]))] = &[
+pub const HARNESSES: &[(&str, Harness)] = &[
     ("spec", spec),
     ("lock", lock),
     ("checksum", checksum),
@@ -137,8 +140,17 @@ pub fn journal(data: &[u8]) {
     let path = hakube_firstboot::journal::Journal::path_under(root);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, data).unwrap();
+    // No boot disk under the root: the OS slots part says it is unavailable
+    // (no command is run; the fake runner answers none).
+    let cmd = hakube_firstboot::fakes::FakeRunner::new();
+    let os = hakube_firstboot::update::Platform {
+        root: root.to_path_buf(),
+        disk: None,
+        cmd: &cmd,
+        clock: &hakube_firstboot::system::SystemClock,
+    };
     for json in [false, true] {
-        if let Ok(s) = hakube_firstboot::status(root, json) {
+        if let Ok(s) = hakube_firstboot::status(root, json, &os) {
             assert!(!s.is_empty());
         }
     }

@@ -35,6 +35,15 @@ pub fn locate(source: &Source, upstream_url: &str) -> Result<Location> {
     let rest = upstream_url
         .strip_prefix("https://")
         .with_context(|| format!("catalogue URL {upstream_url} is not https"))?;
+    // host/path, each part a plain name: a mirror directory joined with it
+    // stays inside the mirror (an absolute path or `..` would leave it).
+    let plain = !rest.contains('\0')
+        && rest
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..");
+    if !plain {
+        bail!("URL {upstream_url:?}: expected https://HOST/PATH with plain path parts (no empty, `.` or `..` part)");
+    }
     match source {
         Source::Upstream => Ok(Location::Http(upstream_url.to_string())),
         Source::Mirror(m) => {
@@ -228,5 +237,21 @@ mod tests {
             )
         );
         assert!(locate(&Source::Upstream, "http://insecure/x").is_err());
+    }
+
+    #[test]
+    fn a_url_cannot_lead_out_of_the_mirror_directory() {
+        let m = Source::Mirror("/srv/m".into());
+        for bad in [
+            "https:////etc/passwd",
+            "https://",
+            "https://dl.k8s.io/../../etc/passwd",
+            "https://dl.k8s.io/./x",
+            "https://dl.k8s.io/a\0b",
+        ] {
+            let e = locate(&m, bad).unwrap_err().to_string();
+            assert!(e.contains("plain path parts"), "{bad}: {e}");
+            assert!(locate(&Source::Upstream, bad).is_err(), "{bad}");
+        }
     }
 }
