@@ -10,32 +10,17 @@
 #          TCG do not fit CI's budget)
 #   etcd:  external etcd (3 etcd VMs, a master, a worker): a power cut in an
 #          etcd VM's first boot, then an etcd VM reimaged (only here: 5 VMs)
-# Needs root. Builds (or takes from their caches) what scripts/test-all does:
-# the real binaries (srcbuild/build, unless HAKUBE_SRCBUILD_BIN names them),
-# the test mirror (HAKUBE_TEST_MIRROR, default target/test-mirror), the
-# container images (HAKUBE_TEST_IMAGES, default target/test-images) and the
-# TLS test registry serving them (started here and stopped on exit, unless
-# HAKUBE_TEST_REGISTRY and HAKUBE_TEST_REGISTRY_CA name a running one).
+# Needs root. Builds (or takes from their caches) what scripts/test-all does,
+# through the same tests/test-env: the real binaries, the test mirror, the
+# container images and the TLS test registry serving them (stopped on exit).
 # Usage: bench/e2e.sh [forms|ha|etcd|all]   (default all). Figures: target/e2e-timings.txt
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 which=${1:-all}
 case $which in forms | ha | etcd | all) ;; *) echo "usage: $0 [forms|ha|etcd|all]" >&2; exit 2 ;; esac
-if [[ -z ${HAKUBE_SRCBUILD_BIN:-} ]]; then
-    HAKUBE_SRCBUILD_BIN=$(srcbuild/build | tail -n1)
-fi
-export HAKUBE_SRCBUILD_BIN
-export HAKUBE_TEST_MIRROR="${HAKUBE_TEST_MIRROR:-$repo/target/test-mirror}"
-tests/make-mirror "$HAKUBE_TEST_MIRROR" >/dev/null
-if [[ -z ${HAKUBE_TEST_REGISTRY:-} || -z ${HAKUBE_TEST_REGISTRY_CA:-} ]]; then
-    export HAKUBE_TEST_IMAGES="${HAKUBE_TEST_IMAGES:-$repo/target/test-images}"
-    tests/make-images "$HAKUBE_TEST_IMAGES" >/dev/null
-    registry_dir=${CARGO_TARGET_DIR:-$repo/target}/test-registry
-    trap 'tests/registry stop "$registry_dir"' EXIT
-    while read -r line; do export "${line?}"; done < <(tests/registry start "$registry_dir" "$HAKUBE_TEST_IMAGES")
-    [[ -n ${HAKUBE_TEST_REGISTRY:-} && -n ${HAKUBE_TEST_REGISTRY_CA:-} ]] || { echo "e2e: tests/registry start failed" >&2; exit 1; }
-fi
+# The binaries, mirror, images and registry of scripts/test-all (cached).
+HAKUBE_TEST_ENV_QUIET=1 source tests/test-env
 timings=${CARGO_TARGET_DIR:-$repo/target}/e2e-timings.txt
 : >"$timings"
 export HAKUBE_E2E_TIMINGS=$timings

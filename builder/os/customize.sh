@@ -13,6 +13,11 @@ in_root systemctl disable ssh.service haproxy.service keepalived.service systemd
 : > "$root/etc/machine-id"
 rm -f "$root"/etc/ssh/ssh_host_*_key "$root"/etc/ssh/ssh_host_*_key.pub
 rm -f "$root/etc/hostname" "$root/etc/resolv.conf"
+# The ESP is mounted by hakube-esp from the boot disk; systemd's own ESP
+# discovery (by the loader's partition UUID, which two copies of one image
+# share) would race it for efi.mount. Root, /var and swap come from elsewhere.
+mkdir -p "$root/etc/systemd/system-generators"
+ln -sf /dev/null "$root/etc/systemd/system-generators/systemd-gpt-auto-generator"
 # Mount points and directories the OS root needs.
 mkdir -p "$root/efi" "$root/opt/cni/bin" "$root/etc/cni/net.d" "$root/usr/local/bin" "$root/usr/local/sbin"
 mkdir -p "$root/var/lib/hakube/overlay/etc/upper" "$root/var/lib/hakube/overlay/etc/work" \

@@ -47,8 +47,11 @@ impl Disk {
         symlink("../../devices/vda/vda4", r.join("sys/class/block/vda4")).unwrap();
         write(&r.join("dev/vda4"), "");
         write(&r.join("dev/vda"), "");
+        // A second hakube disk whose by-partlabel/var link won the race:
+        // grow-var must follow the mounted /var, never that name.
         fs::create_dir_all(r.join("dev/disk/by-partlabel")).unwrap();
-        symlink("../../vda4", r.join("dev/disk/by-partlabel/var")).unwrap();
+        write(&r.join("dev/vdb4"), "");
+        symlink("../../vdb4", r.join("dev/disk/by-partlabel/var")).unwrap();
         let bin = r.join("bin");
         // Growing the partition: it then ends 34 sectors before the disk's end.
         tool(
@@ -59,6 +62,14 @@ impl Disk {
             ),
         );
         tool(&bin, "partx", "");
+        // /var is mounted from vda4 (the initramfs took it from the boot disk).
+        // (Not logged: the calls asserted are the ones that change the disk.)
+        let findmnt = bin.join("findmnt");
+        write(
+            &findmnt,
+            "#!/bin/sh\n[ \"$*\" = \"-nro SOURCE --mountpoint /var\" ] && echo \"$HAKUBE_DEV/vda4\"\n",
+        );
+        fs::set_permissions(&findmnt, fs::Permissions::from_mode(0o755)).unwrap();
         tool(
             &bin,
             "resize2fs",
@@ -127,6 +138,8 @@ fn grows_once_then_leaves_the_partition_table_alone() {
     );
     assert!(calls[2].starts_with("partx -u -n 4"), "{calls:?}");
     assert!(calls[3].starts_with("resize2fs"), "{calls:?}");
+    // The mounted /var (vda4), not what by-partlabel/var names (vdb4).
+    assert!(calls[3].ends_with("/dev/vda4"), "{calls:?}");
     // The next boot: nothing left to grow, so no GPT write.
     let again = d.run(false);
     assert!(again.status.success(), "{}", text(&again.stderr));

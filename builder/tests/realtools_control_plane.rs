@@ -373,6 +373,26 @@ fn master_1s_baked_files_run_a_control_plane_that_kubeadm_discovery_trusts() {
     let mut apiserver = cmdline("kube-apiserver");
     let mut cm = cmdline("kube-controller-manager");
     let mut sched = cmdline("kube-scheduler");
+    // Both tolerate a slow API server (render/kubeadm.rs leader_election):
+    // kubeadm carries the flags into the manifests, and both components
+    // start with them and take their leases below.
+    for argv in [&cm, &sched] {
+        assert_eq!(
+            flag(argv, "leader-elect-lease-duration"),
+            Some("60s"),
+            "{argv:?}"
+        );
+        assert_eq!(
+            flag(argv, "leader-elect-renew-deadline"),
+            Some("40s"),
+            "{argv:?}"
+        );
+        assert_eq!(
+            flag(argv, "leader-elect-retry-period"),
+            Some("5s"),
+            "{argv:?}"
+        );
+    }
     // The three the manifests leave to their defaults: 0.0.0.0 and the
     // well-known ports, which are not this test's to take.
     // All addresses of the private namespace: 127.0.0.1 for the clients,

@@ -343,6 +343,11 @@ fn trees_hold_what_each_role_needs_and_nothing_else() {
                 "ExecStart=/usr/local/bin/hakube-firstboot run\n",
                 "StandardOutput=journal+console\n",
                 "TimeoutStartSec=infinity\n",
+                // A failed step is retried, a wrong disk (exit 2) is not.
+                "Restart=on-failure\n",
+                "RestartSec=30s\n",
+                "RestartPreventExitStatus=2\n",
+                "StartLimitIntervalSec=0\n",
                 "WantedBy=multi-user.target\n",
             ] {
                 assert!(unit.contains(line), "{name}: unit lacks {line}");

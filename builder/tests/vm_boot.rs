@@ -98,8 +98,24 @@ fn worker_image_boots_with_readonly_root_and_persistent_etc_and_var() {
     };
     eprintln!("vm_boot: using {accel:?}");
 
+    // A second hakube disk is attached (read-only): the same partition names
+    // with other partition UUIDs, like another node's disk or an old one
+    // kept beside a reimage, so /dev/disk/by-partlabel/var and esp name
+    // either disk. /var and /efi must come from the disk the root came from.
+    let copy = d.join("second-disk.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "qcow2", "-O", "raw"])
+        .arg(&qcow2)
+        .arg(&copy));
+    for n in 1..=4 {
+        run(Command::new("sfdisk")
+            .args(["-q", "--part-uuid"])
+            .arg(&copy)
+            .arg(n.to_string())
+            .arg(format!("5ec0d000-0000-4000-8000-00000000000{n}")));
+    }
     let started = Instant::now();
-    let mut vm = Vm::start(&ns, accel, &qcow2, &mac, d, "boot");
+    let mut vm = Vm::start_with(&ns, accel, &qcow2, &mac, d, "boot", &[&copy]);
     let mut agent = vm
         .wait_agent(BOOT_LIMIT)
         .unwrap_or_else(|e| panic!("first boot: {e}\n{}", vm.serial_tail(80)));
@@ -132,6 +148,25 @@ fn worker_image_boots_with_readonly_root_and_persistent_etc_and_var() {
         "root is read-only",
         "! touch /usr/hakube-probe 2>/dev/null",
         &vm,
+    );
+    let vars = check(
+        &mut agent,
+        "var partitions",
+        "lsblk -rno PARTLABEL | grep -cx var",
+        &vm,
+    );
+    assert_eq!(vars.trim(), "2", "both disks have a var partition");
+    let disks = check(
+        &mut agent,
+        "disks of /, /var and /efi",
+        "for m in / /var /efi; do lsblk -no PKNAME \"$(findmnt -nro SOURCE --mountpoint $m)\"; done",
+        &vm,
+    );
+    let disks: Vec<&str> = disks.lines().collect();
+    assert_eq!(disks.len(), 3, "{disks:?}");
+    assert!(
+        disks.iter().all(|x| *x == disks[0]),
+        "/, /var and /efi are not all on the boot disk: {disks:?}"
     );
     let etc = check(&mut agent, "/etc", "findmnt -n -o FSTYPE /etc", &vm);
     assert_eq!(etc.trim(), "overlay");

@@ -143,12 +143,7 @@ pub fn journal(data: &[u8]) {
     // No boot disk under the root: the OS slots part says it is unavailable
     // (no command is run; the fake runner answers none).
     let cmd = hakube_firstboot::fakes::FakeRunner::new();
-    let os = hakube_firstboot::update::Platform {
-        root: root.to_path_buf(),
-        disk: None,
-        cmd: &cmd,
-        clock: &hakube_firstboot::system::SystemClock,
-    };
+    let os = hakube_firstboot::update::platform(root, &cmd, &hakube_firstboot::system::SystemClock);
     for json in [false, true] {
         if let Ok(s) = hakube_firstboot::status(root, json, &os) {
             assert!(!s.is_empty());

@@ -34,6 +34,12 @@ pub const INITRAMFS_FILES: &[OsFile] = &[
         0o755,
         "initramfs/hakube-var"
     ),
+    // Also used by the root (the ESP generator); here so the hook finds it.
+    os_file!(
+        "usr/lib/hakube/boot-part",
+        0o755,
+        "rootfs/usr/lib/hakube/boot-part"
+    ),
 ];
 
 /// Laid in after all packages are installed.
@@ -100,6 +106,11 @@ pub const ROOT_FILES: &[OsFile] = &[
         "rootfs/usr/lib/systemd/system-preset/00-hakube.preset"
     ),
     os_file!(
+        "usr/lib/systemd/system-generators/hakube-esp",
+        0o755,
+        "rootfs/usr/lib/systemd/system-generators/hakube-esp"
+    ),
+    os_file!(
         "usr/lib/hakube/grow-var",
         0o755,
         "rootfs/usr/lib/hakube/grow-var"
@@ -137,7 +148,8 @@ mod tests {
     #[test]
     fn initramfs_script_mounts_var_and_the_etc_overlay() {
         let s = std::str::from_utf8(INITRAMFS_FILES[1].contents).unwrap();
-        assert!(s.contains("/dev/disk/by-partlabel/var"));
+        assert!(s.contains("/usr/lib/hakube/boot-part var \"${rootmnt}\""));
+        assert!(!s.contains("by-partlabel"));
         assert!(s.contains("${rootmnt}/var"));
         assert!(s.contains("lowerdir=${rootmnt}/etc,upperdir=$ov/upper,workdir=$ov/work"));
         assert!(s.contains("ov=${rootmnt}/var/lib/hakube/overlay/etc"));

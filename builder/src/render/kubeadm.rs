@@ -144,6 +144,25 @@ fn timeouts() -> Value {
     })
 }
 
+/// Leader election of the controller-manager and the scheduler, longer than
+/// the defaults (lease 15 s, renew deadline 10 s, retry 2 s). Each exits
+/// when it cannot renew its lease in time, and under load the API server can
+/// take longer than that to answer: on a first boot under QEMU's TCG both
+/// restarted six and four times in 17 minutes, and the controller-manager
+/// never ran long enough to sign cluster-info for the join token, so the
+/// worker's join failed. A lost lease costs a restart and a full re-list,
+/// which loads the API server further. OpenShift runs its controller-manager
+/// with a 137 s lease for the same reason. The cost: after a master dies,
+/// another takes over these two after up to 60 s instead of 15 s (pods keep
+/// running meanwhile; only new scheduling and reconciliation wait).
+fn leader_election() -> Vec<(&'static str, String)> {
+    vec![
+        ("leader-elect-lease-duration", "60s".to_string()),
+        ("leader-elect-renew-deadline", "40s".to_string()),
+        ("leader-elect-retry-period", "5s".to_string()),
+    ]
+}
+
 fn init_configuration(cluster: &Cluster, node: &Node, creds: &JoinCredentials) -> Result<Value> {
     let ip = master_address(node)?;
     Ok(json!({
@@ -204,9 +223,12 @@ fn cluster_configuration(cluster: &Cluster) -> Value {
             "dnsDomain": cluster.networking.dns_domain,
         },
         "apiServer": {"certSANs": sans},
-        "controllerManager": {"extraArgs": extra_args(
-            &[("flex-volume-plugin-dir", VOLUME_PLUGIN_DIR.to_string())],
-        )},
+        "controllerManager": {"extraArgs": extra_args(&{
+            let mut a = vec![("flex-volume-plugin-dir", VOLUME_PLUGIN_DIR.to_string())];
+            a.extend(leader_election());
+            a
+        })},
+        "scheduler": {"extraArgs": extra_args(&leader_election())},
         "etcd": etcd,
     });
     let certs = &cluster.certificates;

@@ -31,6 +31,8 @@ Wants=network-online.target
 After=sysinit.target basic.target network-online.target time-sync.target
 Conflicts=shutdown.target
 Before=shutdown.target
+# Restarted however often a step fails (see Restart= below).
+StartLimitIntervalSec=0
 
 [Service]
 Type=oneshot
@@ -38,6 +40,15 @@ RemainAfterExit=yes
 ExecStart=/usr/local/bin/hakube-firstboot run
 StandardOutput=journal+console
 TimeoutStartSec=infinity
+# A failed step is retried after 30 s, as the next boot would retry it: a
+# join that timed out because the control plane was still settling (slow
+# hardware, masters booted minutes apart) must not leave the node out until
+# someone reboots it. The journal says which steps are done; a run resumes
+# after them. Exit 2 is a wrong disk (profile, images of another node): no
+# retry can mend that, so the unit stays failed and status says why.
+Restart=on-failure
+RestartSec=30s
+RestartPreventExitStatus=2
 
 [Install]
 WantedBy=multi-user.target

@@ -343,6 +343,20 @@ impl ClusterHarness {
                             n.first_boot = Some(d);
                         }
                         Ok(s) => {
+                            // The unit retries a failed step every 30 s; the
+                            // same step failing again and again is a failure.
+                            let stuck = s["steps"].as_array().and_then(|v| {
+                                v.iter().find(|st| {
+                                    st["state"] == "failed"
+                                        && st["attempts"].as_u64().unwrap_or(0) >= RETRIES_LIMIT
+                                })
+                            });
+                            if let Some(st) = stuck {
+                                return Ok(Err(format!(
+                                    "{}: step {} failed {} times: {s}",
+                                    n.name, st["name"], st["attempts"]
+                                )));
+                            }
                             if let Ok((_, u)) =
                                 n.guest_sh("systemctl is-failed hakube-firstboot.service")
                             {
@@ -410,6 +424,10 @@ impl ClusterHarness {
         r.unwrap_or_else(|e| self.fail(&format!("{what}: {e}")))
     }
 }
+
+/// How often one first-boot step may fail (the unit retries it every 30 s)
+/// before the scenario fails.
+const RETRIES_LIMIT: u64 = 4;
 
 /// Run in each guest when a scenario fails (kept as `<node>-diagnostics.txt`).
 const DIAGNOSTICS: &str = "exec 2>&1; \

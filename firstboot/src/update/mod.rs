@@ -39,8 +39,8 @@ pub struct Platform<'a> {
     /// The node's root: the ESP is at `<root>/efi`, the kernel command line
     /// at `<root>/proc/cmdline`, EFI variables under `<root>/sys/firmware/efi`.
     pub root: PathBuf,
-    /// The boot disk (or a disk image file); `None`: the disk holding the
-    /// partition labelled `var`.
+    /// The boot disk (or a disk image file); `None`: the disk the root is
+    /// mounted from.
     pub disk: Option<PathBuf>,
     pub cmd: &'a dyn CommandRunner,
     pub clock: &'a dyn Clock,
@@ -55,12 +55,23 @@ impl Platform<'_> {
         if let Some(d) = &self.disk {
             return Ok(d.clone());
         }
-        let var = format!("/dev/disk/by-partlabel/{}", layout::VAR_LABEL);
-        let out = run_checked(self.cmd, &Cmd::new("lsblk").args(["-npo", "PKNAME", &var]))
-            .context("finding the boot disk (the disk of the var partition)")?;
+        // The disk the root slot was mounted from. Not the disk of
+        // /dev/disk/by-partlabel/var: a second hakube disk attached makes
+        // that name ambiguous, and an update would go to the other disk.
+        let out = run_checked(
+            self.cmd,
+            &Cmd::new("findmnt").args(["-nro", "SOURCE", "--mountpoint", "/"]),
+        )
+        .context("finding the boot disk (the device the root is mounted from)")?;
+        let root = out.stdout.trim().to_string();
+        if root.is_empty() {
+            bail!("findmnt names no device for /");
+        }
+        let out = run_checked(self.cmd, &Cmd::new("lsblk").args(["-npo", "PKNAME", &root]))
+            .context("finding the boot disk (the disk of the root partition)")?;
         let d = out.stdout.trim();
         if d.is_empty() {
-            bail!("lsblk names no disk for {var}");
+            bail!("lsblk names no disk for {root}, the root's device");
         }
         Ok(PathBuf::from(d))
     }
@@ -347,5 +358,40 @@ pub fn platform<'a>(root: &Path, cmd: &'a dyn CommandRunner, clock: &'a dyn Cloc
         disk: None,
         cmd,
         clock,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fakes::FakeRunner;
+    use crate::system::{Output, SystemClock};
+
+    #[test]
+    fn the_boot_disk_is_the_disk_the_root_is_mounted_from() {
+        let cmd = FakeRunner::new();
+        cmd.on(
+            "findmnt -nro SOURCE --mountpoint /",
+            Output::ok("/dev/vdb2\n"),
+        );
+        cmd.on("lsblk -npo PKNAME /dev/vdb2", Output::ok("/dev/vdb\n"));
+        let p = platform(Path::new("/nonexistent"), &cmd, &SystemClock);
+        assert_eq!(p.disk().unwrap(), PathBuf::from("/dev/vdb"));
+        // A second hakube disk makes partition labels ambiguous: none is read.
+        assert!(
+            cmd.calls().iter().all(|c| !c.contains("by-partlabel")),
+            "{:?}",
+            cmd.calls()
+        );
+    }
+
+    #[test]
+    fn no_device_for_the_root_is_an_error_that_says_so() {
+        let cmd = FakeRunner::new();
+        cmd.on("findmnt", Output::ok("\n"));
+        let p = platform(Path::new("/nonexistent"), &cmd, &SystemClock);
+        let e = format!("{:#}", p.disk().unwrap_err());
+        assert!(e.contains("findmnt names no device for /"), "{e}");
+        assert_eq!(cmd.count("lsblk"), 0);
     }
 }

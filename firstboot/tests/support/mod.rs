@@ -354,11 +354,6 @@ pub fn node_identity(runner: &FakeRunner, p: &NodeProfile) {
 /// slots part reports why it is unavailable).
 pub fn status(root: &Path, json: bool) -> String {
     let cmd = FakeRunner::new();
-    let os = hakube_firstboot::update::Platform {
-        root: root.to_path_buf(),
-        disk: None,
-        cmd: &cmd,
-        clock: &SystemClock,
-    };
+    let os = hakube_firstboot::update::platform(root, &cmd, &SystemClock);
     hakube_firstboot::status(root, json, &os).unwrap()
 }
