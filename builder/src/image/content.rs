@@ -149,7 +149,7 @@ mod tests {
     fn initramfs_script_mounts_var_and_the_etc_overlay() {
         let s = std::str::from_utf8(INITRAMFS_FILES[1].contents).unwrap();
         assert!(s.contains("/usr/lib/hakube/boot-part var \"${rootmnt}\""));
-        assert!(!s.contains("by-partlabel"));
+        assert!(!s.contains("var_dev=/dev/disk/by-partlabel"));
         assert!(s.contains("${rootmnt}/var"));
         assert!(s.contains("lowerdir=${rootmnt}/etc,upperdir=$ov/upper,workdir=$ov/work"));
         assert!(s.contains("ov=${rootmnt}/var/lib/hakube/overlay/etc"));

@@ -1170,7 +1170,10 @@ fn status_json_reports_states_timings_attempts_errors() {
     let v: serde_json::Value =
         serde_json::from_str(&crate::status(w.root.path(), true, &os).unwrap()).unwrap();
     assert!(
-        v["os"]["error"].as_str().unwrap().contains("no disk"),
+        v["os"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("findmnt names no device for /"),
         "{v}"
     );
     assert_eq!(v["node"], "w1");
