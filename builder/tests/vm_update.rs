@@ -423,3 +423,14 @@ fn upgrade_to_a_good_update_then_a_bad_one_falls_back_by_itself() {
     drop(vm);
     drop(ns);
 }
+
+/// The VM test is ignored in scripts/test-all; its cluster spec is checked
+/// there all the same, so it cannot go stale unseen (it once lacked the
+/// required `kubernetesVersion`).
+#[test]
+fn its_cluster_spec_is_valid_and_has_the_node_under_test() {
+    let cluster = hakube_build::spec::load(Some(&spec())).unwrap();
+    let n = cluster.node("etcd-1").unwrap();
+    assert_eq!(n.role, hakube_node_profile::Role::Etcd);
+    assert_eq!(cluster.etcd_member_nodes().count(), 1);
+}
