@@ -212,7 +212,6 @@ fn slot<'a>(st: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 }
 
 #[test]
-#[ignore = "not yet run to completion (issue 13 open); about 20 min under TCG: cargo test --workspace --test vm_update -- --ignored"]
 fn upgrade_to_a_good_update_then_a_bad_one_falls_back_by_itself() {
     assert!(nix::unistd::geteuid().is_root(), "the VM test needs root");
     let dir = tempfile::Builder::new()
