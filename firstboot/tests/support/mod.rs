@@ -215,11 +215,17 @@ impl Scenario {
                     .find(|(n, _)| *n == node)
                     .map(|(_, ip)| *ip)
                     .unwrap_or("127.0.0.21");
+                // Through placeholders: a port put in by one replacement
+                // must not match the next (client 23800 would turn into
+                // peer 23801 followed by "0" when replaced in turn).
                 let text = text
                     .replace(",https://127.0.0.1:2379", "")
-                    .replace("http://127.0.0.1:2381", &format!("http://{ip}:{metrics}"))
-                    .replace(":2379", &format!(":{client}"))
-                    .replace(":2380", &format!(":{peer}"));
+                    .replace("http://127.0.0.1:2381", &format!("http://{ip}:@METRICS@"))
+                    .replace(":2379", ":@CLIENT@")
+                    .replace(":2380", ":@PEER@")
+                    .replace("@METRICS@", &metrics.to_string())
+                    .replace("@CLIENT@", &client.to_string())
+                    .replace("@PEER@", &peer.to_string());
                 fs::write(&p, text).unwrap();
             }
         }
