@@ -133,46 +133,28 @@ fn follows_the_initramfs_root_mount_point_and_the_topmost_mount() {
     assert_eq!(text(&h.boot_part(&["var"]).stdout), "/dev/vdb4\n");
 }
 
+/// `boot-part args` fails with exit 1, prints nothing and says `why`.
+fn refuses(h: &Host, args: &[&str], why: &str) {
+    let o = h.boot_part(args);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains(why), "{}", text(&o.stderr));
+    assert!(o.stdout.is_empty(), "{}", text(&o.stdout));
+}
+
 #[test]
 fn says_why_when_it_cannot_name_one_partition() {
     let h = Host::new(&PARTS, &[("254:18", "/")]);
-    let o = h.boot_part(&["var", "/root"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        text(&o.stderr).contains("nothing is mounted on /root"),
-        "{}",
-        text(&o.stderr)
-    );
+    refuses(&h, &["var", "/root"], "nothing is mounted on /root");
 
     // The root on a whole disk (no partition table): no disk to search.
     let h = Host::new(&PARTS, &[("254:16", "/")]);
-    let o = h.boot_part(&["var"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        text(&o.stderr).contains("is not a partition of a disk"),
-        "{}",
-        text(&o.stderr)
-    );
+    refuses(&h, &["var"], "is not a partition of a disk");
 
     let h = Host::new(&["esp", "hakube_1.0.0", "_empty"], &[("254:18", "/")]);
-    let o = h.boot_part(&["var"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        text(&o.stderr).contains("no partition named 'var' on the disk of /"),
-        "{}",
-        text(&o.stderr)
-    );
-    assert!(o.stdout.is_empty());
+    refuses(&h, &["var"], "no partition named 'var' on the disk of /");
 
     let h = Host::new(&["esp", "hakube_1.0.0", "var", "var"], &[("254:18", "/")]);
-    let o = h.boot_part(&["var"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        text(&o.stderr).contains("two partitions named 'var' (vdb3, vdb4)"),
-        "{}",
-        text(&o.stderr)
-    );
-    assert!(o.stdout.is_empty());
+    refuses(&h, &["var"], "two partitions named 'var' (vdb3, vdb4)");
 
     let o = h.boot_part(&[]);
     assert_eq!(o.status.code(), Some(2));

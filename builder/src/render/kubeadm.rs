@@ -223,11 +223,10 @@ fn cluster_configuration(cluster: &Cluster) -> Value {
             "dnsDomain": cluster.networking.dns_domain,
         },
         "apiServer": {"certSANs": sans},
-        "controllerManager": {"extraArgs": extra_args(&{
-            let mut a = vec![("flex-volume-plugin-dir", VOLUME_PLUGIN_DIR.to_string())];
-            a.extend(leader_election());
-            a
-        })},
+        "controllerManager": {"extraArgs": extra_args(&[
+            vec![("flex-volume-plugin-dir", VOLUME_PLUGIN_DIR.to_string())],
+            leader_election(),
+        ].concat())},
         "scheduler": {"extraArgs": extra_args(&leader_election())},
         "etcd": etcd,
     });
