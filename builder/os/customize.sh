@@ -18,8 +18,11 @@ rm -f "$root/etc/hostname" "$root/etc/resolv.conf"
 # share) would race it for efi.mount. Root, /var and swap come from elsewhere.
 mkdir -p "$root/etc/systemd/system-generators"
 ln -sf /dev/null "$root/etc/systemd/system-generators/systemd-gpt-auto-generator"
-# Mount points and directories the OS root needs.
+# Mount points and directories the OS root needs. The kubelet watches
+# /etc/kubernetes/manifests from its start and logs every second while it is
+# missing (the upstream kubelet package ships it; workers never get a file).
 mkdir -p "$root/efi" "$root/opt/cni/bin" "$root/etc/cni/net.d" "$root/usr/local/bin" "$root/usr/local/sbin"
+mkdir -p -m 0700 "$root/etc/kubernetes/manifests"
 mkdir -p "$root/var/lib/hakube/overlay/etc/upper" "$root/var/lib/hakube/overlay/etc/work" \
 	"$root/var/lib/hakube/overlay/cni-bin/upper" "$root/var/lib/hakube/overlay/cni-bin/work"
 # Nothing from the build that is not needed at runtime.

@@ -16,12 +16,13 @@ use support::checks::{fixture, record, system_pods_running, POLL, SETTLE_LIMIT};
 use support::cluster::{ClusterHarness, Plan};
 use support::harness::{run_bounded, wait_for};
 
-/// etcdctl of the real binaries (HAKUBE_SRCBUILD_BIN), else Debian's.
+/// etcdctl of the real binaries (HAKUBE_SRCBUILD_BIN, which the harness
+/// requires).
 fn etcdctl_bin() -> PathBuf {
-    let own = std::env::var_os("HAKUBE_SRCBUILD_BIN")
-        .map(|d| PathBuf::from(d).join("etcdctl"))
-        .filter(|p| p.is_file());
-    own.unwrap_or_else(|| PathBuf::from("/usr/bin/etcdctl"))
+    let dir = std::env::var_os("HAKUBE_SRCBUILD_BIN").expect("HAKUBE_SRCBUILD_BIN is set");
+    let bin = PathBuf::from(dir).join("etcdctl");
+    assert!(bin.is_file(), "{}: no etcdctl among the real binaries", bin.display());
+    bin
 }
 
 /// `etcdctl` in the namespace with the master's etcd client certificate.

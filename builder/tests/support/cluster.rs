@@ -436,7 +436,15 @@ const DIAGNOSTICS: &str = "exec 2>&1; \
       echo \"== journalctl -u $u\"; journalctl -b --no-pager -o short-monotonic -u $u | tail -n 150; done; \
     export CONTAINER_RUNTIME_ENDPOINT=unix:///run/containerd/containerd.sock; \
     echo '== crictl pods'; crictl pods; echo '== crictl ps -a'; crictl ps -a; \
-    for c in $(crictl ps -a -q); do echo \"== crictl logs $c\"; crictl logs --tail 40 $c; done";
+    for c in $(crictl ps -a -q); do echo \"== crictl logs $c\"; crictl logs --tail 40 $c; done; \
+    echo '== why containers ended (exit code, reason, started, finished)'; \
+    for c in $(crictl ps -a -q --state exited); do echo \"-- $c\"; \
+      crictl inspect $c | grep -E '\"(name|exitCode|reason|startedAt|finishedAt)\":' | head -n 6; done; \
+    echo '== kubelet: probes and kills'; \
+    journalctl -b --no-pager -o short-monotonic -u kubelet \
+      | grep -E 'Probe failed|probe failed|Killing container|OOM' | tail -n 60; \
+    echo '== kernel: OOM'; journalctl -b -k --no-pager | grep -iE 'out of memory|oom-kill' | tail -n 20; \
+    echo '== load and memory'; cat /proc/loadavg; grep -E '^(MemTotal|MemAvailable):' /proc/meminfo";
 
 impl Drop for ClusterHarness {
     fn drop(&mut self) {
@@ -450,7 +458,8 @@ impl Drop for ClusterHarness {
                     &n.last_status,
                 );
                 // What the serial console does not show: the kubelet's and
-                // containerd's journals and every container's last lines.
+                // containerd's journals, every container's last lines, why
+                // each ended (probes, OOM) and the guest's load.
                 let diag = match n.guest_sh(DIAGNOSTICS) {
                     Ok((_, out)) => out,
                     Err(e) => format!("(diagnostics not read: {e})\n"),
