@@ -21,7 +21,11 @@ use support::harness::{run_bounded, wait_for};
 fn etcdctl_bin() -> PathBuf {
     let dir = std::env::var_os("HAKUBE_SRCBUILD_BIN").expect("HAKUBE_SRCBUILD_BIN is set");
     let bin = PathBuf::from(dir).join("etcdctl");
-    assert!(bin.is_file(), "{}: no etcdctl among the real binaries", bin.display());
+    assert!(
+        bin.is_file(),
+        "{}: no etcdctl among the real binaries",
+        bin.display()
+    );
     bin
 }
 
