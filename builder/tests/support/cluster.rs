@@ -436,7 +436,12 @@ const DIAGNOSTICS: &str = "exec 2>&1; \
       echo \"== journalctl -u $u\"; journalctl -b --no-pager -o short-monotonic -u $u | tail -n 150; done; \
     export CONTAINER_RUNTIME_ENDPOINT=unix:///run/containerd/containerd.sock; \
     echo '== crictl pods'; crictl pods; echo '== crictl ps -a'; crictl ps -a; \
-    for c in $(crictl ps -a -q); do echo \"== crictl logs $c\"; crictl logs --tail 40 $c; done; \
+    for c in $(crictl ps -a -q); do echo \"== crictl logs $c\"; crictl logs --tail 40 $c; done";
+
+/// Run after [`DIAGNOSTICS`], as a call of its own (each guest call is bounded
+/// to 60 s, which a loaded master needs for the first part alone).
+const DIAGNOSTICS_ENDINGS: &str = "exec 2>&1; \
+    export CONTAINER_RUNTIME_ENDPOINT=unix:///run/containerd/containerd.sock; \
     echo '== why containers ended (exit code, reason, started, finished)'; \
     for c in $(crictl ps -a -q --state exited); do echo \"-- $c\"; \
       crictl inspect $c | grep -E '\"(name|exitCode|reason|startedAt|finishedAt)\":' | head -n 6; done; \
@@ -460,10 +465,13 @@ impl Drop for ClusterHarness {
                 // What the serial console does not show: the kubelet's and
                 // containerd's journals, every container's last lines, why
                 // each ended (probes, OOM) and the guest's load.
-                let diag = match n.guest_sh(DIAGNOSTICS) {
-                    Ok((_, out)) => out,
-                    Err(e) => format!("(diagnostics not read: {e})\n"),
-                };
+                let mut diag = String::new();
+                for script in [DIAGNOSTICS, DIAGNOSTICS_ENDINGS] {
+                    match n.guest_sh(script) {
+                        Ok((_, out)) => diag.push_str(&out),
+                        Err(e) => diag.push_str(&format!("(diagnostics not read: {e})\n")),
+                    }
+                }
                 let _ = std::fs::write(
                     self.work.path().join(format!("{}-diagnostics.txt", n.name)),
                     diag,
