@@ -10,29 +10,16 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use support::checks::{fixture, record, system_pods_running, POLL, SETTLE_LIMIT};
 use support::cluster::{ClusterHarness, Plan};
 use support::harness::{run_bounded, wait_for};
-
-/// etcdctl of the real binaries (HAKUBE_SRCBUILD_BIN, which the harness
-/// requires).
-fn etcdctl_bin() -> PathBuf {
-    let dir = std::env::var_os("HAKUBE_SRCBUILD_BIN").expect("HAKUBE_SRCBUILD_BIN is set");
-    let bin = PathBuf::from(dir).join("etcdctl");
-    assert!(
-        bin.is_file(),
-        "{}: no etcdctl among the real binaries",
-        bin.display()
-    );
-    bin
-}
+use support::srcbuild::srcbuild_bin;
 
 /// `etcdctl` in the namespace with the master's etcd client certificate.
 fn etcdctl(h: &ClusterHarness, endpoints: &str, args: &[&str]) -> Result<String, String> {
     let pki = h.init_tree().join("etc/kubernetes/pki");
-    let mut c = h.ns.exec(etcdctl_bin());
+    let mut c = h.ns.exec(srcbuild_bin("etcdctl"));
     c.env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoints}"))
         .arg(format!("--cacert={}", pki.join("etcd/ca.crt").display()))

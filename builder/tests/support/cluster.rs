@@ -130,16 +130,7 @@ impl ClusterHarness {
         );
         harness::install_signal_handlers();
         harness::sweep_stale_netns(NETNS_PREFIX);
-        let srcbuild = required_env(
-            "HAKUBE_SRCBUILD_BIN",
-            "the directory of the real binaries (srcbuild/build prints it); kubectl is taken from it",
-        );
-        let kubectl_bin = srcbuild.join("kubectl");
-        assert!(
-            kubectl_bin.is_file(),
-            "HAKUBE_SRCBUILD_BIN={}: no kubectl in it",
-            srcbuild.display()
-        );
+        let kubectl_bin = super::srcbuild::srcbuild_bin("kubectl");
         let mirror = required_env(
             "HAKUBE_TEST_MIRROR",
             "the test mirror made by tests/make-mirror from the real binaries",

@@ -4,4 +4,6 @@ pub mod dns;
 #[path = "../common/firstboot.rs"]
 pub mod firstboot;
 pub mod harness;
+#[path = "../common/srcbuild.rs"]
+pub mod srcbuild;
 pub mod vm;
