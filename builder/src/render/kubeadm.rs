@@ -31,6 +31,9 @@ pub const PKI_DIR: &str = "/etc/kubernetes/pki";
 /// cannot create, so the pod never starts (kubernetes/kubeadm#2031, #3318;
 /// `phases/controlplane/volumes.go` of kubeadm 1.35). /var is writable.
 pub const VOLUME_PLUGIN_DIR: &str = "/var/lib/kubelet/volumeplugins";
+/// Where kubeadm reads hakube's patches of the control-plane static pods
+/// (v1beta4 `patches.directory` of InitConfiguration and JoinConfiguration).
+pub const PATCHES_DIR: &str = "/etc/hakube/kubeadm/patches";
 
 /// The cluster-wide join credential baked into configs. Taken from the state
 /// directory's secrets in production; fixed values in golden tests.
@@ -163,6 +166,58 @@ fn leader_election() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The static pods a master's kubeadm writes, by kubeadm's patch target
+/// name (also the container's name): etcd only with stacked etcd.
+fn control_plane_components(cluster: &Cluster) -> Vec<&'static str> {
+    let mut v = vec![
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+    ];
+    if cluster.etcd_topology == EtcdTopology::Stacked {
+        v.push("etcd");
+    }
+    v
+}
+
+/// Consecutive liveness failures (10 s apart) before the kubelet kills a
+/// control-plane container; kubeadm writes 8.
+pub const LIVENESS_FAILURES: u32 = 30;
+
+/// How long the API server's /livez (and so its liveness probe) waits for
+/// etcd's health check; the default is 2 s, and the probe's own timeout 15 s.
+const ETCD_HEALTHCHECK_TIMEOUT: &str = "10s";
+
+/// kubeadm patches (strategic merge, one file per component) that make the
+/// control plane's liveness probes tolerant of a slow node: 5 minutes of
+/// failed checks before a restart instead of 80 s. A restart never cures
+/// slowness: a restarted API server re-lists everything, which loads etcd
+/// further, and its /livez failed whenever etcd took over 2 s to answer its
+/// health check (kubernetes/kubernetes#98557, #111290; the API server's
+/// `etcd-healthcheck-timeout` is raised too). On a first boot under QEMU's
+/// TCG the API server was killed six times in 20 minutes and the cluster
+/// never settled. Readiness is left as kubeadm writes it, so haproxy still
+/// takes a slow API server out of rotation within seconds; only the restart
+/// waits. Startup probes need no patch: kubeadm sizes them from the
+/// `controlPlaneComponentHealthCheck` timeout ([`timeouts`]).
+pub fn static_pod_patches(cluster: &Cluster) -> Vec<(String, String)> {
+    control_plane_components(cluster)
+        .into_iter()
+        .map(|name| {
+            let patch = json!({"spec": {"containers": [{
+                "name": name,
+                "livenessProbe": {"failureThreshold": LIVENESS_FAILURES},
+            }]}});
+            let text = format!(
+                "# kubeadm patch (strategic merge) of the {name} static pod, written by\n\
+                 # hakube-build render: a liveness probe tolerant of a slow node.\n{}",
+                yaml::to_yaml(&patch)
+            );
+            (format!("{name}+strategic.yaml"), text)
+        })
+        .collect()
+}
+
 fn init_configuration(cluster: &Cluster, node: &Node, creds: &JoinCredentials) -> Result<Value> {
     let ip = master_address(node)?;
     Ok(json!({
@@ -177,6 +232,7 @@ fn init_configuration(cluster: &Cluster, node: &Node, creds: &JoinCredentials) -
         }],
         "localAPIEndpoint": {"advertiseAddress": ip.to_string(), "bindPort": APISERVER_PORT},
         "nodeRegistration": node_registration(cluster, node),
+        "patches": {"directory": PATCHES_DIR},
         "timeouts": timeouts(),
     }))
 }
@@ -222,7 +278,13 @@ fn cluster_configuration(cluster: &Cluster) -> Value {
             "serviceSubnet": cluster.networking.service_cidr.to_string(),
             "dnsDomain": cluster.networking.dns_domain,
         },
-        "apiServer": {"certSANs": sans},
+        "apiServer": {
+            "certSANs": sans,
+            "extraArgs": extra_args(&[(
+                "etcd-healthcheck-timeout",
+                ETCD_HEALTHCHECK_TIMEOUT.to_string(),
+            )]),
+        },
         "controllerManager": {"extraArgs": extra_args(&[
             vec![("flex-volume-plugin-dir", VOLUME_PLUGIN_DIR.to_string())],
             leader_election(),
@@ -301,6 +363,7 @@ pub fn join_config(cluster: &Cluster, node: &Node, creds: &JoinCredentials) -> R
         doc["controlPlane"] = json!({
             "localAPIEndpoint": {"advertiseAddress": ip.to_string(), "bindPort": APISERVER_PORT},
         });
+        doc["patches"] = json!({"directory": PATCHES_DIR});
     }
     Ok(header(cluster, node, "kubeadm join") + &yaml::to_yaml(&doc))
 }

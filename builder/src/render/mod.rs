@@ -29,7 +29,7 @@ mod system;
 pub mod yaml;
 
 pub use ignition::{ignition, IGNITION_VERSION};
-pub use kubeadm::JoinCredentials;
+pub use kubeadm::{static_pod_patches, JoinCredentials, LIVENESS_FAILURES, PATCHES_DIR};
 
 use crate::cli::RenderArgs;
 use crate::errors::bad_input;
@@ -53,6 +53,13 @@ pub mod paths {
     pub use hakube_node_profile::PROFILE_PATH as NODE_PROFILE;
     pub const KUBEADM_INIT: &str = "etc/hakube/kubeadm/init.yaml";
     pub const KUBEADM_JOIN: &str = "etc/hakube/kubeadm/join.yaml";
+    /// `etc/hakube/kubeadm/patches/<file>`: kubeadm's patches on masters.
+    pub fn kubeadm_patch(file: &str) -> String {
+        format!(
+            "{}/{file}",
+            super::kubeadm::PATCHES_DIR.trim_start_matches('/')
+        )
+    }
     /// The join token on masters, which re-create it at boot when it is gone.
     pub const BOOTSTRAP_TOKEN: &str = "etc/hakube/bootstrap-token";
     /// `etc/hakube/cni/<cni>.yaml`
@@ -173,6 +180,9 @@ pub fn config_tree(cluster: &Cluster, node: &Node, creds: &JoinCredentials) -> R
         }
     }
     if node.role == Role::Master {
+        for (name, patch) in kubeadm::static_pod_patches(cluster) {
+            tree.add_public(paths::kubeadm_patch(&name), patch);
+        }
         tree.add_secret(paths::BOOTSTRAP_TOKEN, format!("{}\n", creds.token));
         tree.add_public(cni::manifest_path(cluster.cni), cni::manifest(cluster));
     }

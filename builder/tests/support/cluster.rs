@@ -439,6 +439,9 @@ const DIAGNOSTICS_ENDINGS: &str = "exec 2>&1; \
     echo '== kubelet: probes and kills'; \
     journalctl -b --no-pager -o short-monotonic -u kubelet \
       | grep -E 'Probe failed|probe failed|Killing container|OOM' | tail -n 60; \
+    echo '== haproxy and keepalived: backend and VIP changes'; \
+    journalctl -b --no-pager -o short-monotonic -u haproxy -u keepalived \
+      | grep -vE 'Connect from|client-fin' | tail -n 40; \
     echo '== kernel: OOM'; journalctl -b -k --no-pager | grep -iE 'out of memory|oom-kill' | tail -n 20; \
     echo '== load and memory'; cat /proc/loadavg; grep -E '^(MemTotal|MemAvailable):' /proc/meminfo";
 
