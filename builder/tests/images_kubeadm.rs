@@ -4,6 +4,10 @@
 //! (HAKUBE_SRCBUILD_BIN, srcbuild's binaries) and, for the pull, the test
 //! registry holding the real images (HAKUBE_TEST_REGISTRY, HAKUBE_TEST_REGISTRY_CA).
 
+#[path = "common/srcbuild.rs"]
+mod srcbuild;
+use srcbuild::srcbuild_bin;
+
 use hakube_build::artifacts::lock::Lock;
 use hakube_build::images::{self, list::KubeadmBinary, source::RegistrySource};
 use hakube_build::spec;
@@ -13,16 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn kubeadm() -> PathBuf {
-    let dir = std::env::var_os("HAKUBE_SRCBUILD_BIN").expect(
-        "HAKUBE_SRCBUILD_BIN must name the directory of the real Kubernetes binaries (srcbuild/build prints it)",
-    );
-    let p = Path::new(&dir).join("kubeadm");
-    assert!(
-        p.is_file(),
-        "HAKUBE_SRCBUILD_BIN: no kubeadm in {}",
-        p.display()
-    );
-    p
+    srcbuild_bin("kubeadm")
 }
 
 /// The real kubeadm's plain-text list for the init node's config as `hakube-build render` writes it.

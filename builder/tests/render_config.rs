@@ -539,11 +539,17 @@ fn haproxy_accepts_its_configs() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let servers = cfg
+        let servers: Vec<&str> = cfg
             .lines()
             .filter(|l| l.trim_start().starts_with("server "))
+            .collect();
+        // Each master checked, and each again as an unchecked last resort.
+        let backups = servers
+            .iter()
+            .filter(|l| l.ends_with(" backup no-check"))
             .count();
-        assert_eq!(servers, 3);
+        assert_eq!((servers.len(), backups), (6, 3), "{cfg}");
+        assert!(cfg.contains("option allbackups"), "{cfg}");
         assert_eq!(
             cfg.contains("bind *:8443"),
             node.starts_with("master"),

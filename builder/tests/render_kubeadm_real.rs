@@ -7,6 +7,10 @@
 //! fixture is checked by the kubeadm of its minor; the default's minor is
 //! always built.
 
+#[path = "common/srcbuild.rs"]
+mod srcbuild;
+use srcbuild::srcbuild_bin;
+
 use hakube_build::artifacts::catalog;
 use hakube_build::render::{self, paths, JoinCredentials};
 use hakube_build::spec::{self, Cluster};
@@ -15,19 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn kubeadm() -> PathBuf {
-    let dir = std::env::var_os("HAKUBE_SRCBUILD_BIN").unwrap_or_else(|| {
-        panic!(
-            "HAKUBE_SRCBUILD_BIN is not set: this test runs the real kubeadm built from source; \
-             set it to the directory srcbuild/build prints"
-        )
-    });
-    let bin = PathBuf::from(dir).join("kubeadm");
-    assert!(
-        bin.is_file(),
-        "HAKUBE_SRCBUILD_BIN has no kubeadm: {}",
-        bin.display()
-    );
-    bin
+    srcbuild_bin("kubeadm")
 }
 
 fn load(name: &str) -> Cluster {

@@ -10,6 +10,14 @@
 //! `verify none` because the check carries no secret and only decides
 //! routing - client traffic itself is passed through untouched (mode tcp) and
 //! verified end to end by the clients against the cluster CA.
+//!
+//! When no API server is ready, the backend falls back to all of them
+//! unchecked (`backup no-check` twins with `option allbackups`) rather than
+//! closing every connection: with one master, or with every master slow, a
+//! /readyz that fails on a 2-second etcd check would otherwise cut the
+//! kubelets and kube-proxy off an API server that still serves (seen on a
+//! first boot under QEMU's TCG: "backend has no server available", and the
+//! VIP answered EOF). A dead API server refuses the connection either way.
 
 use super::kubeadm::APISERVER_PORT;
 use super::system::IFACE;
@@ -92,10 +100,19 @@ pub fn haproxy_config(cluster: &Cluster, node: &Node) -> Result<String> {
          \x20   option httpchk\n\
          \x20   http-check send meth GET uri /readyz\n\
          \x20   http-check expect status 200\n\
-         \x20   default-server inter 5s fall 3 rise 2 slowstart 30s check check-ssl verify none\n",
+         \x20   default-server inter 5s fall 3 rise 2 slowstart 30s check check-ssl verify none\n\
+         \x20   # With no API server ready, every one of them is tried anyway.\n\
+         \x20   option allbackups\n",
     );
-    for (name, ip) in masters(cluster)? {
+    let masters = masters(cluster)?;
+    for (name, ip) in &masters {
         let _ = writeln!(s, "    server {name} {ip}:{APISERVER_PORT}");
+    }
+    for (name, ip) in &masters {
+        let _ = writeln!(
+            s,
+            "    server {name}-unready {ip}:{APISERVER_PORT} backup no-check"
+        );
     }
     Ok(s)
 }
@@ -135,13 +152,13 @@ pub fn keepalived_config(cluster: &Cluster, node: &Node) -> Result<String> {
          \x20   script_user root\n\
          }}\n\
          \n\
-         # The VIP follows a healthy haproxy (which balances to all apiservers).\n\
-         vrrp_script chk_haproxy {{\n\
-         \x20   script \"/usr/bin/systemctl is-active --quiet haproxy.service\"\n\
-         \x20   interval 2\n\
-         \x20   timeout 2\n\
-         \x20   fall 2\n\
-         \x20   rise 2\n\
+         # The VIP follows a running haproxy (which balances to all apiservers),\n\
+         # watched through the kernel's process events: nothing is spawned, so a\n\
+         # loaded node cannot time the check out and drop the VIP.\n\
+         vrrp_track_process track_haproxy {{\n\
+         \x20   process haproxy\n\
+         \x20   weight 0\n\
+         \x20   delay 2\n\
          }}\n\
          \n\
          vrrp_instance {cluster}_api {{\n\
@@ -158,8 +175,8 @@ pub fn keepalived_config(cluster: &Cluster, node: &Node) -> Result<String> {
          \x20   virtual_ipaddress {{\n\
          \x20       {vip} dev {IFACE}\n\
          \x20   }}\n\
-         \x20   track_script {{\n\
-         \x20       chk_haproxy\n\
+         \x20   track_process {{\n\
+         \x20       track_haproxy\n\
          \x20   }}\n\
          }}\n",
         name = node.name,
