@@ -103,6 +103,16 @@ fn dry_run(phase: &[&str]) -> DryRun {
     DryRun { _dir: dir, out }
 }
 
+/// A container's command line, one flag per item.
+fn command(container: &Value) -> Vec<&str> {
+    container["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect()
+}
+
 fn pod(run: &DryRun, component: &str) -> (Value, String) {
     let path = run.out.join(format!("{component}.yaml"));
     let manifest = std::fs::read_to_string(&path)
@@ -116,12 +126,7 @@ fn controller_manager_pod_needs_nothing_writable_on_the_read_only_root() {
     let run = dry_run(&["control-plane", "controller-manager"]);
     let (pod, manifest) = pod(&run, "kube-controller-manager");
     let container = &pod["spec"]["containers"][0];
-    let command: Vec<&str> = container["command"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(|v| v.as_str())
-        .collect();
+    let command = command(container);
     assert!(
         command.contains(&"--flex-volume-plugin-dir=/var/lib/kubelet/volumeplugins"),
         "{command:?}"
@@ -204,20 +209,13 @@ fn control_plane_probes_carry_the_patched_thresholds() {
             assert!(p["timeoutSeconds"].as_u64().is_some(), "{manifest}");
         }
         if component == "kube-apiserver" {
-            let command: Vec<&str> = c["command"]
-                .as_sequence()
-                .unwrap()
-                .iter()
-                .filter_map(|v| v.as_str())
-                .collect();
+            let command = command(c);
             assert!(
                 command.contains(&"--etcd-healthcheck-timeout=10s"),
                 "{command:?}"
             );
-        }
-        // Readiness is kubeadm's: haproxy's /readyz check and the kubelet's
-        // readiness still react within seconds.
-        if component == "kube-apiserver" {
+            // Readiness is kubeadm's: haproxy's /readyz check and the
+            // kubelet's readiness still react within seconds.
             let r = &c["readinessProbe"];
             assert!(r["failureThreshold"].as_u64().unwrap() < 10, "{manifest}");
         }
