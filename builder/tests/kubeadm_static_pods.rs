@@ -13,12 +13,15 @@
 //!   else of kubeadm's probes is kept; the API server waits 10 s for etcd's
 //!   health check.
 
+#[path = "common/render.rs"]
+mod render_support;
 #[path = "common/srcbuild.rs"]
 mod srcbuild;
 
-use hakube_build::render::{self, paths, JoinCredentials, LIVENESS_FAILURES};
+use hakube_build::render::{self, paths, LIVENESS_FAILURES};
 use hakube_build::spec;
 use hakube_build::tree::FileEntry;
+use render_support::fixed_creds;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 use srcbuild::srcbuild_bin;
@@ -53,11 +56,7 @@ fn dry_run(phase: &[&str]) -> DryRun {
 
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/render/k8s-1.37.yaml");
     let cluster = spec::load(Some(&fixture)).unwrap();
-    let creds = JoinCredentials {
-        token: "abcdef.0123456789abcdef".into(),
-        ca_cert_hash: format!("sha256:{}", "0f".repeat(32)),
-        cluster_initialised: false,
-    };
+    let creds = fixed_creds();
     let tree = render::config_tree(&cluster, cluster.init_node(), &creds).unwrap();
     let file = |path: &str| match tree.get(path) {
         Some(FileEntry::File { contents, .. }) => String::from_utf8(contents.clone()).unwrap(),

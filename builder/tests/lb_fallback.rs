@@ -9,7 +9,12 @@
 //!
 //! Needs haproxy and openssl (scripts/setup-host installs both).
 
-use hakube_build::render::{self, paths, JoinCredentials};
+#[path = "common/host.rs"]
+mod host;
+#[path = "common/render.rs"]
+mod render_support;
+
+use hakube_build::render::{self, paths};
 use hakube_build::spec;
 use hakube_build::tree::FileEntry;
 use std::io::Read;
@@ -17,6 +22,9 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use host::require;
+use render_support::fixed_creds;
 
 /// Children killed when the test ends, whatever the outcome.
 struct Procs(Vec<Child>);
@@ -36,17 +44,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn tool(name: &str) {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "{name} is not installed (scripts/setup-host installs it)"
-    );
 }
 
 /// One HTTPS request through `port` with `openssl s_client`: what came back.
@@ -73,15 +70,11 @@ fn request(port: u16, path: &str) -> String {
 
 #[test]
 fn with_no_api_server_ready_the_balancer_still_reaches_them() {
-    tool("haproxy");
-    tool("openssl");
+    require("haproxy", "haproxy");
+    require("openssl", "openssl");
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/render/k8s-1.37.yaml");
     let cluster = spec::load(Some(&fixture)).unwrap();
-    let creds = JoinCredentials {
-        token: "abcdef.0123456789abcdef".into(),
-        ca_cert_hash: format!("sha256:{}", "0f".repeat(32)),
-        cluster_initialised: false,
-    };
+    let creds = fixed_creds();
     let worker = cluster.node("worker-1").unwrap();
     let tree = render::config_tree(&cluster, worker, &creds).unwrap();
     let Some(FileEntry::File { contents, .. }) = tree.get(paths::HAPROXY_CONFIG) else {

@@ -5,13 +5,19 @@
 //!
 //! Regenerate the golden files with `UPDATE_GOLDEN=1 cargo test -p hakube-build --test render_config`.
 
+#[path = "common/host.rs"]
+mod host;
+#[path = "common/render.rs"]
+mod render_support;
 #[path = "common/srcbuild.rs"]
 mod srcbuild;
 
-use hakube_build::render::{self, paths, JoinCredentials};
+use hakube_build::render::{self, paths};
 use hakube_build::spec::{self, Cluster};
 use hakube_build::tree::{FileEntry, FileTree};
 use hakube_node_profile::{NodeProfile, Role};
+use host::require;
+use render_support::fixed_creds;
 use serde::Deserialize;
 use serde_json::Value;
 use srcbuild::srcbuild_bin;
@@ -28,20 +34,11 @@ fn load(name: &str) -> Cluster {
     spec::load(Some(&fixture(name))).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-/// Fixed credentials, so golden files do not depend on a state directory.
-fn creds() -> JoinCredentials {
-    JoinCredentials {
-        token: "abcdef.0123456789abcdef".into(),
-        ca_cert_hash: format!("sha256:{}", "0f".repeat(32)),
-        cluster_initialised: false,
-    }
-}
-
 fn tree(cluster: &Cluster, node: &str) -> FileTree {
     let node = cluster
         .node(node)
         .unwrap_or_else(|| panic!("no node {node}"));
-    render::config_tree(cluster, node, &creds()).unwrap()
+    render::config_tree(cluster, node, &fixed_creds()).unwrap()
 }
 
 fn text(tree: &FileTree, path: &str) -> String {
@@ -157,9 +154,12 @@ fn kubeadm_configs_parse_with_the_expected_kinds_and_values() {
             let j = &join[0];
             let bt = &j["discovery"]["bootstrapToken"];
             assert_eq!(bt["apiServerEndpoint"], c.endpoint.host_port().as_str());
-            assert_eq!(bt["token"], creds().token.as_str());
-            assert_eq!(bt["caCertHashes"][0], creds().ca_cert_hash.as_str());
-            assert_eq!(j["discovery"]["tlsBootstrapToken"], creds().token.as_str());
+            assert_eq!(bt["token"], fixed_creds().token.as_str());
+            assert_eq!(bt["caCertHashes"][0], fixed_creds().ca_cert_hash.as_str());
+            assert_eq!(
+                j["discovery"]["tlsBootstrapToken"],
+                fixed_creds().token.as_str()
+            );
             let reg = &j["nodeRegistration"];
             assert_eq!(reg["name"], node.name.as_str());
             assert_eq!(reg["criSocket"], c.runtime.cri_socket());
@@ -201,7 +201,7 @@ fn kubeadm_configs_parse_with_the_expected_kinds_and_values() {
                 ]
             );
             let tok = &init[0]["bootstrapTokens"][0];
-            assert_eq!(tok["token"], creds().token.as_str());
+            assert_eq!(tok["token"], fixed_creds().token.as_str());
             let hours = u64::from(c.certificates.leaf_validity.days) * 24;
             assert_eq!(tok["ttl"], format!("{hours}h0m0s").as_str());
             assert_eq!(init[0]["localAPIEndpoint"]["bindPort"], 6443);
@@ -494,19 +494,6 @@ fn ignition_holds_exactly_the_tree() {
         };
         assert_eq!(l.target.as_ref(), Some(target));
     }
-}
-
-/// Fails the test (never skips it) when `tool` is not on PATH, naming the
-/// Debian package that scripts/setup-host installs it from.
-fn require(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "{tool} is not on PATH: this test needs the real {tool} (Debian package {package}; scripts/setup-host installs it)"
-    );
 }
 
 fn write_temp(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -817,7 +804,7 @@ fn worker_labels_reach_the_kubelet_at_registration() {
     ))
     .unwrap();
     let w = ex.nodes.iter().find(|n| n.role == Role::Worker).unwrap();
-    let t = render::config_tree(&ex, w, &creds()).unwrap();
+    let t = render::config_tree(&ex, w, &fixed_creds()).unwrap();
     let join = documents(&text(&t, paths::KUBEADM_JOIN));
     let labels = extra_arg(
         &join[0]["nodeRegistration"]["kubeletExtraArgs"],

@@ -7,12 +7,15 @@
 //! fixture is checked by the kubeadm of its minor; the default's minor is
 //! always built.
 
+#[path = "common/render.rs"]
+mod render_support;
 #[path = "common/srcbuild.rs"]
 mod srcbuild;
+use render_support::fixed_creds;
 use srcbuild::srcbuild_bin;
 
 use hakube_build::artifacts::catalog;
-use hakube_build::render::{self, paths, JoinCredentials};
+use hakube_build::render::{self, paths};
 use hakube_build::spec::{self, Cluster};
 use hakube_build::tree::FileEntry;
 use std::path::{Path, PathBuf};
@@ -30,11 +33,7 @@ fn load(name: &str) -> Cluster {
 }
 
 fn rendered(c: &Cluster, node: &str, path: &str) -> String {
-    let creds = JoinCredentials {
-        token: "abcdef.0123456789abcdef".into(),
-        ca_cert_hash: format!("sha256:{}", "0f".repeat(32)),
-        cluster_initialised: false,
-    };
+    let creds = fixed_creds();
     let tree = render::config_tree(c, c.node(node).unwrap(), &creds).unwrap();
     match tree.get(path) {
         Some(FileEntry::File { contents, .. }) => String::from_utf8(contents.clone()).unwrap(),
