@@ -25,6 +25,25 @@ mkdir -p "$root/efi" "$root/opt/cni/bin" "$root/etc/cni/net.d" "$root/usr/local/
 mkdir -p -m 0700 "$root/etc/kubernetes/manifests"
 mkdir -p "$root/var/lib/hakube/overlay/etc/upper" "$root/var/lib/hakube/overlay/etc/work" \
 	"$root/var/lib/hakube/overlay/cni-bin/upper" "$root/var/lib/hakube/overlay/cni-bin/work"
+# AppArmor profiles that do nothing on a hakube node: Debian's apparmor ships
+# about 90 profiles for desktop programs (browsers, editors, chat clients,
+# Xorg, sbuild), and apparmor.service compiled every one of them at each
+# first boot (about 20 s of a TCG guest's boot, before anything else could
+# start). Dropped: profiles attached to one plain path that does not exist in
+# this root, and `flags=(unconfined)` profiles, which confine nothing (they
+# let programs create user namespaces where the kernel restricts that;
+# Debian's kernel does not). The rest stay, and containerd loads its own
+# profile for containers.
+for f in "$root"/etc/apparmor.d/*; do
+	[ -f "$f" ] || continue
+	if grep -q 'flags=(unconfined)' "$f"; then
+		rm -f "$f"
+		continue
+	fi
+	path=$(sed -n 's/^[[:space:]]*profile [^[:space:]]* \(\/[^[:space:]]*\).*/\1/p' "$f" | head -n 1)
+	case $path in "" | *[{}*?[]*) continue ;; esac
+	[ -e "$root$path" ] || rm -f "$f"
+done
 # Nothing from the build that is not needed at runtime.
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/var/cache/debconf/*-old \
 	"$root"/var/log/apt "$root"/var/log/dpkg.log "$root"/var/log/alternatives.log "$root"/var/log/bootstrap.log

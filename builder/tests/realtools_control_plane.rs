@@ -320,6 +320,7 @@ fn master_1s_baked_files_run_a_control_plane_that_kubeadm_discovery_trusts() {
         file: None,
     };
     let nodes = render(&spec, &work);
+    let default_cluster = hakube_build::spec::load(None).unwrap();
     let m1 = nodes.iter().find(|n| n.init_config().exists()).unwrap();
     let worker = nodes.iter().find(|n| n.role == "worker").unwrap();
     let m2 = nodes
@@ -500,6 +501,70 @@ fn master_1s_baked_files_run_a_control_plane_that_kubeadm_discovery_trusts() {
             &format!("kubeadm init phase {}", phase.join(" ")),
         );
     }
+
+    // kube-proxy, as firstboot's kube-proxy step deploys it (init.yaml skips
+    // kubeadm's phase): kubeadm's own phase with master-1's kube-proxy.yaml,
+    // so its kubeconfig names the node-local balancer, not the endpoint.
+    let mut proxy_docs = config_docs(&m1.kube_proxy_config());
+    for d in &mut proxy_docs {
+        if d["kind"] == "InitConfiguration" {
+            d["localAPIEndpoint"]["bindPort"] = Value::from(API_PORT);
+        }
+    }
+    std::fs::write(
+        root.join("tmp/realtools-kube-proxy.yaml"),
+        yaml_text(&proxy_docs),
+    )
+    .unwrap();
+    ok(
+        &ns.kubeadm(
+            &root,
+            &[
+                "init",
+                "phase",
+                "addon",
+                "kube-proxy",
+                "--config",
+                "/tmp/realtools-kube-proxy.yaml",
+                "--kubeconfig",
+                "/etc/kubernetes/admin.conf",
+            ],
+        ),
+        "kubeadm init phase addon kube-proxy",
+    );
+    let cm = kubectl(
+        &ns,
+        &admin,
+        &[
+            "-n",
+            "kube-system",
+            "get",
+            "configmap",
+            "kube-proxy",
+            "-o",
+            "json",
+        ],
+    );
+    let cm: Value =
+        serde_json::from_slice(&cm.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&cm)));
+    let kubeconfig = cm["data"]["kubeconfig.conf"].as_str().unwrap_or_default();
+    assert!(
+        kubeconfig.contains(&format!(
+            "server: https://127.0.0.1:{}",
+            default_cluster.local_lb.port
+        )),
+        "kube-proxy's kubeconfig does not name the node-local balancer:\n{kubeconfig}"
+    );
+    let ds = kubectl(
+        &ns,
+        &admin,
+        &["-n", "kube-system", "get", "daemonset", "kube-proxy"],
+    );
+    assert!(
+        ds.status.success(),
+        "no kube-proxy DaemonSet: {}",
+        text(&ds)
+    );
 
     for lease in ["kube-controller-manager", "kube-scheduler"] {
         wait_for(&mut procs, &format!("the {lease} lease"), 60, || {

@@ -49,6 +49,9 @@ fn kubeadm_config_validate_accepts_every_rendered_config() {
             if node.init_config().exists() {
                 configs.push(node.init_config());
             }
+            if node.kube_proxy_config().exists() {
+                configs.push(node.kube_proxy_config());
+            }
             for cfg in &wants {
                 assert!(
                     cfg.is_file(),

@@ -82,6 +82,10 @@ fn kubeadm_configs_match_golden_files() {
             &format!("{dir}/master-1-join.yaml"),
             &text(&m1, paths::KUBEADM_JOIN),
         );
+        check_golden(
+            &format!("{dir}/master-1-kube-proxy.yaml"),
+            &text(&m1, paths::KUBEADM_KUBE_PROXY),
+        );
         let m2 = tree(&c, "master-2");
         check_golden(
             &format!("{dir}/master-2-join.yaml"),

@@ -25,6 +25,7 @@ fn forms_a_working_cluster_with_nothing_done_after_power_on() {
     let mut h = ClusterHarness::build(Plan {
         scenario: "forms",
         spec: Some(&fixture("forms.yaml")),
+        only: None,
     });
     form(&mut h);
     let r = wait_for("every system pod Running", SETTLE_LIMIT, POLL, || {
@@ -47,6 +48,7 @@ fn ha_survives_losing_the_vip_holder() {
     let mut h = ClusterHarness::build(Plan {
         scenario: "ha",
         spec: None,
+        only: None,
     });
     form(&mut h);
     let r = wait_for("every system pod Running", SETTLE_LIMIT, POLL, || {

@@ -232,8 +232,10 @@ impl CommandRunner for NodeRunner {
 }
 
 /// kubectl as the API server of a cluster kubeadm just initialised would
-/// answer: kube-proxy's configmap points at the endpoint; the bootstrap
-/// token's secret is gone (so firstboot re-creates it with kubeadm).
+/// answer: kube-proxy's configmap points at `endpoint` (the local balancer,
+/// as kubeadm's kube-proxy phase deployed it from kube-proxy.yaml) and its
+/// pod is ready; the bootstrap token's secret is gone (so firstboot
+/// re-creates it with kubeadm).
 fn script_api(k: &FakeRunner, endpoint: &str) {
     let cm = serde_json::json!({
         "apiVersion": "v1", "kind": "ConfigMap",
@@ -245,6 +247,11 @@ fn script_api(k: &FakeRunner, endpoint: &str) {
         let line = c.line();
         if line.contains("get configmap kube-proxy") {
             Output::ok(&cm.to_string())
+        } else if line.contains("get pods -l k8s-app=kube-proxy") {
+            Output::ok(
+                r#"{"items": [{"metadata": {"name": "kube-proxy-a"},
+                   "status": {"conditions": [{"type": "Ready", "status": "True"}]}}]}"#,
+            )
         } else if line.contains("get secret bootstrap-token-") {
             Output {
                 status: 1,
@@ -347,7 +354,7 @@ fn firstboots_kubeadm_init_runs_through_the_real_kubeadm() {
     let m1 = s.root("master-1");
     let p = s.profile("master-1");
     let runner = NodeRunner::new(&m1, &p);
-    script_api(&runner.kubectl, &p.endpoint.host_port());
+    script_api(&runner.kubectl, &format!("127.0.0.1:{}", p.local_lb.port));
     let r = run_node(&s, &runner, "master-1", false);
     let calls = runner.calls.borrow().clone();
     r.unwrap_or_else(|e| panic!("master-1: {e:#}\n{}", calls_text(&calls)));
@@ -367,13 +374,48 @@ fn firstboots_kubeadm_init_runs_through_the_real_kubeadm() {
     let argvs: Vec<Vec<String>> = calls.iter().map(|c| c.argv.clone()).collect();
     let token = fs::read_to_string(m1.join("etc/hakube/bootstrap-token")).unwrap();
     let token = token.trim().to_string();
-    assert_eq!(argvs.len(), 2, "{argvs:#?}");
+    let proxy_yaml = m1
+        .join("etc/hakube/kubeadm/kube-proxy.yaml")
+        .display()
+        .to_string();
+    assert_eq!(argvs.len(), 3, "{argvs:#?}");
     assert_eq!(argvs[0], ["init", "--config", &init_yaml]);
-    assert_eq!(argvs[1][..3], ["token", "create", &token]);
-    assert_eq!(argvs[1][argvs[1].len() - 2..], ["--kubeconfig", &admin]);
+    assert_eq!(
+        argvs[1],
+        [
+            "init",
+            "phase",
+            "addon",
+            "kube-proxy",
+            "--config",
+            &proxy_yaml
+        ]
+    );
+    assert_eq!(argvs[2][..3], ["token", "create", &token]);
+    assert_eq!(argvs[2][argvs[2].len() - 2..], ["--kubeconfig", &admin]);
+
+    // kubeadm init skips kube-proxy (init.yaml's skipPhases) and deploys
+    // CoreDNS; its own kube-proxy phase then deploys kube-proxy with a
+    // kubeconfig naming the local balancer, not the endpoint.
+    let init_out = &calls[0].out.stdout;
+    assert!(
+        init_out.contains("Applied essential addon: CoreDNS"),
+        "{init_out}"
+    );
+    assert!(!init_out.contains("addon: kube-proxy"), "{init_out}");
+    let proxy_out = &calls[1].out.stdout;
+    assert!(
+        proxy_out.contains("Applied essential addon: kube-proxy"),
+        "{proxy_out}"
+    );
+    let local = format!("server: https://127.0.0.1:{}", p.local_lb.port);
+    assert!(proxy_out.contains(&local), "{proxy_out}");
+    assert!(
+        !proxy_out.contains(&format!("server: https://{}", p.endpoint.host_port())),
+        "{proxy_out}"
+    );
 
     // kubeadm took every baked certificate as its own.
-    let init_out = &calls[0].out.stdout;
     let certs: Vec<&str> = init_out
         .lines()
         .filter(|l| l.starts_with("[certs]"))
@@ -413,7 +455,7 @@ fn an_init_cut_short_is_finished_with_phases_the_real_kubeadm_accepts() {
     let m1 = s.root("master-1");
     let p = s.profile("master-1");
     let mut runner = NodeRunner::new(&m1, &p);
-    script_api(&runner.kubectl, &p.endpoint.host_port());
+    script_api(&runner.kubectl, &format!("127.0.0.1:{}", p.local_lb.port));
     runner.cut_after_init = true;
     let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         run_node(&s, &runner, "master-1", false)
@@ -424,7 +466,7 @@ fn an_init_cut_short_is_finished_with_phases_the_real_kubeadm_accepts() {
 
     // Next boot: the control plane is up; firstboot finishes with phases.
     let runner = NodeRunner::new(&m1, &p);
-    script_api(&runner.kubectl, &p.endpoint.host_port());
+    script_api(&runner.kubectl, &format!("127.0.0.1:{}", p.local_lb.port));
     let r = run_node(&s, &runner, "master-1", true);
     let calls = runner.calls.borrow().clone();
     r.unwrap_or_else(|e| panic!("master-1: {e:#}\n{}", calls_text(&calls)));
@@ -437,22 +479,43 @@ fn an_init_cut_short_is_finished_with_phases_the_real_kubeadm_accepts() {
         .filter(|c| c.argv.first().is_some_and(|a| a == "init"))
         .map(|c| c.argv.clone())
         .collect();
+    let proxy_yaml = m1
+        .join("etc/hakube/kubeadm/kube-proxy.yaml")
+        .display()
+        .to_string();
     let want: Vec<Vec<String>> = [
-        &["upload-config", "all"][..],
-        &["mark-control-plane"],
-        &["bootstrap-token"],
-        &["kubelet-finalize", "all"],
-        &["addon", "all"],
+        (&["upload-config", "all"][..], &init_yaml),
+        (&["mark-control-plane"], &init_yaml),
+        (&["bootstrap-token"], &init_yaml),
+        (&["kubelet-finalize", "all"], &init_yaml),
+        (&["addon", "coredns"], &init_yaml),
+        (&["addon", "kube-proxy"], &proxy_yaml),
     ]
     .iter()
-    .map(|ph| {
+    .map(|(ph, config)| {
         let mut v = vec!["init".to_string(), "phase".to_string()];
         v.extend(ph.iter().map(|x| x.to_string()));
-        v.extend(["--config".to_string(), init_yaml.clone()]);
+        v.extend(["--config".to_string(), config.to_string()]);
         v
     })
     .collect();
     assert_eq!(phases, want);
+    // kube-proxy is deployed once, by its own phase, naming the local
+    // balancer (`addon all` would deploy it against the endpoint: a phase
+    // run alone ignores init.yaml's skipPhases).
+    let proxies: Vec<&Call> = calls
+        .iter()
+        .filter(|c| c.out.stdout.contains("Applied essential addon: kube-proxy"))
+        .collect();
+    assert_eq!(proxies.len(), 1, "{}", calls_text(&calls));
+    assert_eq!(
+        proxies[0].argv[..4],
+        ["init", "phase", "addon", "kube-proxy"]
+    );
+    assert!(proxies[0]
+        .out
+        .stdout
+        .contains(&format!("server: https://127.0.0.1:{}", p.local_lb.port)));
     let failed: Vec<&Call> = calls.iter().filter(|c| c.out.status != 0).collect();
     assert!(
         failed.is_empty(),

@@ -236,6 +236,11 @@ pub struct Paths {
     /// answers at the endpoint and this node must join instead of init.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubeadm_join_config: Option<String>,
+    /// On the init node with the node-local load balancer: the kubeadm config
+    /// `kubeadm init phase addon kube-proxy` deploys kube-proxy from (its
+    /// kubeconfig names the local balancer); `kubeadm init` skips that phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_proxy_addon_config: Option<String>,
     /// CNI manifest to apply (masters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni_manifest: Option<String>,

@@ -218,18 +218,37 @@ pub fn static_pod_patches(cluster: &Cluster) -> Vec<(String, String)> {
         .collect()
 }
 
+/// kubeadm's phase that deploys kube-proxy. With the node-local load
+/// balancer, `kubeadm init` skips it and hakube-firstboot runs it on its own
+/// with [`kube_proxy_addon_config`], so kube-proxy talks to the API through
+/// 127.0.0.1 from its first start: pointing it there afterwards meant a
+/// rollout restart of kube-proxy while the new control plane was busiest,
+/// and a CNI starting meanwhile could not reach the API through the
+/// `kubernetes` Service (flannel exited on it and went into back-off).
+pub const KUBE_PROXY_PHASE: &str = "addon/kube-proxy";
+
 fn init_configuration(cluster: &Cluster, node: &Node, creds: &JoinCredentials) -> Result<Value> {
+    let mut doc = local_init_configuration(cluster, node)?;
+    doc["bootstrapTokens"] = json!([{
+        "token": creds.token,
+        "description": format!("hakube join token of cluster {}", cluster.name),
+        "ttl": token_ttl(cluster),
+        "usages": ["signing", "authentication"],
+        "groups": ["system:bootstrappers:kubeadm:default-node-token"],
+    }]);
+    if cluster.local_lb.enabled {
+        doc["skipPhases"] = json!([KUBE_PROXY_PHASE]);
+    }
+    Ok(doc)
+}
+
+/// The InitConfiguration without the join token: this node's registration,
+/// API endpoint, patches and timeouts.
+fn local_init_configuration(cluster: &Cluster, node: &Node) -> Result<Value> {
     let ip = master_address(node)?;
     Ok(json!({
         "apiVersion": cluster.kubernetes_version.kubeadm_api(),
         "kind": "InitConfiguration",
-        "bootstrapTokens": [{
-            "token": creds.token,
-            "description": format!("hakube join token of cluster {}", cluster.name),
-            "ttl": token_ttl(cluster),
-            "usages": ["signing", "authentication"],
-            "groups": ["system:bootstrappers:kubeadm:default-node-token"],
-        }],
         "localAPIEndpoint": {"advertiseAddress": ip.to_string(), "bindPort": APISERVER_PORT},
         "nodeRegistration": node_registration(cluster, node),
         "patches": {"directory": PATCHES_DIR},
@@ -339,6 +358,30 @@ pub fn init_config(cluster: &Cluster, node: &Node, creds: &JoinCredentials) -> R
         kube_proxy_configuration(cluster),
     ];
     Ok(header(cluster, node, "kubeadm init") + &yaml::documents(&docs))
+}
+
+/// `kube-proxy.yaml` for the init node when the node-local load balancer is
+/// on (`None` otherwise): what `kubeadm init phase addon kube-proxy` deploys
+/// kube-proxy from. It is init.yaml with two differences: the
+/// ClusterConfiguration's `controlPlaneEndpoint` is the local balancer
+/// (kubeadm writes it into kube-proxy's kubeconfig, and every Kubernetes
+/// node runs that balancer), and it carries no join token. kubeadm uploads
+/// nothing from it: the cluster's stored configuration keeps the real
+/// endpoint.
+pub fn kube_proxy_addon_config(cluster: &Cluster, node: &Node) -> Result<Option<String>> {
+    if !cluster.local_lb.enabled {
+        return Ok(None);
+    }
+    let mut cluster_doc = cluster_configuration(cluster);
+    cluster_doc["controlPlaneEndpoint"] = json!(format!("127.0.0.1:{}", cluster.local_lb.port));
+    let docs = [
+        local_init_configuration(cluster, node)?,
+        cluster_doc,
+        kube_proxy_configuration(cluster),
+    ];
+    Ok(Some(
+        header(cluster, node, "kubeadm init phase addon kube-proxy") + &yaml::documents(&docs),
+    ))
 }
 
 /// `join.yaml` for any Kubernetes node (masters join as control-plane nodes).

@@ -53,6 +53,7 @@ pub mod paths {
     pub use hakube_node_profile::PROFILE_PATH as NODE_PROFILE;
     pub const KUBEADM_INIT: &str = "etc/hakube/kubeadm/init.yaml";
     pub const KUBEADM_JOIN: &str = "etc/hakube/kubeadm/join.yaml";
+    pub const KUBEADM_KUBE_PROXY: &str = "etc/hakube/kubeadm/kube-proxy.yaml";
     /// `etc/hakube/kubeadm/patches/<file>`: kubeadm's patches on masters.
     pub fn kubeadm_patch(file: &str) -> String {
         format!(
@@ -169,6 +170,9 @@ pub fn config_tree(cluster: &Cluster, node: &Node, creds: &JoinCredentials) -> R
                 paths::KUBEADM_INIT,
                 kubeadm::init_config(cluster, node, creds)?,
             );
+            if let Some(addon) = kubeadm::kube_proxy_addon_config(cluster, node)? {
+                tree.add_public(paths::KUBEADM_KUBE_PROXY, addon);
+            }
         }
         tree.add_secret(
             paths::KUBEADM_JOIN,

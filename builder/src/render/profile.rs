@@ -103,6 +103,8 @@ pub fn profile(cluster: &Cluster, node: &Node, initialised: bool) -> Result<np::
         paths: np::Paths {
             kubeadm_config,
             kubeadm_join_config: init_node.then(|| abs(paths::KUBEADM_JOIN)),
+            kube_proxy_addon_config: (init_node && cluster.local_lb.enabled)
+                .then(|| abs(paths::KUBEADM_KUBE_PROXY)),
             cni_manifest: (node.role == Role::Master)
                 .then(|| abs(&cni::manifest_path(cluster.cni))),
             cni_operator_manifest: (node.role == Role::Master)

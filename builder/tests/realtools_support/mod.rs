@@ -73,6 +73,10 @@ impl RenderedNode {
     pub fn join_config(&self) -> PathBuf {
         self.dir.join("etc/hakube/kubeadm/join.yaml")
     }
+    /// The init node's kube-proxy addon config (node-local balancer only).
+    pub fn kube_proxy_config(&self) -> PathBuf {
+        self.dir.join("etc/hakube/kubeadm/kube-proxy.yaml")
+    }
 }
 
 /// `hakube-build render` of `spec` into `work/out` (state in `work/state`).

@@ -20,7 +20,7 @@
 use super::firstboot::firstboot_bin;
 use super::harness::{self, run_bounded, wait_for};
 use super::vm::{run, Accel, Agent, Netns, Vm, VmConfig};
-use hakube_build::spec::{Cluster, NodeNetwork};
+use hakube_build::spec::{Cluster, Node, NodeNetwork};
 use hakube_node_profile::Role;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -104,6 +104,9 @@ impl NodeVm {
 pub struct ClusterHarness {
     pub scenario: String,
     pub cluster: Cluster,
+    /// The nodes this scenario builds and boots (the spec's, or those of
+    /// [`Plan::only`]'s role).
+    pub booted: Vec<Node>,
     pub accel: Accel,
     /// Dropped first (explicitly, in Drop): the VMs.
     pub nodes: Vec<NodeVm>,
@@ -118,6 +121,9 @@ pub struct ClusterHarness {
 pub struct Plan<'a> {
     pub scenario: &'a str,
     pub spec: Option<&'a Path>,
+    /// Build and boot only the nodes of this role (the etcd VMs alone, say);
+    /// `None`: every node of the spec.
+    pub only: Option<Role>,
 }
 
 impl ClusterHarness {
@@ -150,8 +156,18 @@ impl ClusterHarness {
         // A base-rootfs cache shared by runs (not a temp file): a warm run
         // skips mmdebstrap.
         let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hakube-cache");
+        let booted: Vec<Node> = cluster
+            .nodes
+            .iter()
+            .filter(|n| plan.only.is_none_or(|r| n.role == r))
+            .cloned()
+            .collect();
+        assert!(!booted.is_empty(), "the scenario boots no node");
         let mut images = BTreeMap::new();
         for role in cluster.roles_present() {
+            if plan.only.is_some_and(|r| r != role) {
+                continue;
+            }
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_hakube-build"));
             cmd.args(["--profile", role.as_str(), "--json"]);
             if let Some(s) = &spec {
@@ -181,7 +197,7 @@ impl ClusterHarness {
                 );
             }
         }
-        for n in &cluster.nodes {
+        for n in &booted {
             assert!(
                 images.contains_key(n.name.as_str()),
                 "hakube-build built no image for {}: {images:?}",
@@ -196,16 +212,14 @@ impl ClusterHarness {
         );
         let admin_conf = render_admin_conf(&cluster, spec.as_deref(), &w);
 
-        let taps: Vec<String> = (0..cluster.nodes.len())
-            .map(|i| format!("tap{i}"))
-            .collect();
+        let taps: Vec<String> = (0..booted.len()).map(|i| format!("tap{i}")).collect();
         let tap_refs: Vec<&str> = taps.iter().map(String::as_str).collect();
         let ns = Netns::create(
             &format!("{NETNS_PREFIX}{}-{}", std::process::id(), plan.scenario),
             &tap_refs,
             Some(&bridge_address(&cluster)),
         );
-        let first = &cluster.nodes[0];
+        let first = &booted[0];
         let accel = pick_accel(
             &ns,
             &images[first.name.as_str()],
@@ -216,6 +230,7 @@ impl ClusterHarness {
         ClusterHarness {
             scenario: plan.scenario.into(),
             cluster,
+            booted,
             accel,
             nodes: Vec::new(),
             images,
@@ -239,7 +254,7 @@ impl ClusterHarness {
 
     /// Powers every node on at once.
     pub fn boot_all(&mut self) {
-        for (i, n) in self.cluster.nodes.clone().iter().enumerate() {
+        for (i, n) in self.booted.clone().iter().enumerate() {
             let name = n.name.as_str().to_string();
             let config = VmConfig {
                 tag: name.clone(),
@@ -321,6 +336,9 @@ impl ClusterHarness {
             limit,
             Duration::from_secs(10),
             || {
+                if let Some(crash) = self.kernel_crash() {
+                    return Ok(Err(crash));
+                }
                 let mut pending = Vec::new();
                 for n in self.nodes.iter_mut().filter(|n| n.first_boot.is_none()) {
                     match n.firstboot_status() {
@@ -394,10 +412,21 @@ impl ClusterHarness {
         serde_json::from_str(&out).map_err(|e| format!("kubectl {args:?}: not JSON ({e})"))
     }
 
+    /// A guest kernel that crashed (its serial log says so), named.
+    pub fn kernel_crash(&self) -> Option<String> {
+        self.nodes.iter().find_map(|n| {
+            n.vm.kernel_crash()
+                .map(|l| format!("{}: the guest kernel crashed: {l}", n.name))
+        })
+    }
+
     /// Fails the scenario: the message, every node's serial log tail and last
     /// firstboot status (the full logs are kept by Drop).
     pub fn fail(&self, msg: &str) -> ! {
         let mut s = format!("e2e {}: {msg}\n", self.scenario);
+        if let Some(crash) = self.kernel_crash() {
+            s.push_str(&format!("({crash})\n"));
+        }
         for n in &self.nodes {
             s.push_str(&format!(
                 "\n--- {} serial log (tail) ---\n{}\n--- {} last firstboot status ---\n{}\n",

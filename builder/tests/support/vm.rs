@@ -150,12 +150,13 @@ impl Vm {
         let qga = dir.join(format!("{tag}-qga.sock"));
         let _ = std::fs::remove_file(&qga);
         let serial = dir.join(format!("{tag}-serial.log"));
-        // TCG runs single-threaded: with one host thread per vCPU (MTTCG) a
-        // 6.12 guest died at boot with "Oops: int3" on CPU 1 (the kernel's
-        // text patching raced across vCPUs), once in two boots here.
+        // TCG with one host thread per vCPU (MTTCG): measured here, a guest
+        // with 2 vCPUs boots to its agent in 37 s instead of 74 s and runs
+        // two CPU-bound processes in half the time; a single-threaded TCG
+        // VM never uses more than one host core, which starved the master.
         let (accel_s, cpu) = match accel {
             Accel::Kvm => ("kvm", "host"),
-            Accel::Tcg => ("tcg,thread=single", "max"),
+            Accel::Tcg => ("tcg,thread=multi", "max"),
         };
         let qemu_err = std::fs::OpenOptions::new()
             .create(true)
@@ -244,6 +245,20 @@ impl Vm {
         let s = std::fs::read_to_string(&self.serial).unwrap_or_default();
         let v: Vec<&str> = s.lines().collect();
         v[v.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The first line of the serial log where the guest kernel reported a
+    /// crash (an oops, a BUG, a panic), if any: such a guest cannot be
+    /// trusted for anything after it.
+    pub fn kernel_crash(&self) -> Option<String> {
+        let s = std::fs::read_to_string(&self.serial).unwrap_or_default();
+        s.lines()
+            .find(|l| {
+                ["Oops:", "BUG:", "Kernel panic"]
+                    .iter()
+                    .any(|m| l.contains(m))
+            })
+            .map(str::to_string)
     }
 
     /// Waits until the guest agent answers, up to `limit`.

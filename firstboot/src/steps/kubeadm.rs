@@ -339,13 +339,25 @@ fn check_certs_kept(ctx: &Ctx) -> Result<()> {
 }
 
 /// Phases that finish an init whose control plane is up. Each is idempotent.
-const FINISH_PHASES: [&[&str]; 5] = [
-    &["upload-config", "all"],
-    &["mark-control-plane"],
-    &["bootstrap-token"],
-    &["kubelet-finalize", "all"],
-    &["addon", "all"],
-];
+/// With the kube-proxy addon config, the addons are CoreDNS alone: kube-proxy
+/// comes from the `kube-proxy` step, with its own endpoint. `addon all`
+/// would deploy it against the control-plane endpoint: a phase run on its own
+/// does not honour init.yaml's `skipPhases` (kubeadm 1.37.2's dry run shows
+/// it), only a whole `kubeadm init` does.
+fn finish_phases(ctx: &Ctx) -> [&'static [&'static str]; 5] {
+    let addons: &[&str] = if ctx.profile.paths.kube_proxy_addon_config.is_some() {
+        &["addon", "coredns"]
+    } else {
+        &["addon", "all"]
+    };
+    [
+        &["upload-config", "all"],
+        &["mark-control-plane"],
+        &["bootstrap-token"],
+        &["kubelet-finalize", "all"],
+        addons,
+    ]
+}
 
 fn resume_init(ctx: &mut Ctx, config: &Path) -> Result<String> {
     let kubelet_conf = ctx.path(&ctx.profile.paths.kubelet_kubeconfig).exists();
@@ -394,7 +406,7 @@ fn resume_init(ctx: &mut Ctx, config: &Path) -> Result<String> {
         )?;
     }
     let mut ran = Vec::new();
-    for phase in FINISH_PHASES {
+    for phase in finish_phases(ctx) {
         let cmd = Cmd::new("kubeadm")
             .args(["init", "phase"])
             .args(phase.iter().copied())
@@ -407,6 +419,33 @@ fn resume_init(ctx: &mut Ctx, config: &Path) -> Result<String> {
     Ok(format!(
         "resumed an interrupted kubeadm init: ran phases {}",
         ran.join(", ")
+    ))
+}
+
+/// Init node with the node-local load balancer: kube-proxy, deployed by
+/// kubeadm's own addon phase (which `kubeadm init` skipped) from a config
+/// whose endpoint is the local balancer, so kube-proxy never talks to the API
+/// any other way and is never restarted to change that. The phase creates or
+/// updates its objects, so running it again is harmless.
+pub fn kube_proxy(ctx: &mut Ctx) -> Result<String> {
+    if !ctx.initialises() {
+        return Ok("skipped: joined an existing cluster".into());
+    }
+    let config = ctx.path(
+        ctx.profile
+            .paths
+            .kube_proxy_addon_config
+            .as_deref()
+            .context("node profile: paths.kubeProxyAddonConfig is missing")?,
+    );
+    let cmd = Cmd::new("kubeadm")
+        .args(["init", "phase", "addon", "kube-proxy", "--config"])
+        .arg(config.to_string_lossy())
+        .timeout(KUBEADM_TIMEOUT);
+    run_checked(ctx.env.cmd, &cmd).context("deploying kube-proxy")?;
+    Ok(format!(
+        "kube-proxy deployed; it reaches the API through 127.0.0.1:{}",
+        ctx.profile.local_lb.port
     ))
 }
 

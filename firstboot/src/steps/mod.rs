@@ -215,6 +215,9 @@ pub fn plan(p: &NodeProfile) -> Vec<Step> {
             }
             if p.init_node {
                 s.push(step("kubeadm-init", kubeadm::kubeadm_init));
+                if p.paths.kube_proxy_addon_config.is_some() {
+                    s.push(step("kube-proxy", kubeadm::kube_proxy));
+                }
             }
             s.push(step("kubeadm-join", kubeadm::kubeadm_join));
             if p.local_lb.enabled {

@@ -94,6 +94,7 @@ fn profile(name: &str, role: Role, topology: EtcdTopology) -> NodeProfile {
                 }
             }),
             kubeadm_join_config: init.then(|| "/etc/hakube/kubeadm/join.yaml".into()),
+            kube_proxy_addon_config: init.then(|| "/etc/hakube/kubeadm/kube-proxy.yaml".into()),
             cni_manifest: (role == Role::Master).then(|| "/etc/hakube/cni/flannel.yaml".into()),
             cni_operator_manifest: None,
             etcd_config: (role == Role::Etcd).then(|| "/etc/etcd/etcd.conf.yml".into()),
@@ -109,6 +110,15 @@ fn profile(name: &str, role: Role, topology: EtcdTopology) -> NodeProfile {
         },
         health_deadline_seconds: 600,
     }
+}
+
+/// `kubectl get pods -o json` of one kube-proxy pod, ready or not.
+fn kube_proxy_pods(ready: bool) -> String {
+    serde_json::json!({"items": [{
+        "metadata": {"name": "kube-proxy-x1"},
+        "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+    }]})
+    .to_string()
 }
 
 const KUBECONFIG: &str = "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: Q0E=\n    server: https://10.0.0.100:8443\n  name: test\nkind: Config\n";
@@ -202,9 +212,28 @@ impl World {
             }
             Output::ok("This node has joined the cluster\n")
         });
-        let cm = serde_json::json!({"apiVersion":"v1","kind":"ConfigMap",
-            "metadata":{"name":"kube-proxy","namespace":"kube-system"},
-            "data":{"kubeconfig.conf": KUBECONFIG, "config.conf": "mode: iptables\n"}});
+        // kube-proxy's kubeconfig names the endpoint kubeadm deployed it
+        // with: the control-plane endpoint, or the local balancer when
+        // firstboot ran kubeadm's kube-proxy phase with its own config.
+        let proxy_server = Rc::new(std::cell::RefCell::new(KUBECONFIG.to_string()));
+        let ps = proxy_server.clone();
+        runner.effect("kubeadm init phase addon kube-proxy --config", move |_| {
+            *ps.borrow_mut() =
+                KUBECONFIG.replace("https://10.0.0.100:8443", "https://127.0.0.1:7443");
+            Output::ok("[addons] Applied essential addon: kube-proxy\n")
+        });
+        runner.effect(
+            &format!(
+                "kubectl --kubeconfig {} -n kube-system get configmap kube-proxy",
+                r.join("etc/kubernetes/admin.conf").display()
+            ),
+            move |_| {
+                let cm = serde_json::json!({"apiVersion":"v1","kind":"ConfigMap",
+                    "metadata":{"name":"kube-proxy","namespace":"kube-system"},
+                    "data":{"kubeconfig.conf": *proxy_server.borrow(), "config.conf": "mode: iptables\n"}});
+                Output::ok(&cm.to_string())
+            },
+        );
         runner.on("kubectl --kubeconfig", Output::ok(""));
         // (more specific rules first: the first match wins)
         let w = World {
@@ -220,10 +249,10 @@ impl World {
         w.runner.rules_front(vec![
             (
                 format!(
-                    "kubectl --kubeconfig {} -n kube-system get configmap kube-proxy",
+                    "kubectl --kubeconfig {} -n kube-system get pods -l k8s-app=kube-proxy",
                     w.path("etc/kubernetes/admin.conf")
                 ),
-                Output::ok(&cm.to_string()),
+                Output::ok(&kube_proxy_pods(true)),
             ),
             (
                 format!(
@@ -328,7 +357,7 @@ fn plan_per_role() {
     assert_eq!(
         names(&profile("m1", Role::Master, EtcdTopology::External)),
         "identity container-runtime container-images load-balancer vip wait-etcd init-or-join etcd-keyspace kubeadm-init \
-         kubeadm-join local-lb-clients cni labels-taints bootstrap-token"
+         kube-proxy kubeadm-join local-lb-clients cni labels-taints bootstrap-token"
     );
     assert_eq!(
         names(&profile("m2", Role::Master, EtcdTopology::Stacked)),
@@ -522,18 +551,25 @@ fn init_node_initialises_over_external_etcd() {
     assert!(calls.contains(&format!(
         "kubeadm token create {TOKEN} --ttl 8760h0m0s --kubeconfig {admin}"
     )));
-    assert!(
-        calls.iter().any(|c| c.contains("replace -f")),
-        "kube-proxy configmap re-pointed"
+    // kube-proxy is deployed by kubeadm's own phase with the local balancer
+    // as its endpoint, right after init: never re-pointed, never restarted.
+    let addon = format!(
+        "kubeadm init phase addon kube-proxy --config {}",
+        w.path("etc/hakube/kubeadm/kube-proxy.yaml")
     );
+    assert_eq!(w.runner.count(&addon), 1, "{calls:#?}");
+    assert!(pos("kubeadm init --config") < pos(&addon));
+    assert!(!calls
+        .iter()
+        .any(|c| c.contains("replace -f") || c.contains("rollout restart")));
+    // The CNI goes in once kube-proxy runs on the node.
+    assert!(pos(&addon) < pos("get pods -l k8s-app=kube-proxy"));
+    assert!(pos("get pods -l k8s-app=kube-proxy") < pos("apply -f"));
     let kubelet = fs::read_to_string(w.path("etc/kubernetes/kubelet.conf")).unwrap();
     assert!(
         kubelet.contains("server: https://127.0.0.1:7443"),
         "{kubelet}"
     );
-    let cm =
-        fs::read_to_string(w.path("var/lib/hakube/firstboot/kube-proxy-configmap.json")).unwrap();
-    assert!(cm.contains("https://127.0.0.1:7443"), "{cm}");
     let svc = w.svc.calls();
     for u in [
         "start --no-block containerd.service",
@@ -586,6 +622,68 @@ fn init_refused_over_existing_registry_keyspace() {
     assert_eq!(w.runner.count("kubeadm"), 0);
     assert_eq!(w.etcd.cluster.borrow().keys.len(), 3);
     assert_eq!(w.state("etcd-keyspace"), StepState::Failed);
+}
+
+#[test]
+fn an_init_node_of_an_older_image_re_points_kube_proxy_after_init() {
+    // A profile without the kube-proxy addon config (an image built before
+    // it): kubeadm init deployed kube-proxy against the endpoint, so
+    // local-lb-clients re-points its configmap and restarts it.
+    let mut p = profile("m1", Role::Master, EtcdTopology::External);
+    p.paths.kube_proxy_addon_config = None;
+    let w = World::new(p, FakeCluster::new(&etcd_nodes(), true));
+    w.run().unwrap();
+    let calls = w.runner.calls();
+    assert_eq!(w.runner.count("kubeadm init phase addon kube-proxy"), 0);
+    assert!(calls.iter().any(|c| c.contains("replace -f")), "{calls:#?}");
+    assert!(calls
+        .iter()
+        .any(|c| c.contains("rollout restart daemonset kube-proxy")));
+    let cm =
+        fs::read_to_string(w.path("var/lib/hakube/firstboot/kube-proxy-configmap.json")).unwrap();
+    assert!(cm.contains("https://127.0.0.1:7443"), "{cm}");
+}
+
+#[test]
+fn the_cni_waits_for_kube_proxy_on_its_node() {
+    let w = init_world(EtcdTopology::External);
+    let get = format!(
+        "kubectl --kubeconfig {} -n kube-system get pods -l k8s-app=kube-proxy",
+        w.path("etc/kubernetes/admin.conf")
+    );
+    // Not scheduled yet, then not ready, then ready (the World's rule).
+    w.runner
+        .push_front(&get, Output::ok(&kube_proxy_pods(false)));
+    w.runner.push_front(&get, Output::ok(r#"{"items": []}"#));
+    w.run().unwrap();
+    assert_eq!(w.runner.count(&get), 3);
+    let calls = w.runner.calls();
+    let last_get = calls.iter().rposition(|c| c.starts_with(&get)).unwrap();
+    let apply = calls.iter().position(|c| c.contains("apply -f")).unwrap();
+    assert!(last_get < apply, "{calls:#?}");
+    let j = w.journal();
+    let cni = j.steps.iter().find(|s| s.name == "cni").unwrap();
+    assert!(
+        cni.outcome
+            .as_deref()
+            .unwrap()
+            .starts_with("kube-proxy kube-proxy-x1 ready"),
+        "{cni:?}"
+    );
+}
+
+#[test]
+fn the_cni_is_not_applied_while_kube_proxy_never_runs() {
+    let w = init_world(EtcdTopology::External);
+    let get = format!(
+        "kubectl --kubeconfig {} -n kube-system get pods -l k8s-app=kube-proxy",
+        w.path("etc/kubernetes/admin.conf")
+    );
+    w.runner.on_front(&get, Output::ok(&kube_proxy_pods(false)));
+    let err = format!("{:#}", w.run().unwrap_err());
+    assert!(err.contains("kube-proxy running on m1"), "{err}");
+    assert!(!w.runner.calls().iter().any(|c| c.contains("apply -f")));
+    assert_eq!(w.state("cni"), StepState::Failed);
 }
 
 #[test]
@@ -958,7 +1056,7 @@ fn interrupted_init_with_a_control_plane_is_finished_by_phases() {
         "mark-control-plane",
         "bootstrap-token",
         "kubelet-finalize all",
-        "addon all",
+        "addon coredns",
     ] {
         assert_eq!(
             w.runner
@@ -1006,8 +1104,18 @@ fn init_that_gives_up_after_the_control_plane_is_finished_by_phases_in_the_same_
     assert_eq!(w.runner.count("kubeadm init --config"), 1);
     let config = w.path("etc/hakube/kubeadm/init.yaml");
     assert_eq!(
-        w.runner
-            .count(&format!("kubeadm init phase addon all --config {config}")),
+        w.runner.count(&format!(
+            "kubeadm init phase addon coredns --config {config}"
+        )),
+        1
+    );
+    // kube-proxy comes from its own step, with the local balancer's config.
+    assert_eq!(w.runner.count("kubeadm init phase addon all"), 0);
+    assert_eq!(
+        w.runner.count(&format!(
+            "kubeadm init phase addon kube-proxy --config {}",
+            w.path("etc/hakube/kubeadm/kube-proxy.yaml")
+        )),
         1
     );
     assert_eq!(w.state("kubeadm-init"), StepState::Done);
