@@ -233,9 +233,9 @@ impl CommandRunner for NodeRunner {
 
 /// kubectl as the API server of a cluster kubeadm just initialised would
 /// answer: kube-proxy's configmap points at `endpoint` (the local balancer,
-/// as kubeadm's kube-proxy phase deployed it from kube-proxy.yaml) and its
-/// pod is ready; the bootstrap token's secret is gone (so firstboot
-/// re-creates it with kubeadm).
+/// as kubeadm's kube-proxy phase deployed it from kube-proxy.yaml); the
+/// bootstrap token's secret is gone (so firstboot re-creates it with
+/// kubeadm).
 fn script_api(k: &FakeRunner, endpoint: &str) {
     let cm = serde_json::json!({
         "apiVersion": "v1", "kind": "ConfigMap",
@@ -247,11 +247,6 @@ fn script_api(k: &FakeRunner, endpoint: &str) {
         let line = c.line();
         if line.contains("get configmap kube-proxy") {
             Output::ok(&cm.to_string())
-        } else if line.contains("get pods -l k8s-app=kube-proxy") {
-            Output::ok(
-                r#"{"items": [{"metadata": {"name": "kube-proxy-a"},
-                   "status": {"conditions": [{"type": "Ready", "status": "True"}]}}]}"#,
-            )
         } else if line.contains("get secret bootstrap-token-") {
             Output {
                 status: 1,

@@ -39,6 +39,18 @@ fn memory_mib(role: Role) -> u32 {
     }
 }
 
+/// vCPUs per role. Under MTTCG each vCPU is a host thread, and the host has
+/// two cores: masters get two (kubeadm's preflight wants two on a control
+/// plane, and a starting control plane is the critical path of every
+/// scenario); workers and etcd members one each, so that, booting at the
+/// same time, they never take both host cores from a master.
+fn cpus(role: Role) -> u32 {
+    match role {
+        Role::Master => 2,
+        Role::Worker | Role::Etcd => 1,
+    }
+}
+
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -262,7 +274,7 @@ impl ClusterHarness {
                 mac: n.mac.to_string(),
                 tap: format!("tap{i}"),
                 memory_mib: memory_mib(n.role),
-                cpus: 2,
+                cpus: cpus(n.role),
                 extra_disks: Vec::new(),
             };
             let vm = Vm::launch(&self.ns, self.accel, config, self.work.path());

@@ -113,7 +113,7 @@ pub fn cni(ctx: &mut Ctx) -> Result<String> {
     let Some(m) = ctx.profile.paths.cni_manifest.clone() else {
         return Ok("skipped: the profile names no CNI manifest".into());
     };
-    let mut did = vec![wait_kube_proxy(ctx)?];
+    let mut did = Vec::new();
     if let Some(op) = ctx.profile.paths.cni_operator_manifest.clone() {
         let file = ctx.path(&op);
         if !file.is_file() {
@@ -158,58 +158,6 @@ pub fn cni(ctx: &mut Ctx) -> Result<String> {
     .context("applying the CNI manifest")?;
     did.push(format!("applied {m}"));
     Ok(did.join(", "))
-}
-
-/// Waits until this node's kube-proxy pod runs (Ready). The CNI's own pods
-/// reach the API through the `kubernetes` Service, which only kube-proxy's
-/// rules make work on this node: started first, flannel gave up on
-/// `dial tcp 10.96.0.1:443: i/o timeout` and went into restart back-off.
-fn wait_kube_proxy(ctx: &Ctx) -> Result<String> {
-    let node = &ctx.profile.node_name;
-    let get = kubectl(ctx).args([
-        "-n",
-        "kube-system",
-        "get",
-        "pods",
-        "-l",
-        "k8s-app=kube-proxy",
-        "--field-selector",
-        &format!("spec.nodeName={node}"),
-        "-o",
-        "json",
-    ]);
-    let runner = ctx.env.cmd;
-    ctx.wait_for(
-        &format!("kube-proxy running on {node}"),
-        Some(ctx.env.waits.local),
-        || {
-            let out = runner.run(&get).map_err(|e| format!("{e:#}"))?;
-            if !out.success() {
-                return Err(out.combined());
-            }
-            let list: serde_json::Value = serde_json::from_str(&out.stdout)
-                .map_err(|e| format!("kubectl's pod list: {e}"))?;
-            match list["items"]
-                .as_array()
-                .and_then(|pods| pods.iter().find(|p| pod_ready(p)))
-            {
-                Some(p) => Ok(format!(
-                    "kube-proxy {} ready",
-                    p["metadata"]["name"].as_str().unwrap_or("?")
-                )),
-                None => Err(format!("no ready kube-proxy pod on {node} yet")),
-            }
-        },
-    )
-    .context("the CNI is applied only once kube-proxy runs on this node")
-}
-
-/// A pod object whose `Ready` condition is `True`.
-fn pod_ready(pod: &serde_json::Value) -> bool {
-    pod["status"]["conditions"].as_array().is_some_and(|c| {
-        c.iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    })
 }
 
 /// Labels and taints of the profile, through the admin kubeconfig.

@@ -112,15 +112,6 @@ fn profile(name: &str, role: Role, topology: EtcdTopology) -> NodeProfile {
     }
 }
 
-/// `kubectl get pods -o json` of one kube-proxy pod, ready or not.
-fn kube_proxy_pods(ready: bool) -> String {
-    serde_json::json!({"items": [{
-        "metadata": {"name": "kube-proxy-x1"},
-        "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
-    }]})
-    .to_string()
-}
-
 const KUBECONFIG: &str = "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: Q0E=\n    server: https://10.0.0.100:8443\n  name: test\nkind: Config\n";
 
 /// A node's root in a temp dir, and fakes that behave like the tools would.
@@ -246,25 +237,16 @@ impl World {
             clock: FakeClock::default(),
             cut,
         };
-        w.runner.rules_front(vec![
-            (
-                format!(
-                    "kubectl --kubeconfig {} -n kube-system get pods -l k8s-app=kube-proxy",
-                    w.path("etc/kubernetes/admin.conf")
-                ),
-                Output::ok(&kube_proxy_pods(true)),
+        w.runner.rules_front(vec![(
+            format!(
+                "kubectl --kubeconfig {} -n kube-system get secret",
+                w.path("etc/kubernetes/admin.conf")
             ),
-            (
-                format!(
-                    "kubectl --kubeconfig {} -n kube-system get secret",
-                    w.path("etc/kubernetes/admin.conf")
-                ),
-                Output::fail(
-                    1,
-                    "Error from server (NotFound): secrets \"bootstrap-token-abcdef\" not found",
-                ),
+            Output::fail(
+                1,
+                "Error from server (NotFound): secrets \"bootstrap-token-abcdef\" not found",
             ),
-        ]);
+        )]);
         let rs = r.clone();
         w.svc.on_start("containerd.service", move || {
             write(&rs, "run/containerd/containerd.sock", "")
@@ -562,9 +544,8 @@ fn init_node_initialises_over_external_etcd() {
     assert!(!calls
         .iter()
         .any(|c| c.contains("replace -f") || c.contains("rollout restart")));
-    // The CNI goes in once kube-proxy runs on the node.
-    assert!(pos(&addon) < pos("get pods -l k8s-app=kube-proxy"));
-    assert!(pos("get pods -l k8s-app=kube-proxy") < pos("apply -f"));
+    // The CNI goes in after kube-proxy's DaemonSet exists.
+    assert!(pos(&addon) < pos("apply -f"));
     let kubelet = fs::read_to_string(w.path("etc/kubernetes/kubelet.conf")).unwrap();
     assert!(
         kubelet.contains("server: https://127.0.0.1:7443"),
@@ -642,48 +623,6 @@ fn an_init_node_of_an_older_image_re_points_kube_proxy_after_init() {
     let cm =
         fs::read_to_string(w.path("var/lib/hakube/firstboot/kube-proxy-configmap.json")).unwrap();
     assert!(cm.contains("https://127.0.0.1:7443"), "{cm}");
-}
-
-#[test]
-fn the_cni_waits_for_kube_proxy_on_its_node() {
-    let w = init_world(EtcdTopology::External);
-    let get = format!(
-        "kubectl --kubeconfig {} -n kube-system get pods -l k8s-app=kube-proxy",
-        w.path("etc/kubernetes/admin.conf")
-    );
-    // Not scheduled yet, then not ready, then ready (the World's rule).
-    w.runner
-        .push_front(&get, Output::ok(&kube_proxy_pods(false)));
-    w.runner.push_front(&get, Output::ok(r#"{"items": []}"#));
-    w.run().unwrap();
-    assert_eq!(w.runner.count(&get), 3);
-    let calls = w.runner.calls();
-    let last_get = calls.iter().rposition(|c| c.starts_with(&get)).unwrap();
-    let apply = calls.iter().position(|c| c.contains("apply -f")).unwrap();
-    assert!(last_get < apply, "{calls:#?}");
-    let j = w.journal();
-    let cni = j.steps.iter().find(|s| s.name == "cni").unwrap();
-    assert!(
-        cni.outcome
-            .as_deref()
-            .unwrap()
-            .starts_with("kube-proxy kube-proxy-x1 ready"),
-        "{cni:?}"
-    );
-}
-
-#[test]
-fn the_cni_is_not_applied_while_kube_proxy_never_runs() {
-    let w = init_world(EtcdTopology::External);
-    let get = format!(
-        "kubectl --kubeconfig {} -n kube-system get pods -l k8s-app=kube-proxy",
-        w.path("etc/kubernetes/admin.conf")
-    );
-    w.runner.on_front(&get, Output::ok(&kube_proxy_pods(false)));
-    let err = format!("{:#}", w.run().unwrap_err());
-    assert!(err.contains("kube-proxy running on m1"), "{err}");
-    assert!(!w.runner.calls().iter().any(|c| c.contains("apply -f")));
-    assert_eq!(w.state("cni"), StepState::Failed);
 }
 
 #[test]
