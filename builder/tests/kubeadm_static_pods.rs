@@ -18,7 +18,7 @@ mod render_support;
 #[path = "common/srcbuild.rs"]
 mod srcbuild;
 
-use hakube_build::render::{self, paths, LIVENESS_FAILURES};
+use hakube_build::render::{self, paths, ETCD_CPU_REQUEST, LIVENESS_FAILURES};
 use hakube_build::spec;
 use hakube_build::tree::FileEntry;
 use render_support::fixed_creds;
@@ -206,6 +206,12 @@ fn control_plane_probes_carry_the_patched_thresholds() {
             assert!(!p["httpGet"]["port"].is_null(), "{manifest}");
             assert!(p["periodSeconds"].as_u64().is_some(), "{manifest}");
             assert!(p["timeoutSeconds"].as_u64().is_some(), "{manifest}");
+        }
+        if component == "etcd" {
+            // The CPU request is hakube's; the memory request kubeadm's.
+            let req = &c["resources"]["requests"];
+            assert_eq!(req["cpu"].as_str(), Some(ETCD_CPU_REQUEST), "{manifest}");
+            assert!(req["memory"].as_str().is_some(), "{manifest}");
         }
         if component == "kube-apiserver" {
             let command = command(c);

@@ -180,6 +180,9 @@ fn control_plane_components(cluster: &Cluster) -> Vec<&'static str> {
     v
 }
 
+/// Stacked etcd's CPU request (kubeadm writes 100m); see [`static_pod_patches`].
+pub const ETCD_CPU_REQUEST: &str = "500m";
+
 /// Consecutive liveness failures (10 s apart) before the kubelet kills a
 /// control-plane container; kubeadm writes 8.
 pub const LIVENESS_FAILURES: u32 = 30;
@@ -200,17 +203,33 @@ const ETCD_HEALTHCHECK_TIMEOUT: &str = "10s";
 /// takes a slow API server out of rotation within seconds; only the restart
 /// waits. Startup probes need no patch: kubeadm sizes them from the
 /// `controlPlaneComponentHealthCheck` timeout ([`timeouts`]).
+///
+/// Stacked etcd's patch also raises its CPU request from kubeadm's 100m to
+/// [`ETCD_CPU_REQUEST`]: under cgroup v2 the request is the container's CPU
+/// weight, and with 100m a saturated master gave etcd about a seventh of
+/// what the pods got (the API server asks for 250m, the controller-manager
+/// for 200m, and the kubelet and the runtime outside the pods weigh more
+/// still). In the forms runs under TCG etcd then took up to 40 s to apply a
+/// write, every lease renewal behind it timed out, and the
+/// controller-manager and the scheduler lost their leases and restarted,
+/// over and over.
 pub fn static_pod_patches(cluster: &Cluster) -> Vec<(String, String)> {
     control_plane_components(cluster)
         .into_iter()
         .map(|name| {
-            let patch = json!({"spec": {"containers": [{
+            let mut container = json!({
                 "name": name,
                 "livenessProbe": {"failureThreshold": LIVENESS_FAILURES},
-            }]}});
+            });
+            let mut why = "a liveness probe tolerant of a slow node";
+            if name == "etcd" {
+                container["resources"] = json!({"requests": {"cpu": ETCD_CPU_REQUEST}});
+                why = "a liveness probe tolerant of a slow node and a CPU\n# request that keeps etcd from starving when the node is saturated";
+            }
+            let patch = json!({"spec": {"containers": [container]}});
             let text = format!(
                 "# kubeadm patch (strategic merge) of the {name} static pod, written by\n\
-                 # hakube-build render: a liveness probe tolerant of a slow node.\n{}",
+                 # hakube-build render: {why}.\n{}",
                 yaml::to_yaml(&patch)
             );
             (format!("{name}+strategic.yaml"), text)

@@ -29,7 +29,9 @@ mod system;
 pub mod yaml;
 
 pub use ignition::{ignition, IGNITION_VERSION};
-pub use kubeadm::{static_pod_patches, JoinCredentials, LIVENESS_FAILURES, PATCHES_DIR};
+pub use kubeadm::{
+    static_pod_patches, JoinCredentials, ETCD_CPU_REQUEST, LIVENESS_FAILURES, PATCHES_DIR,
+};
 
 use crate::cli::RenderArgs;
 use crate::errors::bad_input;
