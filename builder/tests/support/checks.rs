@@ -20,6 +20,8 @@ pub const FIRST_BOOT_LIMIT: Duration = Duration::from_secs(50 * 60);
 /// past a 10-minute limit, while everything was converging.
 pub const SETTLE_LIMIT: Duration = Duration::from_secs(20 * 60);
 pub const POLL: Duration = Duration::from_secs(10);
+/// From a Service's creation to its answering through kube-proxy's rules.
+pub const SERVICE_LIMIT: Duration = Duration::from_secs(600);
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -333,21 +335,18 @@ pub fn assert_service_path(h: &ClusterHarness) {
         "-n", &h.ns.name, "route", "replace", &pod_cidr, "via", &master_ip,
     ]));
     let client = std::net::SocketAddr::from((client_ip, 1053));
+    // The new Service works once kube-proxy on the master has seen it and
+    // rewritten its rules: on a master under TCG, with a load average over
+    // 20, that took longer than 3 minutes (forms run 2).
     let (whoami, _) = h.must(
         "the probe Service answering the master's pod",
-        wait_for(
-            "probe Service answers",
-            Duration::from_secs(180),
-            POLL,
-            || {
-                let r =
-                    super::dns::query_in_netns(&h.ns.name, client, "whoami.hakube-e2e.example")?;
-                r.additional
-                    .first()
-                    .map(|(_, ip)| *ip)
-                    .ok_or(format!("no address in the answer: {r:?}"))
-            },
-        ),
+        wait_for("probe Service answers", SERVICE_LIMIT, POLL, || {
+            let r = super::dns::query_in_netns(&h.ns.name, client, "whoami.hakube-e2e.example")?;
+            r.additional
+                .first()
+                .map(|(_, ip)| *ip)
+                .ok_or(format!("no address in the answer: {r:?}"))
+        }),
     );
     assert!(
         cidr.contains(&whoami),
@@ -363,7 +362,7 @@ pub fn assert_service_path(h: &ClusterHarness) {
         "CoreDNS resolving the kubernetes Service for the master's pod",
         wait_for(
             "kubernetes.default.svc resolves",
-            Duration::from_secs(120),
+            SERVICE_LIMIT,
             POLL,
             || {
                 let r = super::dns::query_in_netns(&h.ns.name, client, &name)?;
