@@ -4,12 +4,13 @@
 # complete, power-on to every node Ready ("cluster formed in N s"), and for
 # the HA scenario the time until the API answers through the VIP again after
 # the VIP holder is powered off.
-#   forms: 1 master (stacked etcd, VIP) + 1 worker  (about 30 min under TCG:
-#          ignored in scripts/test-all, run here)
+#   forms: 1 master (stacked etcd, VIP) + 1 worker (about 11 min under TCG;
+#          scripts/test-all runs it too)
 #   ha:    3 masters + 1 worker, the VIP holder killed (only here: 4 VMs under
 #          TCG do not fit CI's budget)
 #   etcd:  external etcd (3 etcd VMs, a master, a worker): a power cut in an
-#          etcd VM's first boot, then an etcd VM reimaged (only here: 5 VMs)
+#          etcd VM's first boot, then an etcd VM reimaged (only here: 5 VMs;
+#          scripts/test-all runs the same faults on the etcd VMs alone)
 # Needs root. Builds (or takes from their caches) what scripts/test-all does,
 # through the same tests/test-env: the real binaries, the test mirror, the
 # container images and the TLS test registry serving them (stopped on exit).
