@@ -2,7 +2,9 @@
 //! with TLS, started here): pull and pin through a mirror, an offline
 //! rebuild from the cache with the registry stopped, a tampered blob, a
 //! missing image and a moved tag refused with exit code 2 naming the node
-//! and the image, an OCI layout as source, and the archives laid on a node.
+//! and the image, an OCI layout as source, and the archives laid on a node,
+//! imported by first boot's own code into a CRI-O image store with the real
+//! skopeo.
 
 mod images_support;
 
@@ -153,6 +155,87 @@ fn pull_pin_lay_out_and_rebuild_offline() {
         wanted(&[]),
     );
     assert!(cold.is_err());
+}
+
+/// Unmounts what containers/storage's overlay driver leaves mounted (it
+/// bind-mounts its `overlay` directory onto itself) when the test ends.
+struct StoreMounts(std::path::PathBuf);
+
+impl Drop for StoreMounts {
+    fn drop(&mut self) {
+        let overlay = self.0.join("overlay");
+        let _ = Command::new("umount").arg(&overlay).status();
+    }
+}
+
+#[test]
+fn first_boot_imports_the_laid_archives_into_a_cri_o_store() {
+    use hakube_firstboot::steps::import_node_images;
+    use hakube_firstboot::system::ProcessRunner;
+    use hakube_node_profile::{crio_store, Runtime};
+
+    let work = tempfile::tempdir().unwrap();
+    let mut reg = Registry::start(&work.path().join("registry"));
+    let (_, pause_amd64, _) = push_images(&reg, work.path());
+    let lock_path = work.path().join("hakube.lock");
+    let got = images::pull_all(
+        &lock_path,
+        &work.path().join("cache"),
+        &source(&reg),
+        wanted(&[]),
+    )
+    .unwrap();
+    reg.stop();
+    let lock = Lock::load(&lock_path).unwrap();
+    // The node's root: its var partition at var/, the store under it.
+    let root = work.path().join("node");
+    images::NodeLayout {
+        needed: &got.nodes["master-1"],
+        pulled: got.for_node("master-1"),
+        lock: &lock,
+    }
+    .lay("master-1", &root.join("var"), 1_700_000_000)
+    .unwrap();
+    let store = root.join(crio_store::ROOT.trim_start_matches('/'));
+    let _mounts = StoreMounts(store.clone());
+
+    let first = import_node_images(&root, &ProcessRunner, "master-1", Runtime::CriO).unwrap();
+    assert_eq!(
+        first,
+        "2 images present in CRI-O's image store (2 imported)"
+    );
+    // What CRI-O would find: the image under its name, the pinned digest.
+    let reference = format!(
+        "containers-storage:[{}@{}+{}]{PAUSE}",
+        crio_store::DRIVER,
+        store.display(),
+        root.join(crio_store::RUNROOT.trim_start_matches('/'))
+            .display()
+    );
+    let inspect = run(Command::new("skopeo").arg("inspect").arg(&reference));
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(v["Digest"], pause_amd64.as_str(), "{inspect}");
+    assert_eq!(v["Name"], "registry.k8s.io/pause", "{inspect}");
+    // A resumed first boot imports nothing twice.
+    let again = import_node_images(&root, &ProcessRunner, "master-1", Runtime::CriO).unwrap();
+    assert_eq!(
+        again,
+        "2 images present in CRI-O's image store (0 imported)"
+    );
+
+    // An index whose digest the archive does not have: imported, then refused.
+    let index_path = root.join("var/lib/hakube/images/images.json");
+    let text = std::fs::read_to_string(&index_path).unwrap();
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    std::fs::write(&index_path, text.replace(&pause_amd64, &wrong)).unwrap();
+    let err = import_node_images(&root, &ProcessRunner, "master-1", Runtime::CriO).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains(&format!(
+            "CRI-O's image store has image {PAUSE} with digest {pause_amd64}, the disk's archive has {wrong}"
+        )),
+        "{msg}"
+    );
 }
 
 #[test]

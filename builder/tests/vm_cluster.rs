@@ -14,11 +14,12 @@ mod support;
 
 use std::time::{Duration, Instant};
 use support::checks::{
-    assert_kubeadm_once, assert_local_lb, assert_service_path, condition, fixture, form, record,
-    system_pods_running, POLL, SETTLE_LIMIT,
+    assert_kubeadm_once, assert_local_lb, assert_service_path, condition, fixture, form, form_with,
+    record, system_pods_running, Boot, POLL, SETTLE_LIMIT,
 };
 use support::cluster::{ClusterHarness, Plan};
 use support::harness::{sleep, wait_for};
+use support::vm::Accel;
 
 #[test]
 fn forms_a_working_cluster_with_nothing_done_after_power_on() {
@@ -42,6 +43,14 @@ fn forms_a_working_cluster_with_nothing_done_after_power_on() {
 /// a worker. The VIP holder is powered off: the API stays reachable through
 /// the VIP and the worker stays Ready (its kubelet talks to the node-local
 /// haproxy, which drops the dead master).
+///
+/// Under TCG the init master boots first and the others once its first boot
+/// is complete: all four at once on 2 host cores gave each master about 0.6
+/// of a core of emulated CPU (a sixteenth of kubeadm's minimum); master-1's
+/// lone API server then answered too slowly for the others' joins, its
+/// controller-manager never got to approve the worker's certificate, and the
+/// run failed on retries, not on a fault. Booting everything at once is the
+/// "forms" scenario's claim; this one's is surviving the VIP holder's loss.
 #[test]
 #[ignore = "4 VMs under TCG exceed CI's budget: bench/e2e.sh runs it (--ignored)"]
 fn ha_survives_losing_the_vip_holder() {
@@ -50,7 +59,12 @@ fn ha_survives_losing_the_vip_holder() {
         spec: None,
         only: None,
     });
-    form(&mut h);
+    let boot = match h.accel {
+        Accel::Kvm => Boot::AllAtOnce,
+        Accel::Tcg => Boot::InitNodeFirst,
+    };
+    eprintln!("e2e ha: powering on {boot:?}");
+    form_with(&mut h, boot);
     let r = wait_for("every system pod Running", SETTLE_LIMIT, POLL, || {
         system_pods_running(&h)
     });

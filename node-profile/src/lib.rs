@@ -91,6 +91,15 @@ impl Runtime {
     }
 }
 
+/// CRI-O's image store (containers/storage): hakube's CRI-O drop-in sets it
+/// and first boot imports the disk's images into it with skopeo, so both
+/// name the same store whatever `/etc/containers/storage.conf` says.
+pub mod crio_store {
+    pub const DRIVER: &str = "overlay";
+    pub const ROOT: &str = "/var/lib/containers/storage";
+    pub const RUNROOT: &str = "/run/containers/storage";
+}
+
 /// How etcd is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

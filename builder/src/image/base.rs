@@ -8,6 +8,7 @@ use super::content;
 use super::fsutil;
 use super::tools::{Invocation, Runner, MMDEBSTRAP};
 use anyhow::{Context, Result};
+use hakube_node_profile::Runtime;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -16,8 +17,8 @@ pub const SUITE: &str = "trixie";
 pub const MIRROR: &str = "http://deb.debian.org/debian";
 
 /// Every role's packages: one OS root serves masters, workers and etcd members.
-/// Kubernetes binaries, containerd, runc, CNI plugins and etcd come from the
-/// artifacts, not from Debian.
+/// Kubernetes binaries, containerd, runc, CRI-O, CNI plugins and etcd come
+/// from the artifacts, not from Debian.
 pub const PACKAGES: &[&str] = &[
     "apparmor",
     "ca-certificates",
@@ -59,6 +60,23 @@ pub const PACKAGES: &[&str] = &[
     "udev",
 ];
 
+/// What only a CRI-O cluster's root carries. skopeo imports the disk's images
+/// into CRI-O's store at first boot (containerd imports with its own `ctr`).
+/// skopeo's containers-common depends on a container network stack that
+/// nothing here uses: netavark (17 MB) is named so that apt does not pick
+/// containernetworking-plugins (55 MB).
+pub const CRIO_PACKAGES: &[&str] = &["netavark", "skopeo"];
+
+/// The packages of a root for `runtime`.
+pub fn packages(runtime: Runtime) -> Vec<&'static str> {
+    let mut v = PACKAGES.to_vec();
+    if runtime == Runtime::CriO {
+        v.extend_from_slice(CRIO_PACKAGES);
+    }
+    v.sort_unstable();
+    v
+}
+
 /// Exact versions of the packages that make the boot and update path: the
 /// kernel, systemd and its boot pieces, the initramfs generator. They are part
 /// of the cache key and installed as `name=version`, so a base is rebuilt
@@ -80,8 +98,8 @@ pub const PINNED: &[(&str, &str)] = &[
 ];
 
 /// The `--include` list: every package, pinned ones as `name=version`.
-pub fn include_list() -> Vec<String> {
-    PACKAGES
+pub fn include_list(runtime: Runtime) -> Vec<String> {
+    packages(runtime)
         .iter()
         .map(|p| match PINNED.iter().find(|(n, _)| n == p) {
             Some((n, v)) => format!("{n}={v}"),
@@ -120,9 +138,8 @@ pub struct Base {
 }
 
 /// The canonical, sorted manifest of everything that goes into the base.
-pub fn key_material(source_date_epoch: Option<i64>) -> String {
-    let mut pkgs: Vec<&str> = PACKAGES.to_vec();
-    pkgs.sort_unstable();
+pub fn key_material(runtime: Runtime, source_date_epoch: Option<i64>) -> String {
+    let pkgs = packages(runtime);
     let mut lines = vec![
         format!("builder {}", env!("CARGO_PKG_VERSION")),
         format!("suite {SUITE}"),
@@ -155,17 +172,18 @@ pub fn key_material(source_date_epoch: Option<i64>) -> String {
     lines.join("\n") + "\n"
 }
 
-pub fn cache_key(source_date_epoch: Option<i64>) -> String {
-    fsutil::sha256_bytes(key_material(source_date_epoch).as_bytes())
+pub fn cache_key(runtime: Runtime, source_date_epoch: Option<i64>) -> String {
+    fsutil::sha256_bytes(key_material(runtime, source_date_epoch).as_bytes())
 }
 
 /// Returns the cached base, building it with mmdebstrap when missing.
 pub fn ensure(
     runner: &dyn Runner,
     cache_dir: &Path,
+    runtime: Runtime,
     source_date_epoch: Option<i64>,
 ) -> Result<Base> {
-    let key = cache_key(source_date_epoch);
+    let key = cache_key(runtime, source_date_epoch);
     let dir = cache_dir.join("rootfs");
     let tar = dir.join(format!("{key}.tar"));
     let meta = dir.join(format!("{key}.json"));
@@ -205,7 +223,7 @@ pub fn ensure(
         .arg("--mode=unshare")
         .env("TMPDIR", work.path().display().to_string())
         .arg("--variant=minbase")
-        .arg(format!("--include={}", include_list().join(",")))
+        .arg(format!("--include={}", include_list(runtime).join(",")))
         .arg("--aptopt=APT::Install-Recommends \"false\"");
     for o in DPKG_OPTS {
         inv = inv.arg(format!("--dpkgopt={o}"));
@@ -248,7 +266,7 @@ pub fn ensure(
         created_epoch,
         suite: SUITE.into(),
         mirror: MIRROR.into(),
-        packages: PACKAGES.iter().map(|s| s.to_string()).collect(),
+        packages: packages(runtime).iter().map(|s| s.to_string()).collect(),
         package_versions,
         cache_hit: false,
     };
@@ -309,7 +327,7 @@ mod tests {
 
     #[test]
     fn key_is_canonical_and_covers_inputs() {
-        let m = key_material(None);
+        let m = key_material(Runtime::Containerd, None);
         assert!(m.contains("packages apparmor,ca-certificates,"));
         assert!(m.contains("file etc/fstab 644 "));
         assert!(m.contains("suite trixie"));
@@ -318,13 +336,19 @@ mod tests {
         let mut sorted: Vec<&str> = m.lines().collect();
         sorted.sort_unstable();
         assert_eq!(sorted, m.lines().collect::<Vec<_>>());
-        assert_eq!(cache_key(None), cache_key(None));
-        assert_ne!(cache_key(None), cache_key(Some(1)));
+        let c = Runtime::Containerd;
+        assert_eq!(cache_key(c, None), cache_key(c, None));
+        assert_ne!(cache_key(c, None), cache_key(c, Some(1)));
+        assert_ne!(cache_key(c, None), cache_key(Runtime::CriO, None));
+        assert!(!m.contains("skopeo"));
+        assert!(key_material(Runtime::CriO, None).contains(",skopeo,"));
     }
 
     #[test]
     fn pinned_packages_are_installed_as_name_equals_version() {
-        let inc = include_list();
+        let inc = include_list(Runtime::Containerd);
+        assert!(!inc.contains(&"skopeo".to_string()));
+        assert!(include_list(Runtime::CriO).contains(&"skopeo".to_string()));
         assert!(inc.contains(&"systemd-boot-efi=257.13-1~deb13u1".to_string()));
         assert!(inc.contains(&"openssh-server".to_string()));
         for (name, _) in PINNED {

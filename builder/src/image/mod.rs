@@ -154,7 +154,7 @@ fn build(runner: &dyn Runner, args: &BuildArgs, steps: &mut Steps) -> Result<Bui
     })?;
     let image_pins = artifacts::lock::Lock::load(&plan.lock)?;
     let base = steps.run("base rootfs (mmdebstrap, cached)", || {
-        base::ensure(runner, &plan.cache, plan.env_epoch)
+        base::ensure(runner, &plan.cache, plan.cluster.runtime, plan.env_epoch)
     })?;
     let epoch = plan.env_epoch.unwrap_or(base.created_epoch);
     let os = steps.run("OS root erofs (cached)", || {

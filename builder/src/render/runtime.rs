@@ -4,7 +4,7 @@
 use crate::artifacts::catalog::pause_image;
 use crate::spec::Cluster;
 use crate::tree::FileTree;
-use hakube_node_profile::Runtime;
+use hakube_node_profile::{crio_store, Runtime};
 
 pub const CONTAINERD_CONFIG: &str = "etc/containerd/config.toml";
 pub const CRIO_DROPIN: &str = "etc/crio/crio.conf.d/10-hakube.conf";
@@ -52,6 +52,12 @@ version = 3
 fn crio_dropin(cluster: &Cluster) -> String {
     format!(
         r#"# CRI-O drop-in written by hakube-build render.
+[crio]
+# The store first boot imports the disk's images into (skopeo, before kubeadm).
+root = "{root}"
+runroot = "{runroot}"
+storage_driver = "{driver}"
+
 [crio.runtime]
 cgroup_manager = "systemd"
 conmon_cgroup = "pod"
@@ -63,7 +69,10 @@ pause_image = "{pause}"
 network_dir = "/etc/cni/net.d/"
 plugin_dirs = ["/opt/cni/bin/"]
 "#,
-        pause = pause_image(cluster.kubernetes_version)
+        pause = pause_image(cluster.kubernetes_version),
+        root = crio_store::ROOT,
+        runroot = crio_store::RUNROOT,
+        driver = crio_store::DRIVER,
     )
 }
 
@@ -98,5 +107,7 @@ mod tests {
         c.kubernetes_version = "1.35.4".parse().unwrap();
         assert!(containerd_config(&c).contains("sandbox = 'registry.k8s.io/pause:3.10.1'"));
         assert!(crio_dropin(&c).contains("pause_image = \"registry.k8s.io/pause:3.10.1\""));
+        assert!(crio_dropin(&c).contains("[crio]\n# The store first boot imports"));
+        assert!(crio_dropin(&c).contains("storage_driver = \"overlay\""));
     }
 }

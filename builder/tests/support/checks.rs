@@ -379,7 +379,25 @@ pub fn assert_service_path(h: &ClusterHarness) {
 /// Boots the cluster and waits until it has formed: first boot complete on
 /// every node, every node Ready. Returns power-on to Ready.
 pub fn form(h: &mut ClusterHarness) -> Duration {
+    form_with(h, Boot::AllAtOnce)
+}
+
+/// How the nodes are powered on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boot {
+    /// Every node at once (the "forms" scenario: nothing is waited for).
+    AllAtOnce,
+    /// The init node first, the rest once its first boot is complete.
+    InitNodeFirst,
+}
+
+pub fn form_with(h: &mut ClusterHarness, boot: Boot) -> Duration {
     let started = Instant::now();
+    if boot == Boot::InitNodeFirst {
+        let init = h.cluster.init_node().name.as_str().to_string();
+        h.boot_where(|n| n.name.as_str() == init);
+        h.wait_first_boot(FIRST_BOOT_LIMIT);
+    }
     h.boot_all();
     h.wait_first_boot(FIRST_BOOT_LIMIT);
     for n in &h.nodes {

@@ -266,8 +266,20 @@ impl ClusterHarness {
 
     /// Powers every node on at once.
     pub fn boot_all(&mut self) {
+        self.boot_where(|_| true);
+    }
+
+    /// Powers on the nodes `pick` chooses that are not running yet (each
+    /// keeps its tap, numbered by its place in the spec).
+    pub fn boot_where(&mut self, pick: impl Fn(&Node) -> bool) {
+        let running: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        let mut now = Vec::new();
         for (i, n) in self.booted.clone().iter().enumerate() {
+            if !pick(n) || running.iter().any(|r| r == n.name.as_str()) {
+                continue;
+            }
             let name = n.name.as_str().to_string();
+            now.push(name.clone());
             let config = VmConfig {
                 tag: name.clone(),
                 disk: self.fresh_disk(&name),
@@ -289,15 +301,7 @@ impl ClusterHarness {
                 last_status: String::new(),
             });
         }
-        eprintln!(
-            "e2e {}: powered on {}",
-            self.scenario,
-            self.nodes
-                .iter()
-                .map(|n| n.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        eprintln!("e2e {}: powered on {}", self.scenario, now.join(", "));
     }
 
     pub fn node(&mut self, name: &str) -> &mut NodeVm {
@@ -489,7 +493,9 @@ const DIAGNOSTICS_ENDINGS: &str = "exec 2>&1; \
 impl Drop for ClusterHarness {
     fn drop(&mut self) {
         let failed = std::thread::panicking();
-        if failed {
+        // Whoever interrupts wants out now: the guests' diagnostics (up to a
+        // minute per node under load) are read only for a failure.
+        if failed && !harness::interrupted() {
             for n in &mut self.nodes {
                 let _ = std::fs::write(
                     self.work

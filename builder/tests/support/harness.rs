@@ -34,6 +34,11 @@ pub fn install_signal_handlers() {
     });
 }
 
+/// Has SIGINT/SIGTERM arrived?
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst) != 0
+}
+
 /// Panics when SIGINT/SIGTERM arrived (unwinding runs the teardown).
 pub fn check_interrupt() {
     let sig = INTERRUPTED.load(Ordering::SeqCst);

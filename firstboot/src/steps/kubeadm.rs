@@ -2,7 +2,7 @@
 //! keyspace or a stale stacked etcd member, run kubeadm exactly once.
 
 use super::{log, Ctx};
-use crate::etcd::{member_label, quorum, voting_health};
+use crate::etcd::{member_label, quorum, voting_health, Member};
 use crate::system::{run_checked, Cmd};
 use anyhow::{Context, Result};
 use hakube_node_profile::{EtcdTopology, Role};
@@ -20,6 +20,7 @@ const KUBEADM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1800
 
 const APISERVER_CRT: &str = "/etc/kubernetes/pki/apiserver.crt";
 const APISERVER_MANIFEST: &str = "/etc/kubernetes/manifests/kube-apiserver.yaml";
+const ETCD_MANIFEST: &str = "/etc/kubernetes/manifests/etcd.yaml";
 
 fn endpoint_url(ctx: &Ctx) -> String {
     format!("https://{}/readyz", ctx.profile.endpoint.host_port())
@@ -185,6 +186,31 @@ pub fn etcd_keyspace(ctx: &mut Ctx) -> Result<String> {
     Ok("no keys under /registry/".into())
 }
 
+/// This master's etcd peer URL, and the client URLs of the other masters'
+/// stacked etcd members (where to ask about membership).
+fn other_masters_etcd(ctx: &Ctx) -> (String, Vec<String>) {
+    let me = &ctx.profile.node_name;
+    let my_peer = ctx
+        .profile
+        .address
+        .map(|a| format!("https://{a}:2380"))
+        .unwrap_or_default();
+    let eps = ctx
+        .profile
+        .etcd_members
+        .iter()
+        .filter(|m| m.name != *me)
+        .map(|m| m.client_url.clone())
+        .collect();
+    (my_peer, eps)
+}
+
+/// Whether `m` is this master's own etcd member: by name, or by peer URL
+/// for a member added but not started yet (it has no name until then).
+fn is_own_member(m: &Member, me: &str, my_peer: &str) -> bool {
+    m.name == me || m.peer_urls.iter().any(|u| u == my_peer)
+}
+
 /// Stacked etcd, joining masters: a master rebuilt under the same name must
 /// first remove its previous etcd member, or kubeadm's member add fails.
 pub fn stale_etcd_member(ctx: &mut Ctx) -> Result<String> {
@@ -202,28 +228,14 @@ pub fn stale_etcd_member(ctx: &mut Ctx) -> Result<String> {
         ));
     }
     let me = &ctx.profile.node_name;
-    let my_peer = ctx
-        .profile
-        .address
-        .map(|a| format!("https://{a}:2380"))
-        .unwrap_or_default();
-    let eps: Vec<String> = ctx
-        .profile
-        .etcd_members
-        .iter()
-        .filter(|m| m.name != *me)
-        .map(|m| m.client_url.clone())
-        .collect();
+    let (my_peer, eps) = other_masters_etcd(ctx);
     let etcd = ctx.env.etcd;
     let members = ctx.wait_for(
         &format!("stacked etcd on the other masters ({})", eps.join(",")),
         ctx.env.waits.remote,
         || etcd.member_list(&eps).map_err(|e| format!("{e:#}")),
     )?;
-    let Some(stale) = members
-        .iter()
-        .find(|m| m.name == *me || m.peer_urls.contains(&my_peer))
-    else {
+    let Some(stale) = members.iter().find(|m| is_own_member(m, me, &my_peer)) else {
         return Ok("no etcd member of this name: nothing to remove".into());
     };
     if !stale.is_learner {
@@ -242,6 +254,48 @@ pub fn stale_etcd_member(ctx: &mut Ctx) -> Result<String> {
         member_label(stale)
     ));
     Ok(format!("removed stale etcd member {}", member_label(stale)))
+}
+
+/// Stacked masters, before `kubeadm join`: etcd admits one learner at a
+/// time, and kubeadm adds the joining master's member as a learner, promoted
+/// once it has caught up. A master that joins while another's learner is
+/// still catching up has kubeadm retry for its whole etcd API-call timeout
+/// and fail half joined (the HA VM run: three masters booted together, the
+/// third waited behind the second while both started control planes on a
+/// saturated host). So masters join etcd one after the other. Two that find
+/// no learner at the same moment are still fine: kubeadm retries the one
+/// etcd turns away.
+pub fn etcd_learners(ctx: &mut Ctx) -> Result<String> {
+    if ctx.initialises() {
+        return Ok("skipped: this node initialises the cluster".into());
+    }
+    if ctx.profile.paths.etcd_client.is_none() {
+        return Ok("skipped: the profile gives no etcd client certificate".into());
+    }
+    let me = &ctx.profile.node_name;
+    let (my_peer, eps) = other_masters_etcd(ctx);
+    let etcd = ctx.env.etcd;
+    let members = ctx.wait_for(
+        "the other masters' etcd learners to be promoted (etcd admits one learner at a time; \
+         if a learner's master is gone for good, remove its member)",
+        ctx.env.waits.remote,
+        || {
+            let members = etcd.member_list(&eps).map_err(|e| format!("{e:#}"))?;
+            let learners: Vec<String> = members
+                .iter()
+                .filter(|m| m.is_learner && !is_own_member(m, me, &my_peer))
+                .map(member_label)
+                .collect();
+            if learners.is_empty() {
+                Ok(members.len())
+            } else {
+                Err(format!("learner {} still catching up", learners.join(", ")))
+            }
+        },
+    )?;
+    Ok(format!(
+        "no other master's etcd learner among {members} members"
+    ))
 }
 
 /// Joining nodes: the API endpoint answers.
@@ -479,8 +533,15 @@ pub fn kubeadm_join(ctx: &mut Ctx) -> Result<String> {
             );
         }
         ctx.env.svc.start("kubelet.service")?;
+        if !master {
+            return Ok(format!(
+                "already joined ({} exists); kubelet started",
+                kubelet_conf.display()
+            ));
+        }
+        let ran = finish_control_plane_join(ctx, &config)?;
         return Ok(format!(
-            "already joined ({} exists); kubelet started",
+            "resumed an interrupted control-plane join ({} existed; kubelet started): ran phases {ran}",
             kubelet_conf.display()
         ));
     }
@@ -488,10 +549,104 @@ pub fn kubeadm_join(ctx: &mut Ctx) -> Result<String> {
         .args(["join", "--config"])
         .arg(config.to_string_lossy())
         .timeout(KUBEADM_TIMEOUT);
-    run_checked(ctx.env.cmd, &cmd).context("kubeadm join failed")?;
-    Ok(if master {
-        "joined as a control-plane node".into()
+    match run_checked(ctx.env.cmd, &cmd) {
+        Ok(_) if master => Ok("joined as a control-plane node".into()),
+        Ok(_) => Ok("joined as a worker".into()),
+        // Failed after the kubelet's bootstrap, in etcd-join or later: the
+        // rest is done by kubeadm's own phases, now rather than a restart later.
+        Err(e) if master && kubelet_conf.exists() && ctx.path(APISERVER_MANIFEST).exists() => {
+            log(&format!(
+                "kubeadm join failed after the kubelet's bootstrap; finishing with its phases: {e:#}"
+            ));
+            let ran = finish_control_plane_join(ctx, &config)?;
+            Ok(format!(
+                "joined as a control-plane node (kubeadm join failed after the kubelet's bootstrap; ran phases {ran})"
+            ))
+        }
+        Err(e) => Err(e.context("kubeadm join failed")),
+    }
+}
+
+/// The rest of a master's join after the kubelet's bootstrap. `etcd-join`
+/// adds this node's stacked etcd member as a learner and promotes it once it
+/// has caught up; `control-plane-join all` marks the node. A join that
+/// failed there (etcd too slow to answer under load: seen in the HA VM test)
+/// leaves an unpromoted learner, and etcd takes one learner at a time, so no
+/// other master could join either. Both phases are idempotent (an existing
+/// member is not added again, a voting member is not promoted again, and
+/// external etcd is skipped); kubeadm 1.35-1.37 name them the same.
+///
+/// When kubeadm got as far as writing this node's etcd manifest and adding
+/// its member, the promotion is done here first ([`promote_own_learner`]),
+/// and `etcd-join` is skipped once the member votes: that phase gives every
+/// etcd call 2 s and gives up on the first failed member list, which under
+/// load failed three attempts in a row on master-3 of the HA VM run while its
+/// learner sat started and in sync.
+fn finish_control_plane_join(ctx: &Ctx, config: &Path) -> Result<String> {
+    let mut ran = Vec::new();
+    let promoted = promote_own_learner(ctx)?;
+    let phases: &[&[&str]] = if promoted.is_some() {
+        &[&["control-plane-join", "all"]]
     } else {
-        "joined as a worker".into()
+        &[&["etcd-join"], &["control-plane-join", "all"]]
+    };
+    for phase in phases {
+        let cmd = Cmd::new("kubeadm")
+            .args(["join", "phase"])
+            .args(phase.iter().copied())
+            .arg("--config")
+            .arg(config.to_string_lossy())
+            .timeout(KUBEADM_TIMEOUT);
+        run_checked(ctx.env.cmd, &cmd)
+            .with_context(|| format!("finishing the control-plane join: {}", cmd.line()))?;
+        ran.push(phase.join(" "));
+    }
+    Ok(match promoted {
+        Some(how) => format!("{how}; {}", ran.join(", ")),
+        None => ran.join(", "),
     })
+}
+
+/// Stacked etcd, a master whose `kubeadm join` stopped in or after
+/// `etcd-join`: when kubeadm wrote this node's etcd manifest and its member
+/// is listed, the member is made a voter here, with patient retries (etcd
+/// refuses to promote a learner that has not caught up). Returns what it
+/// found or did, or `None` when kubeadm's `etcd-join` phase must run (no
+/// manifest yet, no member yet, or external etcd).
+fn promote_own_learner(ctx: &Ctx) -> Result<Option<String>> {
+    if ctx.profile.paths.etcd_client.is_none() || ctx.profile.etcd_members.is_empty() {
+        return Ok(None);
+    }
+    let manifest = ctx.path(ETCD_MANIFEST);
+    if !manifest.exists() {
+        return Ok(None);
+    }
+    let me = &ctx.profile.node_name;
+    let (my_peer, eps) = other_masters_etcd(ctx);
+    let etcd = ctx.env.etcd;
+    let outcome = ctx.wait_for(
+        &format!("this master's etcd member ({my_peer}) to be promoted to a voting member"),
+        ctx.env.waits.remote,
+        || {
+            let members = etcd.member_list(&eps).map_err(|e| format!("{e:#}"))?;
+            let Some(mine) = members.iter().find(|m| is_own_member(m, me, &my_peer)) else {
+                return Ok(None);
+            };
+            if !mine.is_learner {
+                return Ok(Some(format!(
+                    "etcd member {} already voting",
+                    member_label(mine)
+                )));
+            }
+            etcd.member_promote(&eps, mine.id)
+                .map(|()| Some(format!("promoted etcd learner {}", member_label(mine))))
+                .map_err(|e| format!("learner {}: {e:#}", member_label(mine)))
+        },
+    )?;
+    if let Some(how) = &outcome {
+        log(&format!(
+            "{how}; kubeadm's etcd-join phase has nothing left to do"
+        ));
+    }
+    Ok(outcome)
 }

@@ -8,6 +8,7 @@
 mod cluster;
 mod etcd_member;
 mod images;
+pub use images::import_node_images;
 mod kubeadm;
 mod node;
 #[cfg(test)]
@@ -212,6 +213,7 @@ pub fn plan(p: &NodeProfile) -> Vec<Step> {
             }
             if p.etcd_topology == EtcdTopology::Stacked {
                 s.push(step("stale-etcd-member", kubeadm::stale_etcd_member));
+                s.push(step("etcd-learners", kubeadm::etcd_learners));
             }
             if p.init_node {
                 s.push(step("kubeadm-init", kubeadm::kubeadm_init));

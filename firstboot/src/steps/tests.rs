@@ -6,6 +6,7 @@ use crate::fakes::*;
 use crate::journal::JournalData;
 use crate::system::Output;
 use hakube_node_profile::*;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -291,13 +292,17 @@ impl World {
         serde_json::from_str(&text).unwrap()
     }
 
+    /// The journal's record of one step.
+    fn step(&self, name: &str) -> crate::journal::StepRecord {
+        let steps = self.journal().steps;
+        steps
+            .into_iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no step {name} in the journal"))
+    }
+
     fn state(&self, step: &str) -> StepState {
-        self.journal()
-            .steps
-            .iter()
-            .find(|s| s.name == step)
-            .unwrap()
-            .state
+        self.step(step).state
     }
 
     fn effective_etcd(&self) -> serde_yaml_ng::Value {
@@ -343,7 +348,7 @@ fn plan_per_role() {
     );
     assert_eq!(
         names(&profile("m2", Role::Master, EtcdTopology::Stacked)),
-        "identity container-runtime container-images load-balancer vip wait-api stale-etcd-member kubeadm-join \
+        "identity container-runtime container-images load-balancer vip wait-api stale-etcd-member etcd-learners kubeadm-join \
          local-lb-clients labels-taints bootstrap-token"
     );
     let mut w = profile("w1", Role::Worker, EtcdTopology::Stacked);
@@ -719,8 +724,7 @@ fn init_node_built_after_the_cluster_formed_gives_up_saying_why() {
 fn rebuilt_master_removes_stale_stacked_member_then_joins() {
     let mut c = FakeCluster::new(&stacked_nodes(), true);
     c.members[1].up = false; // the old m2
-    let w = World::new(profile("m2", Role::Master, EtcdTopology::Stacked), c);
-    w.probe.answer(&format!("https://{VIP}:8443/readyz"), 0);
+    let w = joining("m2", Role::Master, c);
     w.run().unwrap();
     assert_eq!(w.etcd.log(), ["remove 11"]);
     let calls = w.runner.calls();
@@ -731,13 +735,264 @@ fn rebuilt_master_removes_stale_stacked_member_then_joins() {
     );
 }
 
+/// A node that joins: its world, with the API answering through the VIP.
+fn joining(name: &str, role: Role, cluster: FakeCluster) -> World {
+    let w = World::new(profile(name, role, EtcdTopology::Stacked), cluster);
+    w.probe.answer(&format!("https://{VIP}:8443/readyz"), 0);
+    w
+}
+
+/// What kubeadm join did on master-3 of the HA VM test: control plane and
+/// kubelet written (and, with `etcd_manifest`, the node's etcd manifest),
+/// its etcd member announced, then the promotion ran out of time ("error
+/// execution phase etcd-join: ... context deadline exceeded"). `member`, if
+/// given, is the member kubeadm added (m2, a learner or already voting); the
+/// tests that pass one start from a cluster without m2, as the stale-member
+/// step saw it.
+fn join_failing_in_etcd_join(w: &World, etcd_manifest: bool, member: Option<FakeMember>) {
+    let r = w.root.path().to_path_buf();
+    let cluster = w.etcd.cluster.clone();
+    let member = RefCell::new(member);
+    w.runner.effect_front("kubeadm join --config", move |_| {
+        write(&r, "etc/kubernetes/kubelet.conf", KUBECONFIG);
+        write(&r, "etc/kubernetes/admin.conf", KUBECONFIG);
+        write(
+            &r,
+            "etc/kubernetes/manifests/kube-apiserver.yaml",
+            "kind: Pod\n",
+        );
+        if etcd_manifest {
+            write(&r, "etc/kubernetes/manifests/etcd.yaml", "kind: Pod\n");
+        }
+        if let Some(m) = member.borrow_mut().take() {
+            cluster.borrow_mut().members.push(m);
+        }
+        Output {
+            status: 1,
+            stdout: "[etcd] Announced new etcd member joining to the existing etcd cluster\n"
+                .into(),
+            stderr: "error execution phase etcd-join: error creating local etcd static pod \
+                     manifest file: context deadline exceeded\n"
+                .into(),
+        }
+    });
+}
+
+fn join_phases(w: &World) -> Vec<String> {
+    w.runner
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("kubeadm join phase"))
+        .collect()
+}
+
+#[test]
+fn master_join_failing_in_etcd_join_is_finished_by_phases_in_the_same_run() {
+    let w = joining("m2", Role::Master, FakeCluster::new(&stacked_nodes(), true));
+    join_failing_in_etcd_join(&w, false, None);
+    w.run().unwrap();
+    let config = w.path("etc/hakube/kubeadm/join.yaml");
+    assert_eq!(w.runner.count("kubeadm join --config"), 1);
+    assert_eq!(
+        join_phases(&w),
+        [
+            format!("kubeadm join phase etcd-join --config {config}"),
+            format!("kubeadm join phase control-plane-join all --config {config}"),
+        ]
+    );
+    assert_eq!(w.state("kubeadm-join"), StepState::Done);
+    let rec = w.step("kubeadm-join");
+    assert!(
+        rec.outcome
+            .as_deref()
+            .unwrap()
+            .contains("ran phases etcd-join, control-plane-join all"),
+        "{:?}",
+        rec.outcome
+    );
+}
+
+#[test]
+fn master_join_cut_after_the_kubelet_bootstrap_is_finished_by_phases_on_the_next_boot() {
+    let w = joining("m2", Role::Master, FakeCluster::new(&stacked_nodes(), true));
+    let r = w.root.path().to_path_buf();
+    w.runner.effect_front("kubeadm join --config", move |_| {
+        write(&r, "etc/kubernetes/kubelet.conf", KUBECONFIG);
+        write(
+            &r,
+            "etc/kubernetes/manifests/kube-apiserver.yaml",
+            "kind: Pod\n",
+        );
+        panic!("simulated power cut during kubeadm join");
+    });
+    assert!(catch_unwind(AssertUnwindSafe(|| w.run())).is_err());
+    assert_eq!(w.state("kubeadm-join"), StepState::Running);
+    w.run().unwrap();
+    assert_eq!(w.runner.count("kubeadm join --config"), 1);
+    assert_eq!(w.runner.count("kubeadm join phase etcd-join --config"), 1);
+    assert_eq!(
+        w.runner
+            .count("kubeadm join phase control-plane-join all --config"),
+        1
+    );
+    assert_eq!(w.state("kubeadm-join"), StepState::Done);
+}
+
+#[test]
+fn master_join_whose_phases_fail_too_is_left_failed_for_the_next_attempt() {
+    let w = joining("m2", Role::Master, FakeCluster::new(&stacked_nodes(), true));
+    join_failing_in_etcd_join(&w, false, None);
+    w.runner.push_front(
+        "kubeadm join phase etcd-join",
+        Output::fail(
+            1,
+            "error execution phase etcd-join: too many learner members in cluster\n",
+        ),
+    );
+    let msg = format!("{:#}", w.run().unwrap_err());
+    assert!(
+        msg.contains("finishing the control-plane join: kubeadm join phase etcd-join"),
+        "{msg}"
+    );
+    assert!(msg.contains("too many learner members"), "{msg}");
+    assert_eq!(w.state("kubeadm-join"), StepState::Failed);
+    // The next attempt (the unit restarts) runs the phases again, not the join.
+    w.run().unwrap();
+    assert_eq!(w.runner.count("kubeadm join --config"), 1);
+    assert_eq!(w.runner.count("kubeadm join phase etcd-join --config"), 2);
+    assert_eq!(w.state("kubeadm-join"), StepState::Done);
+}
+
+/// The stacked cluster without m2, and m2's member (started, up).
+fn cluster_without_m2() -> (FakeCluster, FakeMember) {
+    let mut c = FakeCluster::new(&stacked_nodes(), true);
+    let m2 = c.members.remove(1);
+    (c, m2)
+}
+
+#[test]
+fn master_whose_learner_was_left_unpromoted_promotes_it_and_skips_etcd_join() {
+    let (mut c, mut m2) = cluster_without_m2();
+    m2.member.is_learner = true; // added and started, never promoted
+    c.promote_refusals = 2; // not yet in sync with the leader, twice
+    let w = joining("m2", Role::Master, c);
+    join_failing_in_etcd_join(&w, true, Some(m2));
+    w.run().unwrap();
+    assert_eq!(w.etcd.log(), ["promote 11"]);
+    assert!(
+        w.etcd
+            .cluster
+            .borrow()
+            .members
+            .iter()
+            .all(|m| !m.member.is_learner),
+        "m2 votes"
+    );
+    let config = w.path("etc/hakube/kubeadm/join.yaml");
+    assert_eq!(
+        join_phases(&w),
+        [format!(
+            "kubeadm join phase control-plane-join all --config {config}"
+        )]
+    );
+    let rec = w.step("kubeadm-join");
+    let outcome = rec.outcome.unwrap_or_default();
+    assert!(
+        outcome.contains("promoted etcd learner m2 (id 11)")
+            && outcome.contains("control-plane-join all"),
+        "{outcome}"
+    );
+    assert_eq!(w.state("kubeadm-join"), StepState::Done);
+}
+
+#[test]
+fn master_whose_member_already_votes_skips_etcd_join() {
+    let (c, m2) = cluster_without_m2();
+    let w = joining("m2", Role::Master, c);
+    join_failing_in_etcd_join(&w, true, Some(m2));
+    w.run().unwrap();
+    assert!(w.etcd.log().is_empty(), "{:?}", w.etcd.log());
+    let config = w.path("etc/hakube/kubeadm/join.yaml");
+    assert_eq!(
+        join_phases(&w),
+        [format!(
+            "kubeadm join phase control-plane-join all --config {config}"
+        )]
+    );
+}
+
+#[test]
+fn master_with_an_etcd_manifest_but_no_member_runs_etcd_join() {
+    let (c, _) = cluster_without_m2();
+    let w = joining("m2", Role::Master, c);
+    join_failing_in_etcd_join(&w, true, None);
+    w.run().unwrap();
+    assert!(w.etcd.log().is_empty(), "{:?}", w.etcd.log());
+    let config = w.path("etc/hakube/kubeadm/join.yaml");
+    assert_eq!(
+        join_phases(&w),
+        [
+            format!("kubeadm join phase etcd-join --config {config}"),
+            format!("kubeadm join phase control-plane-join all --config {config}"),
+        ]
+    );
+}
+
+#[test]
+fn worker_join_cut_after_the_kubelet_bootstrap_runs_no_control_plane_phase() {
+    let w = joining("w1", Role::Worker, FakeCluster::default());
+    let r = w.root.path().to_path_buf();
+    w.runner.effect_front("kubeadm join --config", move |_| {
+        write(&r, "etc/kubernetes/kubelet.conf", KUBECONFIG);
+        panic!("simulated power cut during kubeadm join");
+    });
+    assert!(catch_unwind(AssertUnwindSafe(|| w.run())).is_err());
+    w.run().unwrap();
+    assert_eq!(w.runner.count("kubeadm join --config"), 1);
+    assert_eq!(w.runner.count("kubeadm join phase"), 0);
+    assert_eq!(w.state("kubeadm-join"), StepState::Done);
+}
+
+#[test]
+fn master_joins_only_after_another_masters_etcd_learner_is_promoted() {
+    let mut c = FakeCluster::new(&stacked_nodes(), true);
+    c.members[2].member.is_learner = true; // m3 joined first, still catching up
+    let w = joining("m2", Role::Master, c);
+    // This m2 is new: it has no member yet.
+    w.etcd.cluster.borrow_mut().members.remove(1);
+    let cl = w.etcd.cluster.clone();
+    w.clock.at(Duration::from_secs(240), move || {
+        cl.borrow_mut().members[1].member.is_learner = false;
+    });
+    w.run().unwrap();
+    assert_eq!(w.runner.count("kubeadm join --config"), 1);
+    assert!(w.clock.slept.get() >= Duration::from_secs(240));
+    let rec = w.step("etcd-learners");
+    assert_eq!(
+        rec.outcome.as_deref(),
+        Some("no other master's etcd learner among 2 members")
+    );
+}
+
+#[test]
+fn a_learner_that_never_catches_up_is_reported_by_name_and_nothing_joins() {
+    let mut c = FakeCluster::new(&stacked_nodes(), true);
+    c.members[2].member.is_learner = true;
+    c.members.remove(1);
+    let w = joining("m2", Role::Master, c);
+    let msg = format!("{:#}", w.run().unwrap_err());
+    assert!(msg.contains("etcd learners to be promoted"), "{msg}");
+    assert!(msg.contains("learner m3"), "{msg}");
+    assert!(msg.contains("still catching up"), "{msg}");
+    assert_eq!(w.runner.count("kubeadm"), 0);
+}
+
 #[test]
 fn rebuilt_master_refuses_when_removing_would_lose_quorum() {
     let mut c = FakeCluster::new(&stacked_nodes(), true);
     c.members[1].up = false;
     c.members[2].up = false;
-    let w = World::new(profile("m2", Role::Master, EtcdTopology::Stacked), c);
-    w.probe.answer(&format!("https://{VIP}:8443/readyz"), 0);
+    let w = joining("m2", Role::Master, c);
     let msg = format!("{:#}", w.run().unwrap_err());
     assert!(
         msg.contains("refusing to remove stale etcd member m2"),
@@ -804,12 +1059,7 @@ fn failed_kubeadm_init_is_reported_with_its_output_and_never_rerun() {
         "{msg}"
     );
     assert!(msg.contains("exited with status 1"), "{msg}");
-    let rec = w
-        .journal()
-        .steps
-        .into_iter()
-        .find(|s| s.name == "kubeadm-init")
-        .unwrap();
+    let rec = w.step("kubeadm-init");
     assert_eq!(rec.state, StepState::Failed);
     assert!(rec.last_error.unwrap().contains("Port 6443 is in use"));
     // next boot: no second kubeadm init, a message for the operator instead
@@ -1004,12 +1254,7 @@ fn interrupted_init_with_a_control_plane_is_finished_by_phases() {
             "{phase}"
         );
     }
-    let rec = w
-        .journal()
-        .steps
-        .into_iter()
-        .find(|s| s.name == "kubeadm-init")
-        .unwrap();
+    let rec = w.step("kubeadm-init");
     assert!(rec
         .outcome
         .unwrap()
@@ -1107,11 +1352,7 @@ fn interrupted_init_is_judged_by_what_kubeadm_wrote_not_the_baked_admin_conf() {
 #[test]
 fn kubelet_conf_keeps_mode_0600_when_repointed() {
     use std::os::unix::fs::PermissionsExt;
-    let w = World::new(
-        profile("w1", Role::Worker, EtcdTopology::Stacked),
-        FakeCluster::default(),
-    );
-    w.probe.answer(&format!("https://{VIP}:8443/readyz"), 0);
+    let w = joining("w1", Role::Worker, FakeCluster::default());
     let r = w.root.path().to_path_buf();
     w.runner.effect_front("kubeadm join --config", move |_| {
         write(&r, "etc/kubernetes/kubelet.conf", KUBECONFIG);
