@@ -461,6 +461,9 @@ fn resume_init(ctx: &mut Ctx, config: &Path) -> Result<String> {
     }
     let mut ran = Vec::new();
     for phase in finish_phases(ctx) {
+        if phase == ["mark-control-plane"] {
+            wait_own_node(ctx)?;
+        }
         let cmd = Cmd::new("kubeadm")
             .args(["init", "phase"])
             .args(phase.iter().copied())
@@ -582,6 +585,9 @@ pub fn kubeadm_join(ctx: &mut Ctx) -> Result<String> {
 /// etcd call 2 s and gives up on the first failed member list, which under
 /// load failed three attempts in a row on master-3 of the HA VM run while its
 /// learner sat started and in sync.
+///
+/// `control-plane-join all` runs only once the kubelet has registered this
+/// node ([`wait_own_node`]).
 fn finish_control_plane_join(ctx: &Ctx, config: &Path) -> Result<String> {
     let mut ran = Vec::new();
     let promoted = promote_own_learner(ctx)?;
@@ -591,6 +597,9 @@ fn finish_control_plane_join(ctx: &Ctx, config: &Path) -> Result<String> {
         &[&["etcd-join"], &["control-plane-join", "all"]]
     };
     for phase in phases {
+        if phase[0] == "control-plane-join" {
+            wait_own_node(ctx)?;
+        }
         let cmd = Cmd::new("kubeadm")
             .args(["join", "phase"])
             .args(phase.iter().copied())
@@ -605,6 +614,41 @@ fn finish_control_plane_join(ctx: &Ctx, config: &Path) -> Result<String> {
         Some(how) => format!("{how}; {}", ran.join(", ")),
         None => ran.join(", "),
     })
+}
+
+/// This node's Node object exists: the kubelet has registered it. kubeadm's
+/// mark-control-plane (in `control-plane-join all`, and in an init's
+/// phases) patches that object and gives up after `kubernetesAPICall` (5
+/// minutes in hakube's configs); on master-2 of two HA VM runs the kubelet,
+/// started by the join under a loaded control plane, registered later than
+/// that (`nodes "master-2" not found`). Asked with the kubelet's own
+/// credentials (the node authorizer lets a kubelet read its own Node), as
+/// long as remote waits may take, with each request bounded.
+fn wait_own_node(ctx: &Ctx) -> Result<()> {
+    let me = &ctx.profile.node_name;
+    let kubeconfig = ctx.path(&ctx.profile.paths.kubelet_kubeconfig);
+    let mut get = Cmd::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig.to_string_lossy())
+        .args(["--request-timeout=20s", "get", "node", me, "-o", "name"])
+        .timeout(std::time::Duration::from_secs(60));
+    // Its discovery cache defaults to $HOME/.kube/cache, on the read-only root.
+    get.env
+        .push(("KUBECACHEDIR".into(), "/var/cache/kubectl".into()));
+    let cmd = ctx.env.cmd;
+    ctx.wait_for(
+        &format!("the kubelet to register node {me}"),
+        ctx.env.waits.remote,
+        || {
+            let out = cmd.run(&get).map_err(|e| format!("{e:#}"))?;
+            if out.success() {
+                Ok(())
+            } else {
+                Err(out.combined().trim().to_string())
+            }
+        },
+    )
+    .context("the Node object kubeadm's mark-control-plane patches is not there")
 }
 
 /// Stacked etcd, a master whose `kubeadm join` stopped in or after

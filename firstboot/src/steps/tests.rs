@@ -863,6 +863,53 @@ fn master_join_whose_phases_fail_too_is_left_failed_for_the_next_attempt() {
     assert_eq!(w.state("kubeadm-join"), StepState::Done);
 }
 
+#[test]
+fn master_join_failing_in_mark_control_plane_waits_for_its_node_before_the_phases() {
+    // HA VM runs 2 and 5: the join's etcd part went through, then
+    // mark-control-plane gave up on a Node the kubelet had not registered yet.
+    let (c, m2) = cluster_without_m2();
+    let w = joining("m2", Role::Master, c);
+    join_failing_in_etcd_join(&w, true, Some(m2));
+    let get = format!(
+        "kubectl --kubeconfig {} --request-timeout=20s get node m2 -o name",
+        w.path("etc/kubernetes/kubelet.conf")
+    );
+    let not_found = Output::fail(1, "Error from server (NotFound): nodes \"m2\" not found");
+    w.runner.push_front(&get, not_found.clone());
+    w.runner.push_front(&get, not_found);
+    w.run().unwrap();
+    let calls = w.runner.calls();
+    let gets: Vec<usize> = (0..calls.len()).filter(|&i| calls[i] == get).collect();
+    assert_eq!(gets.len(), 3, "two refusals, then the node: {calls:#?}");
+    let phase = calls
+        .iter()
+        .position(|c| c.starts_with("kubeadm join phase control-plane-join all"))
+        .expect("control-plane-join ran");
+    assert!(
+        phase > gets[2],
+        "the phase ran before the node was there: {calls:#?}"
+    );
+    assert_eq!(w.state("kubeadm-join"), StepState::Done);
+}
+
+#[test]
+fn master_whose_node_never_registers_fails_the_join_naming_it() {
+    let (c, m2) = cluster_without_m2();
+    let w = joining("m2", Role::Master, c);
+    join_failing_in_etcd_join(&w, true, Some(m2));
+    w.runner.on_front(
+        "kubectl --kubeconfig",
+        Output::fail(1, "Error from server (NotFound): nodes \"m2\" not found"),
+    );
+    let msg = format!("{:#}", w.run().unwrap_err());
+    assert!(
+        msg.contains("the kubelet to register node m2") && msg.contains("nodes \"m2\" not found"),
+        "{msg}"
+    );
+    assert_eq!(w.runner.count("kubeadm join phase control-plane-join"), 0);
+    assert_eq!(w.state("kubeadm-join"), StepState::Failed);
+}
+
 /// The stacked cluster without m2, and m2's member (started, up).
 fn cluster_without_m2() -> (FakeCluster, FakeMember) {
     let mut c = FakeCluster::new(&stacked_nodes(), true);
