@@ -21,6 +21,12 @@ const KUBEADM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1800
 const APISERVER_CRT: &str = "/etc/kubernetes/pki/apiserver.crt";
 const APISERVER_MANIFEST: &str = "/etc/kubernetes/manifests/kube-apiserver.yaml";
 const ETCD_MANIFEST: &str = "/etc/kubernetes/manifests/etcd.yaml";
+/// Written by `kubeadm join`'s kubelet-start phase; kubeadm deletes it when
+/// its kubelet-wait-bootstrap phase returns, also when that phase gives up.
+const BOOTSTRAP_KUBELET_CONF: &str = "/etc/kubernetes/bootstrap-kubelet.conf";
+/// The kubelet's client certificate: there once its TLS bootstrap finished
+/// (kubelet.conf, which points at it, is written before).
+const KUBELET_CLIENT_PEM: &str = "/var/lib/kubelet/pki/kubelet-client-current.pem";
 
 fn endpoint_url(ctx: &Ctx) -> String {
     format!("https://{}/readyz", ctx.profile.endpoint.host_port())
@@ -524,8 +530,12 @@ pub fn kubeadm_join(ctx: &mut Ctx) -> Result<String> {
     };
     let config = ctx.path(cfg);
     let kubelet_conf = ctx.path(&p.kubelet_kubeconfig);
+    let bootstrap_conf = ctx.path(BOOTSTRAP_KUBELET_CONF);
     let master = ctx.profile.role == Role::Master;
-    if kubelet_conf.exists() {
+    // kubeadm got as far as its kubelet-start phase: a master's join goes
+    // on with etcd-join and the kubelet's bootstrap from there.
+    let kubelet_started = || kubelet_conf.exists() || (master && bootstrap_conf.exists());
+    if kubelet_started() {
         // A previous attempt got at least as far as the kubelet's TLS bootstrap.
         if master && !ctx.path(APISERVER_MANIFEST).exists() {
             anyhow::bail!(
@@ -557,7 +567,7 @@ pub fn kubeadm_join(ctx: &mut Ctx) -> Result<String> {
         Ok(_) => Ok("joined as a worker".into()),
         // Failed after the kubelet's bootstrap, in etcd-join or later: the
         // rest is done by kubeadm's own phases, now rather than a restart later.
-        Err(e) if master && kubelet_conf.exists() && ctx.path(APISERVER_MANIFEST).exists() => {
+        Err(e) if master && kubelet_started() && ctx.path(APISERVER_MANIFEST).exists() => {
             log(&format!(
                 "kubeadm join failed after the kubelet's bootstrap; finishing with its phases: {e:#}"
             ));
@@ -590,6 +600,31 @@ pub fn kubeadm_join(ctx: &mut Ctx) -> Result<String> {
 /// node ([`wait_own_node`]).
 fn finish_control_plane_join(ctx: &Ctx, config: &Path) -> Result<String> {
     let mut ran = Vec::new();
+    let join_phase = |phase: &[&str]| {
+        let cmd = Cmd::new("kubeadm")
+            .args(["join", "phase"])
+            .args(phase.iter().copied())
+            .arg("--config")
+            .arg(config.to_string_lossy())
+            .timeout(KUBEADM_TIMEOUT);
+        run_checked(ctx.env.cmd, &cmd)
+            .with_context(|| format!("finishing the control-plane join: {}", cmd.line()))
+            .map(|_| phase.join(" "))
+    };
+    // A joining master's kubelet bootstraps against this master's own API
+    // server, which answers only once this master's etcd member votes; under
+    // load that took longer than kubeadm's tlsBootstrap wait (10 minutes,
+    // master-2 of HA run 6), and kubeadm then deletes the bootstrap
+    // kubeconfig, leaving a kubelet that can never get its certificate.
+    // kubelet-start writes it again (from the baked join token) and restarts
+    // the kubelet; the wait for the node below is not bounded by kubeadm.
+    if !ctx.path(KUBELET_CLIENT_PEM).exists() && !ctx.path(BOOTSTRAP_KUBELET_CONF).exists() {
+        log(&format!(
+            "the kubelet has no client certificate ({KUBELET_CLIENT_PEM}) and kubeadm removed its bootstrap \
+             kubeconfig ({BOOTSTRAP_KUBELET_CONF}) when its wait gave up: writing it again"
+        ));
+        ran.push(join_phase(&["kubelet-start"])?);
+    }
     let promoted = promote_own_learner(ctx)?;
     let phases: &[&[&str]] = if promoted.is_some() {
         &[&["control-plane-join", "all"]]
@@ -600,15 +635,14 @@ fn finish_control_plane_join(ctx: &Ctx, config: &Path) -> Result<String> {
         if phase[0] == "control-plane-join" {
             wait_own_node(ctx)?;
         }
-        let cmd = Cmd::new("kubeadm")
-            .args(["join", "phase"])
-            .args(phase.iter().copied())
-            .arg("--config")
-            .arg(config.to_string_lossy())
-            .timeout(KUBEADM_TIMEOUT);
-        run_checked(ctx.env.cmd, &cmd)
-            .with_context(|| format!("finishing the control-plane join: {}", cmd.line()))?;
-        ran.push(phase.join(" "));
+        ran.push(join_phase(phase)?);
+    }
+    // The node is registered, so the bootstrap is over: its token credential
+    // goes, as kubeadm removes it after a join that went through.
+    let bootstrap = ctx.path(BOOTSTRAP_KUBELET_CONF);
+    if bootstrap.exists() {
+        std::fs::remove_file(&bootstrap)
+            .with_context(|| format!("removing {}", bootstrap.display()))?;
     }
     Ok(match promoted {
         Some(how) => format!("{how}; {}", ran.join(", ")),

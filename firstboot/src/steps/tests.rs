@@ -754,6 +754,7 @@ fn join_failing_in_etcd_join(w: &World, etcd_manifest: bool, member: Option<Fake
     let cluster = w.etcd.cluster.clone();
     let member = RefCell::new(member);
     w.runner.effect_front("kubeadm join --config", move |_| {
+        write(&r, "etc/kubernetes/bootstrap-kubelet.conf", KUBECONFIG);
         write(&r, "etc/kubernetes/kubelet.conf", KUBECONFIG);
         write(&r, "etc/kubernetes/admin.conf", KUBECONFIG);
         write(
@@ -908,6 +909,99 @@ fn master_whose_node_never_registers_fails_the_join_naming_it() {
     );
     assert_eq!(w.runner.count("kubeadm join phase control-plane-join"), 0);
     assert_eq!(w.state("kubeadm-join"), StepState::Failed);
+}
+
+#[test]
+fn master_join_whose_kubelet_bootstrap_wait_gave_up_writes_the_bootstrap_kubeconfig_again() {
+    // HA run 6, master-2: etcd member voting, then kubeadm's 10-minute wait
+    // for the kubelet's TLS bootstrap (against this master's own API server)
+    // ran out and kubeadm deleted bootstrap-kubelet.conf: kubelet.conf
+    // points at a client certificate that never came.
+    let (c, m2) = cluster_without_m2();
+    let w = joining("m2", Role::Master, c);
+    let r = w.root.path().to_path_buf();
+    let cluster = w.etcd.cluster.clone();
+    let member = RefCell::new(Some(m2));
+    w.runner.effect_front("kubeadm join --config", move |_| {
+        write(&r, "etc/kubernetes/kubelet.conf", KUBECONFIG);
+        write(
+            &r,
+            "etc/kubernetes/manifests/kube-apiserver.yaml",
+            "kind: Pod\n",
+        );
+        write(&r, "etc/kubernetes/manifests/etcd.yaml", "kind: Pod\n");
+        if let Some(m) = member.borrow_mut().take() {
+            cluster.borrow_mut().members.push(m);
+        }
+        Output::fail(
+            1,
+            "error execution phase kubelet-wait-bootstrap: failed while waiting for TLS bootstrap: \
+             context deadline exceeded",
+        )
+    });
+    let r = w.root.path().to_path_buf();
+    w.runner
+        .effect_front("kubeadm join phase kubelet-start", move |_| {
+            write(&r, "etc/kubernetes/bootstrap-kubelet.conf", KUBECONFIG);
+            Output::default()
+        });
+    w.run().unwrap();
+    let config = w.path("etc/hakube/kubeadm/join.yaml");
+    assert_eq!(
+        join_phases(&w),
+        [
+            format!("kubeadm join phase kubelet-start --config {config}"),
+            format!("kubeadm join phase control-plane-join all --config {config}"),
+        ]
+    );
+    assert!(
+        !w.root
+            .path()
+            .join("etc/kubernetes/bootstrap-kubelet.conf")
+            .exists(),
+        "the bootstrap token credential is removed once the node is registered"
+    );
+    assert_eq!(w.state("kubeadm-join"), StepState::Done);
+}
+
+#[test]
+fn master_join_failing_in_etcd_join_before_the_kubelet_bootstrap_is_finished_in_the_same_run() {
+    // kubeadm 1.37 runs etcd-join between kubelet-start and the kubelet's
+    // bootstrap: only bootstrap-kubelet.conf is there when etcd-join fails.
+    let w = joining("m2", Role::Master, FakeCluster::new(&stacked_nodes(), true));
+    let r = w.root.path().to_path_buf();
+    w.runner.effect_front("kubeadm join --config", move |_| {
+        write(&r, "etc/kubernetes/bootstrap-kubelet.conf", KUBECONFIG);
+        write(
+            &r,
+            "etc/kubernetes/manifests/kube-apiserver.yaml",
+            "kind: Pod\n",
+        );
+        Output::fail(
+            1,
+            "error execution phase etcd-join: error creating local etcd static pod manifest file: \
+             context deadline exceeded",
+        )
+    });
+    // Once its etcd member votes, the local API server answers and the
+    // kubelet bootstraps (writing kubelet.conf).
+    let r = w.root.path().to_path_buf();
+    w.runner
+        .effect_front("kubeadm join phase etcd-join", move |_| {
+            write(&r, "etc/kubernetes/kubelet.conf", KUBECONFIG);
+            Output::default()
+        });
+    w.run().unwrap();
+    assert_eq!(w.runner.count("kubeadm join --config"), 1);
+    let config = w.path("etc/hakube/kubeadm/join.yaml");
+    assert_eq!(
+        join_phases(&w),
+        [
+            format!("kubeadm join phase etcd-join --config {config}"),
+            format!("kubeadm join phase control-plane-join all --config {config}"),
+        ]
+    );
+    assert_eq!(w.state("kubeadm-join"), StepState::Done);
 }
 
 /// The stacked cluster without m2, and m2's member (started, up).
