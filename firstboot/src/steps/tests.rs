@@ -868,9 +868,7 @@ fn master_join_whose_phases_fail_too_is_left_failed_for_the_next_attempt() {
 fn master_join_failing_in_mark_control_plane_waits_for_its_node_before_the_phases() {
     // HA VM runs 2 and 5: the join's etcd part went through, then
     // mark-control-plane gave up on a Node the kubelet had not registered yet.
-    let (c, m2) = cluster_without_m2();
-    let w = joining("m2", Role::Master, c);
-    join_failing_in_etcd_join(&w, true, Some(m2));
+    let w = m2_voting_then_join_failing();
     let get = format!(
         "kubectl --kubeconfig {} --request-timeout=20s get node m2 -o name",
         w.path("etc/kubernetes/kubelet.conf")
@@ -895,9 +893,7 @@ fn master_join_failing_in_mark_control_plane_waits_for_its_node_before_the_phase
 
 #[test]
 fn master_whose_node_never_registers_fails_the_join_naming_it() {
-    let (c, m2) = cluster_without_m2();
-    let w = joining("m2", Role::Master, c);
-    join_failing_in_etcd_join(&w, true, Some(m2));
+    let w = m2_voting_then_join_failing();
     w.runner.on_front(
         "kubectl --kubeconfig",
         Output::fail(1, "Error from server (NotFound): nodes \"m2\" not found"),
@@ -1004,6 +1000,15 @@ fn master_join_failing_in_etcd_join_before_the_kubelet_bootstrap_is_finished_in_
     assert_eq!(w.state("kubeadm-join"), StepState::Done);
 }
 
+/// m2 joining, its `kubeadm join` failing after it wrote its etcd manifest
+/// and added its member, which already votes.
+fn m2_voting_then_join_failing() -> World {
+    let (c, m2) = cluster_without_m2();
+    let w = joining("m2", Role::Master, c);
+    join_failing_in_etcd_join(&w, true, Some(m2));
+    w
+}
+
 /// The stacked cluster without m2, and m2's member (started, up).
 fn cluster_without_m2() -> (FakeCluster, FakeMember) {
     let mut c = FakeCluster::new(&stacked_nodes(), true);
@@ -1048,9 +1053,7 @@ fn master_whose_learner_was_left_unpromoted_promotes_it_and_skips_etcd_join() {
 
 #[test]
 fn master_whose_member_already_votes_skips_etcd_join() {
-    let (c, m2) = cluster_without_m2();
-    let w = joining("m2", Role::Master, c);
-    join_failing_in_etcd_join(&w, true, Some(m2));
+    let w = m2_voting_then_join_failing();
     w.run().unwrap();
     assert!(w.etcd.log().is_empty(), "{:?}", w.etcd.log());
     let config = w.path("etc/hakube/kubeadm/join.yaml");
