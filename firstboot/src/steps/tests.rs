@@ -742,6 +742,38 @@ fn joining(name: &str, role: Role, cluster: FakeCluster) -> World {
     w
 }
 
+/// `kubeadm join` writes `files` (paths under the node root), adds `member`
+/// to etcd if given, then fails with `error`.
+fn join_fails_after(w: &World, files: &[&'static str], member: Option<FakeMember>, error: &str) {
+    let r = w.root.path().to_path_buf();
+    let cluster = w.etcd.cluster.clone();
+    let member = RefCell::new(member);
+    let files = files.to_vec();
+    let error = error.to_string();
+    w.runner.effect_front("kubeadm join --config", move |_| {
+        for f in &files {
+            let body = if f.ends_with(".yaml") {
+                "kind: Pod\n"
+            } else {
+                KUBECONFIG
+            };
+            write(&r, f, body);
+        }
+        if let Some(m) = member.borrow_mut().take() {
+            cluster.borrow_mut().members.push(m);
+        }
+        Output::fail(1, &error)
+    });
+}
+
+const KUBELET_STARTED: &str = "etc/kubernetes/bootstrap-kubelet.conf";
+const KUBELET_CONF: &str = "etc/kubernetes/kubelet.conf";
+const APISERVER_POD: &str = "etc/kubernetes/manifests/kube-apiserver.yaml";
+const ETCD_POD: &str = "etc/kubernetes/manifests/etcd.yaml";
+const ETCD_JOIN_TIMED_OUT: &str =
+    "error execution phase etcd-join: error creating local etcd static \
+                                   pod manifest file: context deadline exceeded";
+
 /// What kubeadm join did on master-3 of the HA VM test: control plane and
 /// kubelet written (and, with `etcd_manifest`, the node's etcd manifest),
 /// its etcd member announced, then the promotion ran out of time ("error
@@ -750,33 +782,16 @@ fn joining(name: &str, role: Role, cluster: FakeCluster) -> World {
 /// tests that pass one start from a cluster without m2, as the stale-member
 /// step saw it.
 fn join_failing_in_etcd_join(w: &World, etcd_manifest: bool, member: Option<FakeMember>) {
-    let r = w.root.path().to_path_buf();
-    let cluster = w.etcd.cluster.clone();
-    let member = RefCell::new(member);
-    w.runner.effect_front("kubeadm join --config", move |_| {
-        write(&r, "etc/kubernetes/bootstrap-kubelet.conf", KUBECONFIG);
-        write(&r, "etc/kubernetes/kubelet.conf", KUBECONFIG);
-        write(&r, "etc/kubernetes/admin.conf", KUBECONFIG);
-        write(
-            &r,
-            "etc/kubernetes/manifests/kube-apiserver.yaml",
-            "kind: Pod\n",
-        );
-        if etcd_manifest {
-            write(&r, "etc/kubernetes/manifests/etcd.yaml", "kind: Pod\n");
-        }
-        if let Some(m) = member.borrow_mut().take() {
-            cluster.borrow_mut().members.push(m);
-        }
-        Output {
-            status: 1,
-            stdout: "[etcd] Announced new etcd member joining to the existing etcd cluster\n"
-                .into(),
-            stderr: "error execution phase etcd-join: error creating local etcd static pod \
-                     manifest file: context deadline exceeded\n"
-                .into(),
-        }
-    });
+    let mut files = vec![
+        KUBELET_STARTED,
+        KUBELET_CONF,
+        "etc/kubernetes/admin.conf",
+        APISERVER_POD,
+    ];
+    if etcd_manifest {
+        files.push(ETCD_POD);
+    }
+    join_fails_after(w, &files, member, ETCD_JOIN_TIMED_OUT);
 }
 
 fn join_phases(w: &World) -> Vec<String> {
@@ -915,30 +930,17 @@ fn master_join_whose_kubelet_bootstrap_wait_gave_up_writes_the_bootstrap_kubecon
     // points at a client certificate that never came.
     let (c, m2) = cluster_without_m2();
     let w = joining("m2", Role::Master, c);
-    let r = w.root.path().to_path_buf();
-    let cluster = w.etcd.cluster.clone();
-    let member = RefCell::new(Some(m2));
-    w.runner.effect_front("kubeadm join --config", move |_| {
-        write(&r, "etc/kubernetes/kubelet.conf", KUBECONFIG);
-        write(
-            &r,
-            "etc/kubernetes/manifests/kube-apiserver.yaml",
-            "kind: Pod\n",
-        );
-        write(&r, "etc/kubernetes/manifests/etcd.yaml", "kind: Pod\n");
-        if let Some(m) = member.borrow_mut().take() {
-            cluster.borrow_mut().members.push(m);
-        }
-        Output::fail(
-            1,
-            "error execution phase kubelet-wait-bootstrap: failed while waiting for TLS bootstrap: \
-             context deadline exceeded",
-        )
-    });
+    join_fails_after(
+        &w,
+        &[KUBELET_CONF, APISERVER_POD, ETCD_POD],
+        Some(m2),
+        "error execution phase kubelet-wait-bootstrap: failed while waiting for TLS bootstrap: \
+         context deadline exceeded",
+    );
     let r = w.root.path().to_path_buf();
     w.runner
         .effect_front("kubeadm join phase kubelet-start", move |_| {
-            write(&r, "etc/kubernetes/bootstrap-kubelet.conf", KUBECONFIG);
+            write(&r, KUBELET_STARTED, KUBECONFIG);
             Output::default()
         });
     w.run().unwrap();
@@ -951,10 +953,7 @@ fn master_join_whose_kubelet_bootstrap_wait_gave_up_writes_the_bootstrap_kubecon
         ]
     );
     assert!(
-        !w.root
-            .path()
-            .join("etc/kubernetes/bootstrap-kubelet.conf")
-            .exists(),
+        !w.root.path().join(KUBELET_STARTED).exists(),
         "the bootstrap token credential is removed once the node is registered"
     );
     assert_eq!(w.state("kubeadm-join"), StepState::Done);
@@ -965,26 +964,18 @@ fn master_join_failing_in_etcd_join_before_the_kubelet_bootstrap_is_finished_in_
     // kubeadm 1.37 runs etcd-join between kubelet-start and the kubelet's
     // bootstrap: only bootstrap-kubelet.conf is there when etcd-join fails.
     let w = joining("m2", Role::Master, FakeCluster::new(&stacked_nodes(), true));
-    let r = w.root.path().to_path_buf();
-    w.runner.effect_front("kubeadm join --config", move |_| {
-        write(&r, "etc/kubernetes/bootstrap-kubelet.conf", KUBECONFIG);
-        write(
-            &r,
-            "etc/kubernetes/manifests/kube-apiserver.yaml",
-            "kind: Pod\n",
-        );
-        Output::fail(
-            1,
-            "error execution phase etcd-join: error creating local etcd static pod manifest file: \
-             context deadline exceeded",
-        )
-    });
+    join_fails_after(
+        &w,
+        &[KUBELET_STARTED, APISERVER_POD],
+        None,
+        ETCD_JOIN_TIMED_OUT,
+    );
     // Once its etcd member votes, the local API server answers and the
     // kubelet bootstraps (writing kubelet.conf).
     let r = w.root.path().to_path_buf();
     w.runner
         .effect_front("kubeadm join phase etcd-join", move |_| {
-            write(&r, "etc/kubernetes/kubelet.conf", KUBECONFIG);
+            write(&r, KUBELET_CONF, KUBECONFIG);
             Output::default()
         });
     w.run().unwrap();
