@@ -12,9 +12,14 @@ const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
 const KUBE_PROXY_CM: &str = "var/lib/hakube/firstboot/kube-proxy-configmap.json";
 
 fn kubectl(ctx: &Ctx) -> Cmd {
+    kubectl_with(&ctx.path(ADMIN_CONF))
+}
+
+/// kubectl with `kubeconfig`'s credentials.
+pub(super) fn kubectl_with(kubeconfig: &std::path::Path) -> Cmd {
     let mut c = Cmd::new("kubectl")
         .arg("--kubeconfig")
-        .arg(ctx.path(ADMIN_CONF).to_string_lossy());
+        .arg(kubeconfig.to_string_lossy());
     // Its discovery cache defaults to $HOME/.kube/cache, on the read-only root.
     c.env
         .push(("KUBECACHEDIR".into(), "/var/cache/kubectl".into()));

@@ -661,14 +661,9 @@ fn finish_control_plane_join(ctx: &Ctx, config: &Path) -> Result<String> {
 fn wait_own_node(ctx: &Ctx) -> Result<()> {
     let me = &ctx.profile.node_name;
     let kubeconfig = ctx.path(&ctx.profile.paths.kubelet_kubeconfig);
-    let mut get = Cmd::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig.to_string_lossy())
+    let get = super::cluster::kubectl_with(&kubeconfig)
         .args(["--request-timeout=20s", "get", "node", me, "-o", "name"])
         .timeout(std::time::Duration::from_secs(60));
-    // Its discovery cache defaults to $HOME/.kube/cache, on the read-only root.
-    get.env
-        .push(("KUBECACHEDIR".into(), "/var/cache/kubectl".into()));
     let cmd = ctx.env.cmd;
     ctx.wait_for(
         &format!("the kubelet to register node {me}"),
