@@ -7,8 +7,8 @@
 #   forms: 1 master (stacked etcd, VIP) + 1 worker (about 11 min under TCG;
 #          scripts/test-all runs it too)
 #   ha:    3 masters + 1 worker, the VIP holder killed (only here: 4 VMs under
-#          TCG do not fit CI's budget; under TCG the init master boots first,
-#          the others when its first boot is complete)
+#          TCG do not fit CI's budget; under TCG the nodes boot one at a
+#          time, each once the one before it completed its first boot)
 #   etcd:  external etcd (3 etcd VMs, a master, a worker): a power cut in an
 #          etcd VM's first boot, then an etcd VM reimaged (only here: 5 VMs;
 #          scripts/test-all runs the same faults on the etcd VMs alone)

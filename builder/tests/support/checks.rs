@@ -387,16 +387,26 @@ pub fn form(h: &mut ClusterHarness) -> Duration {
 pub enum Boot {
     /// Every node at once (the "forms" scenario: nothing is waited for).
     AllAtOnce,
-    /// The init node first, the rest once its first boot is complete.
-    InitNodeFirst,
+    /// One node at a time, the init node first and then the spec's order:
+    /// each is powered on once the one before it has completed its first boot.
+    OneAtATime,
 }
 
 pub fn form_with(h: &mut ClusterHarness, boot: Boot) -> Duration {
     let started = Instant::now();
-    if boot == Boot::InitNodeFirst {
-        let init = h.cluster.init_node().name.as_str().to_string();
-        h.boot_where(|n| n.name.as_str() == init);
-        h.wait_first_boot(FIRST_BOOT_LIMIT);
+    if boot == Boot::OneAtATime {
+        let init = h.cluster.init_node().name.to_string();
+        let mut order = vec![init.clone()];
+        order.extend(
+            h.booted
+                .iter()
+                .map(|n| n.name.to_string())
+                .filter(|n| *n != init),
+        );
+        for name in order {
+            h.boot_where(|n| n.name.as_str() == name);
+            h.wait_first_boot(FIRST_BOOT_LIMIT);
+        }
     }
     h.boot_all();
     h.wait_first_boot(FIRST_BOOT_LIMIT);

@@ -465,30 +465,33 @@ impl ClusterHarness {
 /// before the scenario fails.
 const RETRIES_LIMIT: u64 = 4;
 
-/// Run in each guest when a scenario fails (kept as `<node>-diagnostics.txt`).
-const DIAGNOSTICS: &str = "exec 2>&1; \
-    echo '== systemctl --failed'; systemctl --failed --no-pager; \
-    for u in kubelet containerd hakube-firstboot; do \
-      echo \"== journalctl -u $u\"; journalctl -b --no-pager -o short-monotonic -u $u | tail -n 150; done; \
-    export CONTAINER_RUNTIME_ENDPOINT=unix:///run/containerd/containerd.sock; \
-    echo '== crictl pods'; crictl pods; echo '== crictl ps -a'; crictl ps -a; \
-    for c in $(crictl ps -a -q); do echo \"== crictl logs $c\"; crictl logs --tail 40 $c; done";
-
-/// Run after [`DIAGNOSTICS`], as a call of its own (each guest call is bounded
-/// to 60 s, which a loaded master needs for the first part alone).
-const DIAGNOSTICS_ENDINGS: &str = "exec 2>&1; \
-    export CONTAINER_RUNTIME_ENDPOINT=unix:///run/containerd/containerd.sock; \
-    echo '== why containers ended (exit code, reason, started, finished)'; \
-    for c in $(crictl ps -a -q --state exited); do echo \"-- $c\"; \
-      crictl inspect $c | grep -E '\"(name|exitCode|reason|startedAt|finishedAt)\":' | head -n 6; done; \
-    echo '== kubelet: probes and kills'; \
-    journalctl -b --no-pager -o short-monotonic -u kubelet \
-      | grep -E 'Probe failed|probe failed|Killing container|OOM' | tail -n 60; \
-    echo '== haproxy and keepalived: backend and VIP changes'; \
-    journalctl -b --no-pager -o short-monotonic -u haproxy -u keepalived \
-      | grep -vE 'Connect from|client-fin' | tail -n 40; \
-    echo '== kernel: OOM'; journalctl -b -k --no-pager | grep -iE 'out of memory|oom-kill' | tail -n 20; \
-    echo '== load and memory'; cat /proc/loadavg; grep -E '^(MemTotal|MemAvailable):' /proc/meminfo";
+/// Run in each guest when a scenario fails (kept as `<node>-diagnostics.txt`):
+/// what the serial console does not show. Each is a guest call of its own,
+/// bounded to 60 s: on the joining masters of HA run 7 (guest load 21) one
+/// call for journals and container logs together did not finish in time.
+const DIAGNOSTICS: &[&str] = &[
+    "exec 2>&1; echo '== load and memory'; cat /proc/loadavg; \
+     grep -E '^(MemTotal|MemAvailable):' /proc/meminfo; \
+     echo '== systemctl --failed'; systemctl --failed --no-pager; \
+     echo '== journalctl -u kubelet'; \
+     journalctl -b --no-pager -o short-monotonic -u kubelet | tail -n 150",
+    "exec 2>&1; echo '== journalctl -u containerd'; \
+     journalctl -b --no-pager -o short-monotonic -u containerd | tail -n 80; \
+     echo '== haproxy and keepalived: backend and VIP changes'; \
+     journalctl -b --no-pager -o short-monotonic -u haproxy -u keepalived \
+       | grep -vE 'Connect from|client-fin' | tail -n 40; \
+     echo '== kernel: OOM'; journalctl -b -k --no-pager | grep -iE 'out of memory|oom-kill' | tail -n 20",
+    "exec 2>&1; export CONTAINER_RUNTIME_ENDPOINT=unix:///run/containerd/containerd.sock; \
+     echo '== crictl pods'; crictl pods; echo '== crictl ps -a'; crictl ps -a; \
+     for c in $(crictl ps -a -q); do echo \"== crictl logs $c\"; crictl logs --tail 40 $c; done",
+    "exec 2>&1; export CONTAINER_RUNTIME_ENDPOINT=unix:///run/containerd/containerd.sock; \
+     echo '== why containers ended (exit code, reason, started, finished)'; \
+     for c in $(crictl ps -a -q --state exited); do echo \"-- $c\"; \
+       crictl inspect $c | grep -E '\"(name|exitCode|reason|startedAt|finishedAt)\":' | head -n 6; done; \
+     echo '== kubelet: probes, kills, client certificate'; \
+     journalctl -b --no-pager -o short-monotonic -u kubelet \
+       | grep -E 'Probe failed|probe failed|Killing container|OOM|certificate|bootstrap' | tail -n 60",
+];
 
 impl Drop for ClusterHarness {
     fn drop(&mut self) {
@@ -503,11 +506,8 @@ impl Drop for ClusterHarness {
                         .join(format!("{}-firstboot-status.json", n.name)),
                     &n.last_status,
                 );
-                // What the serial console does not show: the kubelet's and
-                // containerd's journals, every container's last lines, why
-                // each ended (probes, OOM) and the guest's load.
                 let mut diag = String::new();
-                for script in [DIAGNOSTICS, DIAGNOSTICS_ENDINGS] {
+                for script in DIAGNOSTICS {
                     match n.guest_sh(script) {
                         Ok((_, out)) => diag.push_str(&out),
                         Err(e) => diag.push_str(&format!("(diagnostics not read: {e})\n")),
