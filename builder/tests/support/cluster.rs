@@ -468,13 +468,16 @@ const RETRIES_LIMIT: u64 = 4;
 /// Run in each guest when a scenario fails (kept as `<node>-diagnostics.txt`):
 /// what the serial console does not show. Each is a guest call of its own,
 /// bounded to 60 s: on the joining masters of HA run 7 (guest load 21) one
-/// call for journals and container logs together did not finish in time.
+/// call for journals and container logs together did not finish in time. A
+/// kubelet without a client certificate repeats two lines every second (HA
+/// run 8: they filled the whole tail), so they are left out, once kept.
 const DIAGNOSTICS: &[&str] = &[
     "exec 2>&1; echo '== load and memory'; cat /proc/loadavg; \
      grep -E '^(MemTotal|MemAvailable):' /proc/meminfo; \
      echo '== systemctl --failed'; systemctl --failed --no-pager; \
-     echo '== journalctl -u kubelet'; \
-     journalctl -b --no-pager -o short-monotonic -u kubelet | tail -n 150",
+     echo '== journalctl -u kubelet (without its once-a-second repeats)'; \
+     journalctl -b --no-pager -o short-monotonic -u kubelet \
+       | grep -vE 'No valid client certificate is found|Unable to register mirror pod' | tail -n 150",
     "exec 2>&1; echo '== journalctl -u containerd'; \
      journalctl -b --no-pager -o short-monotonic -u containerd | tail -n 80; \
      echo '== haproxy and keepalived: backend and VIP changes'; \
@@ -490,7 +493,10 @@ const DIAGNOSTICS: &[&str] = &[
        crictl inspect $c | grep -E '\"(name|exitCode|reason|startedAt|finishedAt)\":' | head -n 6; done; \
      echo '== kubelet: probes, kills, client certificate'; \
      journalctl -b --no-pager -o short-monotonic -u kubelet \
-       | grep -E 'Probe failed|probe failed|Killing container|OOM|certificate|bootstrap' | tail -n 60",
+       | grep -E 'Probe failed|probe failed|Killing container|OOM|certificate|bootstrap' \
+       | grep -v 'No valid client certificate is found' | tail -n 60; \
+     journalctl -b --no-pager -o short-monotonic -u kubelet \
+       | grep -m 1 -E 'No valid client certificate is found'",
 ];
 
 impl Drop for ClusterHarness {
