@@ -394,22 +394,22 @@ pub enum Boot {
 
 pub fn form_with(h: &mut ClusterHarness, boot: Boot) -> Duration {
     let started = Instant::now();
-    if boot == Boot::OneAtATime {
-        let init = h.cluster.init_node().name.to_string();
-        let mut order = vec![init.clone()];
-        order.extend(
-            h.booted
-                .iter()
-                .map(|n| n.name.to_string())
-                .filter(|n| *n != init),
-        );
-        for name in order {
-            h.boot_where(|n| n.name.as_str() == name);
+    match boot {
+        Boot::AllAtOnce => {
+            h.boot_all();
             h.wait_first_boot(FIRST_BOOT_LIMIT);
         }
+        Boot::OneAtATime => {
+            let init = h.cluster.init_node().name.to_string();
+            let mut order: Vec<String> = h.booted.iter().map(|n| n.name.to_string()).collect();
+            // Stable: the init node first, the rest in the spec's order.
+            order.sort_by_key(|n| *n != init);
+            for name in order {
+                h.boot_where(|n| n.name.as_str() == name);
+                h.wait_first_boot(FIRST_BOOT_LIMIT);
+            }
+        }
     }
-    h.boot_all();
-    h.wait_first_boot(FIRST_BOOT_LIMIT);
     for n in &h.nodes {
         if let Some(d) = n.first_boot {
             record(&h.scenario, &format!("first-boot-{}", n.name), d);
