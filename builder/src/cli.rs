@@ -152,6 +152,16 @@ pub struct RenderArgs {
     /// Render only this node.
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
+
+    /// Lock file pinning the artifacts a tree is made from (calico's
+    /// manifest) [default: as for a build]
+    #[arg(long, value_name = "FILE")]
+    pub lock: Option<PathBuf>,
+
+    /// Cache directory holding those artifacts; render reads them from there
+    /// and never downloads [default: as for a build]
+    #[arg(long, value_name = "DIR", env = "HAKUBE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

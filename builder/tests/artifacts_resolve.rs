@@ -445,18 +445,15 @@ fn calico_manifest_is_pinned_on_first_use() {
     let content = Content::for_specs(&all);
     let server = Server::start(&content);
     let r = resolve(&request(&c, &s, Source::Mirror(server.url()))).unwrap();
-    let calico = r.get("calico-tigera-operator").unwrap();
-    let spec = all
-        .iter()
-        .find(|a| a.name == "calico-tigera-operator")
-        .unwrap();
+    let calico = r.get("calico-manifest").unwrap();
+    let spec = all.iter().find(|a| a.name == "calico-manifest").unwrap();
     assert_eq!(calico.sha256, sha256_hex(&fake_body(spec)));
     let lock = lock_json(&s);
     let e = lock["artifacts"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["name"] == "calico-tigera-operator")
+        .find(|e| e["name"] == "calico-manifest")
         .unwrap()
         .clone();
     assert_eq!(e["pinnedFrom"], "trust-on-first-use");
@@ -464,5 +461,5 @@ fn calico_manifest_is_pinned_on_first_use() {
     std::fs::remove_dir_all(&s.cache).unwrap();
     server.set(&spec.url, Reply::Full(b"kind: Changed\n".to_vec()));
     let err = resolve(&request(&c, &s, Source::Mirror(server.url()))).unwrap_err();
-    assert!(format!("{err:#}").contains("refusing calico-tigera-operator"));
+    assert!(format!("{err:#}").contains("refusing calico-manifest"));
 }

@@ -4,6 +4,8 @@
 //! (HAKUBE_SRCBUILD_BIN, srcbuild's binaries) and, for the pull, the test
 //! registry holding the real images (HAKUBE_TEST_REGISTRY, HAKUBE_TEST_REGISTRY_CA).
 
+#[path = "common/render.rs"]
+mod render_support;
 #[path = "common/srcbuild.rs"]
 mod srcbuild;
 use srcbuild::srcbuild_bin;
@@ -23,12 +25,21 @@ fn kubeadm() -> PathBuf {
 /// The real kubeadm's plain-text list for the init node's config as `hakube-build render` writes it.
 fn real_list(cluster_file: Option<&Path>, work: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
     let out = work.join("render");
+    let (lock, cache) = (work.join("hakube.lock"), work.join("cache"));
+    let cluster = spec::load(cluster_file).unwrap();
+    if cluster.cni.as_str() == "calico" {
+        render_support::pin_calico_fixture(&cluster, &lock, &cache);
+    }
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hakube-build"));
     cmd.arg("render")
         .arg("--out")
         .arg(&out)
         .arg("--state")
-        .arg(work.join("state"));
+        .arg(work.join("state"))
+        .arg("--lock")
+        .arg(&lock)
+        .arg("--cache-dir")
+        .arg(&cache);
     if let Some(f) = cluster_file {
         cmd.arg("--cluster").arg(f);
     }
@@ -38,7 +49,6 @@ fn real_list(cluster_file: Option<&Path>, work: &Path) -> (BTreeSet<String>, BTr
         "render: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let cluster = spec::load(cluster_file).unwrap();
     let init = out.join(cluster.init_node().name.as_str());
     let o = Command::new(kubeadm())
         .args(["config", "images", "list", "--config"])
@@ -79,8 +89,13 @@ fn check_roles(cluster_file: Option<&Path>) {
     let cluster = spec::load(cluster_file).unwrap();
     let (kubeadm_list, cni) = real_list(cluster_file, work.path());
     let k = kubeadm();
-    let wanted =
-        images::wanted(&cluster, &cluster.nodes, &KubeadmBinary { path: &k }, None).unwrap();
+    let wanted = images::wanted(
+        &cluster,
+        &cluster.nodes,
+        &KubeadmBinary { path: &k },
+        &render_support::upstream(),
+    )
+    .unwrap();
     let pause = hakube_build::artifacts::catalog::pause_image(cluster.kubernetes_version);
     let control = [
         "kube-apiserver",
@@ -128,8 +143,13 @@ fn external_etcd_masters_carry_no_etcd_image() {
     check_roles(Some(&f));
     let cluster = spec::load(Some(&f)).unwrap();
     let k = kubeadm();
-    let wanted =
-        images::wanted(&cluster, &cluster.nodes, &KubeadmBinary { path: &k }, None).unwrap();
+    let wanted = images::wanted(
+        &cluster,
+        &cluster.nodes,
+        &KubeadmBinary { path: &k },
+        &render_support::upstream(),
+    )
+    .unwrap();
     for n in &cluster.nodes {
         let names: Vec<&str> = wanted[n.name.as_str()]
             .iter()
@@ -154,8 +174,13 @@ fn real_images_laid_on_each_node_match_the_list() {
     let work = tempfile::tempdir().unwrap();
     let cluster = spec::load(None).unwrap();
     let k = kubeadm();
-    let wanted =
-        images::wanted(&cluster, &cluster.nodes, &KubeadmBinary { path: &k }, None).unwrap();
+    let wanted = images::wanted(
+        &cluster,
+        &cluster.nodes,
+        &KubeadmBinary { path: &k },
+        &render_support::upstream(),
+    )
+    .unwrap();
     let mirrors = ["registry.k8s.io", "ghcr.io", "docker.io", "quay.io"]
         .iter()
         .map(|r| format!("{r}=https://{reg}/{r}").parse().unwrap())
@@ -198,4 +223,63 @@ fn real_images_laid_on_each_node_match_the_list() {
             .collect();
         assert_eq!(laid, want, "node {name}");
     }
+}
+
+/// calico's images are named in its manifest install, so every Kubernetes
+/// node of a calico cluster needs them, and the pull refuses the build when
+/// the registry lacks them, naming the node and the image (calico cannot be
+/// built from source here, so the test registry has none of them).
+#[test]
+fn calico_images_are_needed_and_checked_like_any_other() {
+    let reg = std::env::var("HAKUBE_TEST_REGISTRY").expect(
+        "HAKUBE_TEST_REGISTRY=127.0.0.1:PORT must name the registry holding the real images",
+    );
+    let ca = std::env::var("HAKUBE_TEST_REGISTRY_CA")
+        .expect("HAKUBE_TEST_REGISTRY_CA must name the test registry's CA (PEM)");
+    let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/render/external-etcd.yaml");
+    let cluster = spec::load(Some(&f)).unwrap();
+    let k = kubeadm();
+    let wanted = images::wanted(
+        &cluster,
+        &cluster.nodes,
+        &KubeadmBinary { path: &k },
+        &render_support::upstream(),
+    )
+    .unwrap();
+    let calico: BTreeSet<String> = ["cni", "kube-controllers", "node"]
+        .iter()
+        .map(|i| format!("quay.io/calico/{i}:v3.33.0"))
+        .collect();
+    for n in &cluster.nodes {
+        let cni: BTreeSet<String> = wanted[n.name.as_str()]
+            .iter()
+            .filter(|(_, o)| *o == images::Origin::Cni)
+            .map(|(i, _)| i.to_string())
+            .collect();
+        let want = if n.role == Role::Etcd {
+            BTreeSet::new()
+        } else {
+            calico.clone()
+        };
+        assert_eq!(cni, want, "node {}", n.name);
+    }
+    let work = tempfile::tempdir().unwrap();
+    let mirrors = ["registry.k8s.io", "quay.io"]
+        .iter()
+        .map(|r| format!("{r}=https://{reg}/{r}").parse().unwrap())
+        .collect();
+    let src = RegistrySource::new(mirrors, Some(Path::new(&ca))).unwrap();
+    let err = images::pull_all(
+        &work.path().join("hakube.lock"),
+        &work.path().join("cache"),
+        &src,
+        wanted,
+    )
+    .unwrap_err();
+    let msg = format!("{err:#}");
+    assert_eq!(hakube_build::errors::exit_code(&err), 2, "{msg}");
+    assert!(
+        msg.contains("needs image quay.io/calico/") && msg.contains("is missing"),
+        "{msg}"
+    );
 }

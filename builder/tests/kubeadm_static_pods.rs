@@ -57,7 +57,13 @@ fn dry_run(phase: &[&str]) -> DryRun {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/render/k8s-1.37.yaml");
     let cluster = spec::load(Some(&fixture)).unwrap();
     let creds = fixed_creds();
-    let tree = render::config_tree(&cluster, cluster.init_node(), &creds).unwrap();
+    let tree = render::config_tree(
+        &cluster,
+        cluster.init_node(),
+        &creds,
+        &render_support::upstream(),
+    )
+    .unwrap();
     let file = |path: &str| match tree.get(path) {
         Some(FileEntry::File { contents, .. }) => String::from_utf8(contents.clone()).unwrap(),
         _ => panic!("{path} is not in the init node's tree"),

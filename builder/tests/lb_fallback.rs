@@ -76,7 +76,7 @@ fn with_no_api_server_ready_the_balancer_still_reaches_them() {
     let cluster = spec::load(Some(&fixture)).unwrap();
     let creds = fixed_creds();
     let worker = cluster.node("worker-1").unwrap();
-    let tree = render::config_tree(&cluster, worker, &creds).unwrap();
+    let tree = render::config_tree(&cluster, worker, &creds, &render_support::upstream()).unwrap();
     let Some(FileEntry::File { contents, .. }) = tree.get(paths::HAPROXY_CONFIG) else {
         panic!("worker-1 has no haproxy config");
     };

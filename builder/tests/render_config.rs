@@ -38,7 +38,7 @@ fn tree(cluster: &Cluster, node: &str) -> FileTree {
     let node = cluster
         .node(node)
         .unwrap_or_else(|| panic!("no node {node}"));
-    render::config_tree(cluster, node, &fixed_creds()).unwrap()
+    render::config_tree(cluster, node, &fixed_creds(), &render_support::upstream()).unwrap()
 }
 
 fn text(tree: &FileTree, path: &str) -> String {
@@ -431,11 +431,31 @@ fn cni_manifests_carry_the_pod_cidr() {
 
     let c = load("external-etcd.yaml");
     let calico = documents(&text(&tree(&c, "master-1"), "etc/hakube/cni/calico.yaml"));
-    assert_eq!(calico[0]["kind"], "Installation");
-    let pool = &calico[0]["spec"]["calicoNetwork"]["ipPools"][0];
-    assert_eq!(pool["cidr"], "10.244.0.0/16");
-    assert_eq!(pool["encapsulation"], "VXLANCrossSubnet");
-    assert_eq!(calico[1]["kind"], "APIServer");
+    let node = calico
+        .iter()
+        .find(|d| d["kind"] == "DaemonSet" && d["metadata"]["name"] == "calico-node")
+        .unwrap();
+    let env = &node["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert_eq!(
+        env_value(env, "CALICO_IPV4POOL_CIDR"),
+        Some("10.244.0.0/16")
+    );
+    assert_eq!(
+        env_value(env, "IP_AUTODETECTION_METHOD"),
+        Some("kubernetes-internal-ip")
+    );
+}
+
+/// The value of `name` in a container's env list; panics when it is there twice.
+fn env_value<'v>(env: &'v Value, name: &str) -> Option<&'v str> {
+    let found: Vec<&Value> = env
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["name"] == name)
+        .collect();
+    assert!(found.len() < 2, "{name} set {} times", found.len());
+    found.first().map(|e| e["value"].as_str().unwrap())
 }
 
 #[test]
@@ -770,21 +790,24 @@ fn host_paths(v: &Value, out: &mut Vec<String>) {
 }
 
 #[test]
-fn cni_manifests_mount_nothing_from_the_read_only_root() {
-    let c = load("k8s-1.37.yaml");
-    let mut paths_seen = Vec::new();
-    for d in documents(&text(&tree(&c, "master-1"), &paths::cni_manifest(c.cni))) {
-        host_paths(&d, &mut paths_seen);
-    }
-    assert!(!paths_seen.is_empty());
-    // Writable at runtime: /etc (overlay), /var, /run (tmpfs), /opt/cni/bin (overlay).
-    for p in &paths_seen {
-        assert!(
-            ["/etc/", "/var/", "/run/", "/opt/cni/bin"]
+fn cni_manifests_create_nothing_on_the_read_only_root() {
+    for spec_file in ["k8s-1.37.yaml", "external-etcd.yaml"] {
+        let c = load(spec_file);
+        let docs = documents(&text(&tree(&c, "master-1"), &paths::cni_manifest(c.cni)));
+        let mut paths_seen = Vec::new();
+        docs.iter().for_each(|d| host_paths(d, &mut paths_seen));
+        assert!(!paths_seen.is_empty());
+        // Writable at runtime: /etc (overlay), /var, /run (tmpfs), /opt/cni/bin
+        // (overlay); kernel filesystems; calico's /lib/modules, mounted read-only.
+        for p in &paths_seen {
+            let writable = ["/etc/", "/var/", "/run/", "/opt/cni/bin", "/proc", "/sys/"]
                 .iter()
-                .any(|w| p.starts_with(w)),
-            "{p} is on the read-only root"
-        );
+                .any(|w| p.starts_with(w));
+            assert!(
+                writable || (c.cni.as_str() == "calico" && p == "/lib/modules"),
+                "{spec_file}: {p} is on the read-only root"
+            );
+        }
     }
 }
 
@@ -808,7 +831,7 @@ fn worker_labels_reach_the_kubelet_at_registration() {
     ))
     .unwrap();
     let w = ex.nodes.iter().find(|n| n.role == Role::Worker).unwrap();
-    let t = render::config_tree(&ex, w, &fixed_creds()).unwrap();
+    let t = render::config_tree(&ex, w, &fixed_creds(), &render_support::upstream()).unwrap();
     let join = documents(&text(&t, paths::KUBEADM_JOIN));
     let labels = extra_arg(
         &join[0]["nodeRegistration"]["kubeletExtraArgs"],
@@ -820,32 +843,183 @@ fn worker_labels_reach_the_kubelet_at_registration() {
     );
 }
 
+/// The calico stand-in with `from` replaced by `to` (a test of what the
+/// build does with another upstream manifest).
+fn calico_variant(from: &str, to: &str) -> String {
+    let text = render_support::CALICO_FIXTURE;
+    assert!(text.contains(from), "the fixture has no {from:?}");
+    text.replacen(from, to, 1)
+}
+
+fn calico_tree(text: &str) -> anyhow::Result<FileTree> {
+    let c = load("external-etcd.yaml");
+    let up = render::Upstream {
+        calico: Some(render::UpstreamFile {
+            origin: "calico-variant.yaml",
+            text,
+        }),
+    };
+    render::config_tree(&c, c.node("master-1").unwrap(), &fixed_creds(), &up)
+}
+
 #[test]
-fn calico_operator_manifest_is_where_the_catalogue_installs_it_and_in_the_profile() {
-    use hakube_build::artifacts::catalog::CALICO_OPERATOR_DEST;
-    let mut c = load("k8s-1.37.yaml");
-    c.cni = hakube_build::spec::model::Cni::Calico;
+fn calico_manifest_is_upstreams_with_documents_kept_or_patched() {
+    let c = load("external-etcd.yaml");
     let t = tree(&c, "master-1");
-    let p = NodeProfile::from_json(&text(&t, paths::NODE_PROFILE)).unwrap();
-    let want = format!("/{CALICO_OPERATOR_DEST}");
-    assert_eq!(
-        p.paths.cni_operator_manifest.as_deref(),
-        Some(want.as_str())
-    );
     let manifest = text(&t, &paths::cni_manifest(c.cni));
-    assert!(manifest.contains(&want));
-    let inst = documents(&manifest)
-        .into_iter()
-        .find(|d| d["kind"] == "Installation")
-        .unwrap();
+    // The profile names it; workers and etcd members carry none.
+    let p = NodeProfile::from_json(&text(&t, paths::NODE_PROFILE)).unwrap();
     assert_eq!(
-        inst["spec"]["flexVolumePath"],
-        "/var/lib/kubelet/volumeplugins"
+        p.paths.cni_manifest.as_deref(),
+        Some("/etc/hakube/cni/calico.yaml")
     );
-    // flannel needs no operator
-    let c = load("k8s-1.37.yaml");
-    let p = NodeProfile::from_json(&text(&tree(&c, "master-1"), paths::NODE_PROFILE)).unwrap();
-    assert_eq!(p.paths.cni_operator_manifest, None);
+    for other in ["worker-1", "etcd-1"] {
+        assert!(tree(&c, other).get(&paths::cni_manifest(c.cni)).is_none());
+    }
+    // Every upstream document is there, in order; the ones not patched are
+    // kept byte for byte (their comments too).
+    let up: Vec<Value> = documents(render_support::CALICO_FIXTURE)
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect();
+    let got = documents(&manifest);
+    assert_eq!(got.len(), up.len());
+    for (g, u) in got.iter().zip(&up) {
+        assert_eq!(
+            (&g["kind"], &g["metadata"]["name"]),
+            (&u["kind"], &u["metadata"]["name"])
+        );
+        if u["metadata"]["name"] != "calico-node" || u["kind"] != "DaemonSet" {
+            assert_eq!(g, u);
+        }
+    }
+    assert!(manifest.contains("# The CNI config the install container writes"));
+    assert!(manifest.contains("  cni_network_config: |-\n    {\n"));
+    // The images are upstream's, untouched.
+    let images = hakube_build::images::list::manifest_images(&manifest).unwrap();
+    assert_eq!(
+        images.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+        [
+            "quay.io/calico/cni:v3.33.0",
+            "quay.io/calico/kube-controllers:v3.33.0",
+            "quay.io/calico/node:v3.33.0"
+        ]
+    );
+    // calico-node: upstream's env kept, two set.
+    let node = got.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let env = &node["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert_eq!(env_value(env, "CALICO_IPV4POOL_IPIP"), Some("Always"));
+    assert_eq!(
+        env_value(env, "CALICO_IPV4POOL_CIDR"),
+        Some("10.244.0.0/16")
+    );
+    // An upstream that already sets one gets it replaced, not doubled.
+    let t = calico_tree(&calico_variant(
+        "            # - name: CALICO_IPV4POOL_CIDR\n            #   value: \"192.168.0.0/16\"\n",
+        "            - name: CALICO_IPV4POOL_CIDR\n              value: \"192.168.0.0/16\"\n",
+    ))
+    .unwrap();
+    let docs = documents(&text(&t, "etc/hakube/cni/calico.yaml"));
+    let node = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let env = &node["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert_eq!(
+        env_value(env, "CALICO_IPV4POOL_CIDR"),
+        Some("10.244.0.0/16")
+    );
+}
+
+#[test]
+fn calico_flexvolume_driver_moves_off_the_read_only_root() {
+    // Releases before calico's CSI driver install a flexvolume driver into
+    // the kubelet's default directory, under the read-only /usr.
+    let flexvol = "        - name: flexvol-driver\n          image: quay.io/calico/pod2daemon-flexvol:v3.33.0\n          \
+                   volumeMounts:\n            - mountPath: /host/driver\n              name: flexvol-driver-host\n";
+    let volume = "        - name: flexvol-driver-host\n          hostPath:\n            type: DirectoryOrCreate\n            \
+                  path: /usr/libexec/kubernetes/kubelet-plugins/volume/exec/nodeagent~uds\n";
+    let text = calico_variant(
+        "        - name: ebpf-bootstrap\n",
+        &format!("{flexvol}        - name: ebpf-bootstrap\n"),
+    )
+    .replacen(
+        "        - name: lib-modules\n",
+        &format!("{volume}        - name: lib-modules\n"),
+        1,
+    );
+    let t = calico_tree(&text).unwrap();
+    let docs = documents(&text_of(&t));
+    let mut seen = Vec::new();
+    docs.iter().for_each(|d| host_paths(d, &mut seen));
+    assert!(seen.contains(&"/var/lib/kubelet/volumeplugins/nodeagent~uds".to_string()));
+    assert!(!seen.iter().any(|p| p.starts_with("/usr/")), "{seen:?}");
+}
+
+fn text_of(t: &FileTree) -> String {
+    text(t, "etc/hakube/cni/calico.yaml")
+}
+
+#[test]
+fn calico_manifests_the_node_cannot_run_are_refused() {
+    use hakube_build::errors::exit_code;
+    let refused = |text: String, want: &[&str]| {
+        let err = calico_tree(&text).unwrap_err();
+        let msg = format!("{err:#}");
+        assert_eq!(exit_code(&err), 2, "{msg}");
+        for w in want {
+            assert!(msg.contains(w), "{w:?} not in {msg}");
+        }
+    };
+    // Something the kubelet would have to create on the read-only root.
+    refused(
+        calico_variant("path: /var/lib/calico\n", "path: /usr/lib/calico\n"),
+        &[
+            "calico-variant.yaml",
+            "DaemonSet calico-node",
+            "volume \"var-lib-calico\"",
+            "/usr/lib/calico",
+            "DirectoryOrCreate",
+        ],
+    );
+    // A read-only-root path a container mounts writable.
+    refused(
+        calico_variant(
+            "              name: lib-modules\n              readOnly: true\n",
+            "              name: lib-modules\n",
+        ),
+        &[
+            "volume \"lib-modules\"",
+            "/lib/modules",
+            "mounts it writable",
+        ],
+    );
+    // Not a manifest install (the operator's manifest, say).
+    refused(
+        calico_variant(
+            "  name: calico-node\n  namespace: kube-system\n  labels:",
+            "  name: tigera-operator\n  namespace: kube-system\n  labels:",
+        ),
+        &["calico-variant.yaml", "no DaemonSet named calico-node"],
+    );
+    refused(
+        calico_variant(
+            "        - name: calico-node\n          image:",
+            "        - name: node\n          image:",
+        ),
+        &["DaemonSet calico-node has no container named calico-node"],
+    );
+    refused(
+        calico_variant("kind: DaemonSet\n", "kind: DaemonSet\n  bad: [\n"),
+        &["calico-variant.yaml", "is not YAML"],
+    );
+    // Without the manifest a calico master cannot be rendered at all.
+    let c = load("external-etcd.yaml");
+    let err = render::config_tree(
+        &c,
+        c.node("master-1").unwrap(),
+        &fixed_creds(),
+        &Default::default(),
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("calico-manifest"), "{err:#}");
 }
 
 #[test]

@@ -7,6 +7,8 @@
 //! the 127.0.0.1 client listener and moves the metrics listener (both would
 //! collide between members on one host). Everything else is used as rendered.
 
+#[path = "common/render.rs"]
+mod render_support;
 #[path = "common/srcbuild.rs"]
 mod srcbuild;
 
@@ -53,7 +55,7 @@ fn rendered_members_form_a_healthy_tls_cluster() {
         .filter(|n| n.name.as_str().starts_with("etcd"))
     {
         let root = work.path().join(node.name.as_str());
-        render::node_tree(&cluster, &secrets, node)
+        render::node_tree(&cluster, &secrets, node, &render_support::upstream())
             .unwrap()
             .write_atomically(&root)
             .unwrap();

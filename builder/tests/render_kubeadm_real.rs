@@ -34,7 +34,13 @@ fn load(name: &str) -> Cluster {
 
 fn rendered(c: &Cluster, node: &str, path: &str) -> String {
     let creds = fixed_creds();
-    let tree = render::config_tree(c, c.node(node).unwrap(), &creds).unwrap();
+    let tree = render::config_tree(
+        c,
+        c.node(node).unwrap(),
+        &creds,
+        &render_support::upstream(),
+    )
+    .unwrap();
     match tree.get(path) {
         Some(FileEntry::File { contents, .. }) => String::from_utf8(contents.clone()).unwrap(),
         other => panic!("{node}:{path}: {other:?}"),

@@ -253,10 +253,6 @@ pub struct Paths {
     /// CNI manifest to apply (masters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni_manifest: Option<String>,
-    /// An operator manifest applied (server-side) before `cniManifest`, whose
-    /// CRDs must be established first (calico's tigera-operator.yaml).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cni_operator_manifest: Option<String>,
     /// etcd config file (external etcd members).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_config: Option<String>,

@@ -374,7 +374,7 @@ pub fn layout_for(name: &str, version: &str) -> Option<Layout> {
         "runc" => runc(version),
         "etcd" => etcd(version),
         "cri-o" => cri_o(version),
-        "calico-tigera-operator" => calico_operator(version),
+        "calico-manifest" => calico_manifest(version),
         _ => return None,
     };
     Some(spec.layout)
@@ -398,7 +398,7 @@ pub fn for_versions(k8s: KubeVersion, runtime: Runtime, cni: Cni) -> Vec<Artifac
     }
     out.push(etcd(comp.etcd.version));
     if cni == Cni::Calico {
-        out.push(calico_operator(comp.calico.version));
+        out.push(calico_manifest(comp.calico.version));
     }
     out
 }
@@ -553,22 +553,25 @@ fn cri_o(v: &str) -> ArtifactSpec {
     }
 }
 
-/// Where the calico operator manifest lands in the OS root; render and the
-/// node profile name this path (one constant, so they cannot drift apart).
-pub const CALICO_OPERATOR_DEST: &str = "usr/share/hakube/manifests/calico-tigera-operator.yaml";
+/// Where calico's manifest lands in the OS root, as published: the record of
+/// what the init master's patched `/etc/hakube/cni/calico.yaml` was made from.
+pub const CALICO_MANIFEST_DEST: &str = "usr/share/hakube/upstream/calico.yaml";
 
-fn calico_operator(v: &str) -> ArtifactSpec {
+/// calico's manifest install: every image it runs is named in it (the
+/// operator install chose them at runtime), so the build can preload and
+/// check them all.
+fn calico_manifest(v: &str) -> ArtifactSpec {
     ArtifactSpec {
-        name: "calico-tigera-operator",
+        name: "calico-manifest",
         version: v.to_string(),
         url: format!(
-            "https://raw.githubusercontent.com/projectcalico/calico/v{v}/manifests/tigera-operator.yaml"
+            "https://raw.githubusercontent.com/projectcalico/calico/v{v}/manifests/calico.yaml"
         ),
         // Calico publishes no checksum file for its manifests: the first
         // download is trusted and pinned in hakube.lock (marked as such there).
         checksum: Checksum::TrustOnFirstUse,
         layout: Layout::File {
-            dest: CALICO_OPERATOR_DEST,
+            dest: CALICO_MANIFEST_DEST,
             mode: 0o644,
         },
     }
@@ -708,10 +711,7 @@ mod tests {
         let names: Vec<&str> = set.iter().map(|a| a.name).collect();
         assert!(names.contains(&"cri-o"));
         assert!(!names.contains(&"containerd") && !names.contains(&"runc"));
-        let calico = set
-            .iter()
-            .find(|a| a.name == "calico-tigera-operator")
-            .unwrap();
+        let calico = set.iter().find(|a| a.name == "calico-manifest").unwrap();
         assert_eq!(calico.checksum, Checksum::TrustOnFirstUse);
         let crio = set.iter().find(|a| a.name == "cri-o").unwrap();
         assert_eq!(

@@ -378,6 +378,26 @@ impl ResolvedArtifact {
     }
 }
 
+/// The cached file of `cluster`'s artifact `name`, when `lock_path` pins it
+/// and `cache_dir` holds it: no download, nothing written.
+pub fn cached(
+    cluster: &Cluster,
+    lock_path: &Path,
+    cache_dir: &Path,
+    name: &str,
+) -> Result<Option<PathBuf>> {
+    let lock = Lock::load(lock_path)?;
+    let Some(spec) = catalog::for_cluster(cluster)
+        .into_iter()
+        .find(|s| s.name == name)
+    else {
+        return Ok(None);
+    };
+    Ok(lock
+        .get(&spec.url)
+        .and_then(|pin| Cache::new(cache_dir).lookup(&pin.sha256, pin.size)))
+}
+
 /// `$XDG_CACHE_HOME/hakube`, else `~/.cache/hakube`.
 pub fn default_cache_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {

@@ -166,12 +166,17 @@ fn build(runner: &dyn Runner, args: &BuildArgs, steps: &mut Steps) -> Result<Bui
     let update = steps.run("OS update bundle", || {
         update::write_bundle(&os, plan.cluster.name.as_str(), &out_dir)
     })?;
+    let upstream = render::UpstreamTexts::load(
+        &plan.cluster,
+        |name| Ok(resolved.get(name).map(|a| a.path.clone())),
+        |name| anyhow::anyhow!("the artifact set has no {name}"),
+    )?;
     let mut images = Vec::new();
     let mut entries = std::collections::BTreeMap::new();
     for node in &plan.nodes {
         let name = node.name.as_str();
         let tree = steps.run(&format!("{name}: render node tree"), || {
-            render::node_tree(&plan.cluster, &secrets, node)
+            render::node_tree(&plan.cluster, &secrets, node, &upstream.get())
         })?;
         let needed = container_images
             .nodes

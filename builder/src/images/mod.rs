@@ -92,12 +92,12 @@ pub struct Request<'a> {
 }
 
 /// The images each of `nodes` runs (see [`list`]), without pulling.
-/// `calico_operator`: the tigera operator manifest, for calico clusters.
+/// `upstream`: the upstream files the trees are made from (calico's manifest).
 pub fn wanted(
     cluster: &Cluster,
     nodes: &[Node],
     kubeadm: &dyn list::KubeadmImages,
-    calico_operator: Option<&Path>,
+    upstream: &render::Upstream,
 ) -> Result<BTreeMap<String, Vec<(ImageRef, Origin)>>> {
     let mut out = BTreeMap::new();
     if nodes.iter().all(|n| n.role == Role::Etcd) {
@@ -115,14 +115,14 @@ pub fn wanted(
         ca_cert_hash: format!("sha256:{}", "0".repeat(64)),
         cluster_initialised: false,
     };
-    let tree = render::config_tree(cluster, init, &creds)
+    let tree = render::config_tree(cluster, init, &creds, upstream)
         .with_context(|| format!("rendering node {} for its kubeadm config", init.name))?;
     let init_cfg = file_bytes(&tree, render::paths::KUBEADM_INIT)
         .ok_or_else(|| anyhow!("node {} has no {}", init.name, render::paths::KUBEADM_INIT))?;
     let kubeadm_list = list::kubeadm_images(kubeadm, init_cfg).context(
         "listing kubeadm's images with the kubeadm of the artifact set (kubeadm config images list)",
     )?;
-    let cni = cni_images(cluster, &tree, calico_operator)?;
+    let cni = cni_images(cluster, &tree)?;
     let sandbox = ImageRef::parse(&crate::artifacts::catalog::pause_image(
         cluster.kubernetes_version,
     ))?;
@@ -135,32 +135,14 @@ pub fn wanted(
     Ok(out)
 }
 
-fn cni_images(
-    cluster: &Cluster,
-    init_tree: &crate::tree::FileTree,
-    calico_operator: Option<&Path>,
-) -> Result<Vec<ImageRef>> {
+/// Every image the CNI manifest the init node applies names (calico's too:
+/// its manifest install names them all).
+fn cni_images(cluster: &Cluster, init_tree: &crate::tree::FileTree) -> Result<Vec<ImageRef>> {
     let path = render::paths::cni_manifest(cluster.cni);
-    let mut images = match file_bytes(init_tree, &path) {
-        Some(f) => list::manifest_images(&String::from_utf8_lossy(f))
-            .with_context(|| format!("reading the images of {path}"))?,
-        None => Vec::new(),
-    };
-    if cluster.cni == Cni::Calico {
-        // The operator's manifest names the operator; the images the operator
-        // then deploys (calico-node, typha, ...) are chosen at runtime.
-        if let Some(p) = calico_operator {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            images.extend(list::manifest_images(&text)?);
-        }
-        tracing::warn!(
-            "calico: only the tigera operator's image is preloaded; the images it deploys are pulled at runtime"
-        );
-    }
-    images.sort();
-    images.dedup();
-    Ok(images)
+    let text = file_bytes(init_tree, &path)
+        .ok_or_else(|| anyhow!("the init node's tree has no {path}"))?;
+    list::manifest_images(&String::from_utf8_lossy(text))
+        .with_context(|| format!("reading the images of {path}"))
 }
 
 fn file_bytes<'t>(tree: &'t crate::tree::FileTree, path: &str) -> Option<&'t [u8]> {
@@ -173,17 +155,20 @@ fn file_bytes<'t>(tree: &'t crate::tree::FileTree, path: &str) -> Option<&'t [u8
 /// Lists and pulls every image of `req.nodes`. Pins learned are saved even
 /// when a later image fails (they are what the source published).
 pub fn resolve(req: &Request, src: &SourceConfig) -> Result<Images> {
-    let operator = req
-        .artifacts
-        .get("calico-tigera-operator")
-        .map(|a| a.path.as_path());
     let wanted = match req.artifacts.get("kubeadm") {
-        Some(k) => wanted(
-            req.cluster,
-            req.nodes,
-            &list::KubeadmBinary { path: &k.path },
-            operator,
-        )?,
+        Some(k) => {
+            let upstream = render::UpstreamTexts::load(
+                req.cluster,
+                |name| Ok(req.artifacts.get(name).map(|a| a.path.clone())),
+                |name| anyhow!("the artifact set has no {name}"),
+            )?;
+            wanted(
+                req.cluster,
+                req.nodes,
+                &list::KubeadmBinary { path: &k.path },
+                &upstream.get(),
+            )?
+        }
         None if req.nodes.iter().all(|n| n.role == Role::Etcd) => BTreeMap::new(),
         None => return Err(anyhow!("the artifact set has no kubeadm")),
     };
@@ -358,27 +343,31 @@ pub fn planned(
     cache_dir: &Path,
 ) -> Result<std::result::Result<BTreeMap<String, Vec<PlannedImage>>, String>> {
     let lock = Lock::load(lock_path)?;
-    let cache = Cache::new(cache_dir);
-    let specs = crate::artifacts::catalog::for_cluster(cluster);
-    let cached = |name: &str| -> Option<PathBuf> {
-        let spec = specs.iter().find(|s| s.name == name)?;
-        let pin = lock.get(&spec.url)?;
-        cache.lookup(&pin.sha256, pin.size)
-    };
-    let Some(kubeadm) = cached("kubeadm") else {
-        return Ok(Err(format!(
-            "known after the first build: kubeadm v{} of the artifact set is not pinned in {} and cached in {}",
-            cluster.kubernetes_version,
-            lock_path.display(),
-            cache_dir.display()
-        )));
-    };
-    let operator = cached("calico-tigera-operator");
+    let cached = |name: &str| crate::artifacts::cached(cluster, lock_path, cache_dir, name);
+    let mut needed = vec![(
+        "kubeadm",
+        format!("kubeadm v{}", cluster.kubernetes_version),
+    )];
+    if cluster.cni == Cni::Calico {
+        needed.push((render::CALICO_MANIFEST_ARTIFACT, "calico's manifest".into()));
+    }
+    for (name, what) in needed {
+        if cached(name)?.is_none() {
+            return Ok(Err(format!(
+                "known after the first build: {what} of the artifact set is not pinned in {} and cached in {}",
+                lock_path.display(),
+                cache_dir.display()
+            )));
+        }
+    }
+    let kubeadm = cached("kubeadm")?.expect("checked above");
+    let upstream =
+        render::UpstreamTexts::load(cluster, cached, |name| anyhow!("{name} is not cached"))?;
     let w = wanted(
         cluster,
         &cluster.nodes,
         &list::KubeadmBinary { path: &kubeadm },
-        operator.as_deref(),
+        &upstream.get(),
     )?;
     Ok(Ok(w
         .into_iter()

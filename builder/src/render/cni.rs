@@ -1,34 +1,34 @@
-//! CNI manifests applied by the init master: flannel (a complete manifest,
-//! pinned images) or calico (the operator's custom resources; the operator
-//! manifest itself is installed in the OS root from the artifact catalogue at
-//! [`CALICO_OPERATOR_DEST`] and applied first by the cni step).
+//! CNI manifests applied by the init master: flannel (a complete manifest
+//! written here, pinned images) or calico (its upstream manifest install,
+//! patched for the node by [`super::calico`]).
 
-use super::yaml;
-use crate::artifacts::catalog::{self, CALICO_OPERATOR_DEST};
+use super::{yaml, Upstream};
+use crate::artifacts::catalog;
 use crate::spec::model::Cni;
 use crate::spec::Cluster;
+use anyhow::{anyhow, Result};
 use serde_json::{json, Value};
-
-/// Node path of the operator manifest, applied before calico.yaml (it
-/// defines the Installation/APIServer kinds).
-pub fn tigera_operator_manifest() -> String {
-    format!("/{CALICO_OPERATOR_DEST}")
-}
-
-/// What the cni step applies before the CNI manifest, if anything.
-pub fn prerequisite(cni: Cni) -> Option<String> {
-    (cni == Cni::Calico).then(tigera_operator_manifest)
-}
 
 /// Tree path of the manifest for the cluster's CNI.
 pub fn manifest_path(cni: Cni) -> String {
     format!("etc/hakube/cni/{}.yaml", cni.as_str())
 }
 
-pub fn manifest(cluster: &Cluster) -> String {
+pub fn manifest(cluster: &Cluster, upstream: &Upstream) -> Result<String> {
     match cluster.cni {
-        Cni::Flannel => flannel(cluster),
-        Cni::Calico => calico(cluster),
+        Cni::Flannel => Ok(flannel(cluster)),
+        Cni::Calico => {
+            let file = upstream.calico.ok_or_else(|| {
+                anyhow!(
+                    "a calico cluster's masters are rendered from calico's manifest \
+                     (artifact calico-manifest of the catalogue), which was not given"
+                )
+            })?;
+            let version = catalog::companions_for(cluster.kubernetes_version)
+                .calico
+                .version;
+            super::calico::manifest(cluster, version, file)
+        }
     }
 }
 
@@ -167,37 +167,4 @@ fn flannel_daemonset(labels: &Value, images: &catalog::FlannelImages) -> Value {
             },
         },
     })
-}
-
-fn calico(cluster: &Cluster) -> String {
-    let docs = [
-        json!({
-            "apiVersion": "operator.tigera.io/v1", "kind": "Installation",
-            "metadata": {"name": "default"},
-            // The operator's default flexvolume path is /usr/libexec/...,
-            // on the read-only root; calico-node's DirectoryOrCreate hostPath
-            // there would keep it from starting.
-            "spec": {"flexVolumePath": super::kubeadm::VOLUME_PLUGIN_DIR, "calicoNetwork": {"ipPools": [{
-                "name": "default-ipv4-ippool",
-                "blockSize": 26,
-                "cidr": cluster.networking.pod_cidr.to_string(),
-                "encapsulation": "VXLANCrossSubnet",
-                "natOutgoing": "Enabled",
-                "nodeSelector": "all()",
-            }]}},
-        }),
-        json!({
-            "apiVersion": "operator.tigera.io/v1", "kind": "APIServer",
-            "metadata": {"name": "default"},
-            "spec": {},
-        }),
-    ];
-    format!(
-        "# Calico custom resources for cluster {} (pod network {}), written by hakube-build render.\n\
-         # Apply {} first: it installs the operator and these kinds.\n{}",
-        cluster.name,
-        cluster.networking.pod_cidr,
-        tigera_operator_manifest(),
-        yaml::documents(&docs)
-    )
 }

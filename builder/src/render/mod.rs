@@ -17,6 +17,7 @@
 //! `systemd-timesyncd.service` and, for DHCP nodes, `systemd-resolved.service`.
 //! The tree ships `hakube-firstboot.service`.
 
+mod calico;
 mod cni;
 mod containers;
 mod etcd;
@@ -43,7 +44,6 @@ use hakube_node_profile::Role;
 
 /// Paths (relative to the image root) of the files this module writes.
 pub mod paths {
-    pub use super::cni::tigera_operator_manifest;
     pub use super::containers::POLICY as CONTAINERS_POLICY;
     pub use super::etcd::ETCD_CONFIG;
     pub use super::lb::{HAPROXY_CONFIG, KEEPALIVED_CONFIG};
@@ -93,10 +93,31 @@ pub fn run(args: &RenderArgs) -> Result<()> {
             eprintln!("warning: {w}");
         }
     }
+    let lock = args
+        .lock
+        .clone()
+        .unwrap_or_else(|| crate::image::default_lock_path(&cluster));
+    let cache = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(crate::artifacts::default_cache_dir);
+    let upstream = UpstreamTexts::load(
+        &cluster,
+        |name| crate::artifacts::cached(&cluster, &lock, &cache, name),
+        |name| {
+            bad_input(format!(
+                "{name} (cni: calico in {}) is not pinned in {} and cached in {} yet: a build \
+                 (hakube-build --profile master, same --lock and --cache-dir) fetches and pins it",
+                cluster.source,
+                lock.display(),
+                cache.display()
+            ))
+        },
+    )?;
     let rendered = nodes
         .iter()
         .map(|node| {
-            let tree = node_tree(&cluster, &secrets, node)
+            let tree = node_tree(&cluster, &secrets, node, &upstream.get())
                 .with_context(|| format!("rendering node {}", node.name))?;
             let ign = ignition(&tree);
             Ok((*node, tree, ign))
@@ -147,9 +168,69 @@ fn select_nodes<'c>(cluster: &'c Cluster, only: Option<&str>) -> Result<Vec<&'c 
     }
 }
 
+/// An upstream file a tree is made from, and where it came from (named in
+/// errors).
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamFile<'a> {
+    pub origin: &'a str,
+    pub text: &'a str,
+}
+
+/// Upstream files trees are made from besides the cluster: artifacts of the
+/// catalogue, read by the caller (rendering reads no file).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Upstream<'a> {
+    /// calico's manifest install (masters of calico clusters).
+    pub calico: Option<UpstreamFile<'a>>,
+}
+
+/// The upstream files themselves, read once for every tree of a cluster.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamTexts {
+    calico: Option<(String, String)>,
+}
+
+/// The artifact of the catalogue holding calico's manifest install.
+pub const CALICO_MANIFEST_ARTIFACT: &str = "calico-manifest";
+
+impl UpstreamTexts {
+    /// Reads what `cluster` needs; `find` gives an artifact's file by name,
+    /// `None` when it is not at hand (`missing` then says why, in an error).
+    pub fn load(
+        cluster: &Cluster,
+        find: impl Fn(&str) -> Result<Option<std::path::PathBuf>>,
+        missing: impl Fn(&str) -> anyhow::Error,
+    ) -> Result<Self> {
+        if cluster.cni != crate::spec::model::Cni::Calico {
+            return Ok(Self::default());
+        }
+        let path =
+            find(CALICO_MANIFEST_ARTIFACT)?.ok_or_else(|| missing(CALICO_MANIFEST_ARTIFACT))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading calico's manifest {}", path.display()))?;
+        Ok(Self {
+            calico: Some((path.display().to_string(), text)),
+        })
+    }
+
+    pub fn get(&self) -> Upstream<'_> {
+        Upstream {
+            calico: self
+                .calico
+                .as_ref()
+                .map(|(origin, text)| UpstreamFile { origin, text }),
+        }
+    }
+}
+
 /// The complete tree laid into `node`'s image: PKI, configs and node profile.
 /// Paths are under `etc/` or `var/` only.
-pub fn node_tree(cluster: &Cluster, secrets: &ClusterSecrets, node: &Node) -> Result<FileTree> {
+pub fn node_tree(
+    cluster: &Cluster,
+    secrets: &ClusterSecrets,
+    node: &Node,
+    upstream: &Upstream,
+) -> Result<FileTree> {
     let creds = JoinCredentials {
         token: secrets.bootstrap_token(),
         ca_cert_hash: secrets.ca_cert_hash(),
@@ -157,12 +238,17 @@ pub fn node_tree(cluster: &Cluster, secrets: &ClusterSecrets, node: &Node) -> Re
     };
     let mut tree = pki::node_files(cluster, secrets, node)
         .with_context(|| format!("issuing the certificates of {}", node.name))?;
-    tree.merge(config_tree(cluster, node, &creds)?);
+    tree.merge(config_tree(cluster, node, &creds, upstream)?);
     Ok(tree)
 }
 
 /// Everything but the PKI: configuration files, units and the node profile.
-pub fn config_tree(cluster: &Cluster, node: &Node, creds: &JoinCredentials) -> Result<FileTree> {
+pub fn config_tree(
+    cluster: &Cluster,
+    node: &Node,
+    creds: &JoinCredentials,
+    upstream: &Upstream,
+) -> Result<FileTree> {
     let mut tree = FileTree::new();
     let ssh = system::add(&mut tree, cluster, node);
     let kube = matches!(node.role, Role::Master | Role::Worker);
@@ -190,7 +276,10 @@ pub fn config_tree(cluster: &Cluster, node: &Node, creds: &JoinCredentials) -> R
             tree.add_public(paths::kubeadm_patch(&name), patch);
         }
         tree.add_secret(paths::BOOTSTRAP_TOKEN, format!("{}\n", creds.token));
-        tree.add_public(cni::manifest_path(cluster.cni), cni::manifest(cluster));
+        tree.add_public(
+            cni::manifest_path(cluster.cni),
+            cni::manifest(cluster, upstream)?,
+        );
     }
     if lb::wants_haproxy(cluster, node) {
         tree.add_public(paths::HAPROXY_CONFIG, lb::haproxy_config(cluster, node)?);

@@ -107,9 +107,6 @@ pub fn profile(cluster: &Cluster, node: &Node, initialised: bool) -> Result<np::
                 .then(|| abs(paths::KUBEADM_KUBE_PROXY)),
             cni_manifest: (node.role == Role::Master)
                 .then(|| abs(&cni::manifest_path(cluster.cni))),
-            cni_operator_manifest: (node.role == Role::Master)
-                .then(|| cni::prerequisite(cluster.cni))
-                .flatten(),
             etcd_config: (node.role == Role::Etcd).then(|| abs(etcd::ETCD_CONFIG)),
             etcd_data_dir: etcd::DATA_DIR.to_string(),
             etcd_client: etcd_client(cluster, node),

@@ -1,7 +1,10 @@
 //! Rendering for tests: fixed join credentials, so rendered files (and the
 //! golden files compared with them) never depend on a state directory.
 
-use hakube_build::render::JoinCredentials;
+// Each test crate that includes this file uses part of it.
+#![allow(dead_code)]
+
+use hakube_build::render::{JoinCredentials, Upstream, UpstreamFile};
 
 pub fn fixed_creds() -> JoinCredentials {
     JoinCredentials {
@@ -9,4 +12,51 @@ pub fn fixed_creds() -> JoinCredentials {
         ca_cert_hash: format!("sha256:{}", "0f".repeat(32)),
         cluster_initialised: false,
     }
+}
+
+/// calico's manifest install as the tests have it: a stand-in written for
+/// them (GitHub, where calico publishes it, is unreachable here).
+pub const CALICO_FIXTURE: &str = include_str!("../fixtures/cni/calico.yaml");
+
+/// The upstream files trees are made from, as the tests have them.
+pub fn upstream() -> Upstream<'static> {
+    Upstream {
+        calico: Some(UpstreamFile {
+            origin: "tests/fixtures/cni/calico.yaml",
+            text: CALICO_FIXTURE,
+        }),
+    }
+}
+
+/// Pins the calico stand-in in `lock` and stores it in `cache` the way a
+/// first build does (trusted on first use), so `hakube-build render` and
+/// `summary` find it there.
+pub fn pin_calico_fixture(
+    cluster: &hakube_build::spec::Cluster,
+    lock: &std::path::Path,
+    cache: &std::path::Path,
+) {
+    use hakube_build::artifacts::{cache::Cache, catalog, lock};
+    use std::io::Write;
+    let spec = catalog::for_cluster(cluster)
+        .into_iter()
+        .find(|s| s.name == hakube_build::render::CALICO_MANIFEST_ARTIFACT)
+        .expect("a calico cluster");
+    let stored = Cache::new(cache)
+        .store(None, |w: &mut dyn Write| {
+            Ok(w.write_all(CALICO_FIXTURE.as_bytes())?)
+        })
+        .unwrap()
+        .unwrap();
+    let mut l = lock::Lock::load(lock).unwrap();
+    l.upsert(lock::LockEntry {
+        name: spec.name.into(),
+        version: spec.version.clone(),
+        url: spec.url.clone(),
+        sha256: stored.sha256,
+        size: Some(stored.size),
+        pinned_from: lock::FROM_TRUST_ON_FIRST_USE.into(),
+        resolved_from: Some("tests/fixtures/cni/calico.yaml".into()),
+    });
+    l.merge_and_save(lock).unwrap();
 }

@@ -110,7 +110,9 @@ pub fn local_lb_clients(ctx: &mut Ctx) -> Result<String> {
     Ok(did.join(", "))
 }
 
-/// The CNI manifest (kubectl apply is idempotent).
+/// The CNI manifest, applied server-side: calico's carries CRDs too large
+/// for the last-applied annotation of a client-side apply. Re-running is
+/// safe (`--force-conflicts` takes back fields another manager changed).
 pub fn cni(ctx: &mut Ctx) -> Result<String> {
     if !ctx.initialises() {
         return Ok("skipped: joined an existing cluster".into());
@@ -118,51 +120,15 @@ pub fn cni(ctx: &mut Ctx) -> Result<String> {
     let Some(m) = ctx.profile.paths.cni_manifest.clone() else {
         return Ok("skipped: the profile names no CNI manifest".into());
     };
-    let mut did = Vec::new();
-    if let Some(op) = ctx.profile.paths.cni_operator_manifest.clone() {
-        let file = ctx.path(&op);
-        if !file.is_file() {
-            anyhow::bail!(
-                "the CNI operator manifest {} is not in the image; rebuild it (the artifact catalogue \
-                 installs it for calico)",
-                file.display()
-            );
-        }
-        // Server-side: the operator's CRDs are too large for the
-        // last-applied annotation of a client-side apply; re-running is safe.
-        run_checked(
-            ctx.env.cmd,
-            &kubectl(ctx)
-                .args(["apply", "--server-side", "--force-conflicts", "-f"])
-                .arg(file.to_string_lossy()),
-        )
-        .context("applying the CNI operator manifest")?;
-        // The custom resources are refused until their CRDs are served.
-        run_checked(
-            ctx.env.cmd,
-            &kubectl(ctx).args([
-                "wait",
-                "--for",
-                "condition=established",
-                "--timeout",
-                "300s",
-                "crd",
-                "--all",
-            ]),
-        )
-        .context("waiting for the CNI operator's CRDs to be established")?;
-        did.push(format!("applied {op}"));
-    }
     let file = ctx.path(&m);
     run_checked(
         ctx.env.cmd,
         &kubectl(ctx)
-            .args(["apply", "-f"])
+            .args(["apply", "--server-side", "--force-conflicts", "-f"])
             .arg(file.to_string_lossy()),
     )
     .context("applying the CNI manifest")?;
-    did.push(format!("applied {m}"));
-    Ok(did.join(", "))
+    Ok(format!("applied {m}"))
 }
 
 /// Labels and taints of the profile, through the admin kubeconfig.

@@ -97,7 +97,6 @@ fn profile(name: &str, role: Role, topology: EtcdTopology) -> NodeProfile {
             kubeadm_join_config: init.then(|| "/etc/hakube/kubeadm/join.yaml".into()),
             kube_proxy_addon_config: init.then(|| "/etc/hakube/kubeadm/kube-proxy.yaml".into()),
             cni_manifest: (role == Role::Master).then(|| "/etc/hakube/cni/flannel.yaml".into()),
-            cni_operator_manifest: None,
             etcd_config: (role == Role::Etcd).then(|| "/etc/etcd/etcd.conf.yml".into()),
             etcd_data_dir: "/var/lib/etcd".into(),
             etcd_client: (role != Role::Worker).then(|| TlsClient {
@@ -526,9 +525,9 @@ fn init_node_initialises_over_external_etcd() {
             .position(|c| c.contains(needle))
             .unwrap_or_else(|| panic!("{needle} not in {calls:#?}"))
     };
-    assert!(pos("kubeadm init --config") < pos("apply -f"));
+    assert!(pos("kubeadm init --config") < pos("apply --server-side"));
     assert!(calls.contains(&format!(
-        "kubectl --kubeconfig {admin} apply -f {}",
+        "kubectl --kubeconfig {admin} apply --server-side --force-conflicts -f {}",
         w.path("etc/hakube/cni/flannel.yaml")
     )));
     assert!(calls.contains(&format!(
@@ -550,7 +549,7 @@ fn init_node_initialises_over_external_etcd() {
         .iter()
         .any(|c| c.contains("replace -f") || c.contains("rollout restart")));
     // The CNI goes in after kube-proxy's DaemonSet exists.
-    assert!(pos(&addon) < pos("apply -f"));
+    assert!(pos(&addon) < pos("apply --server-side"));
     let kubelet = fs::read_to_string(w.path("etc/kubernetes/kubelet.conf")).unwrap();
     assert!(
         kubelet.contains("server: https://127.0.0.1:7443"),
@@ -645,7 +644,11 @@ fn init_node_finding_a_cluster_joins_it() {
         )),
         1
     );
-    assert!(!w.runner.calls().iter().any(|c| c.contains("apply -f")));
+    assert!(!w
+        .runner
+        .calls()
+        .iter()
+        .any(|c| c.contains("apply --server-side")));
     // Every master keeps the join token alive, this one too (the fake
     // cluster has none, so it is re-created with its lifetime).
     assert_eq!(w.runner.count("kubeadm token create"), 1);
