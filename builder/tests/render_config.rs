@@ -874,7 +874,7 @@ fn calico_manifest_is_upstreams_with_documents_kept_or_patched() {
         Some("/etc/hakube/cni/calico.yaml")
     );
     for other in ["worker-1", "etcd-1"] {
-        assert!(tree(&c, other).get(&paths::cni_manifest(c.cni)).is_none());
+        assert!(tree(&c, other).get(paths::cni_manifest(c.cni)).is_none());
     }
     // Every upstream document is there, in order; the ones not patched are
     // kept byte for byte (their comments too).
