@@ -2,6 +2,9 @@
 //! with no other argument, determinism across runs, Ignition equal to the
 //! tree, and nothing written on bad input.
 
+#[path = "common/render.rs"]
+mod render_support;
+
 use hakube_node_profile::{NodeProfile, Role};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -18,13 +21,24 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// `hakube-build render ARGS` in `cwd`. A calico cluster's masters are made
+/// from calico's manifest, which a first build pins and caches: the stand-in
+/// is pinned in `cwd` the same way and named with --lock and --cache-dir.
 fn render(cwd: &Path, args: &[&str]) -> Output {
-    bin()
-        .current_dir(cwd)
-        .arg("render")
-        .args(args)
-        .output()
-        .expect("running hakube-build")
+    let mut cmd = bin();
+    cmd.current_dir(cwd).arg("render").args(args);
+    let spec = args
+        .iter()
+        .position(|a| *a == "--cluster")
+        .map(|i| cwd.join(args[i + 1]));
+    if let Some(Ok(c)) = spec.map(|f| hakube_build::spec::load(Some(&f))) {
+        if c.cni.as_str() == "calico" {
+            let (lock, cache) = (cwd.join("hakube.lock"), cwd.join("cache"));
+            render_support::pin_calico_fixture(&c, &lock, &cache);
+            cmd.arg("--lock").arg(lock).arg("--cache-dir").arg(cache);
+        }
+    }
+    cmd.output().expect("running hakube-build")
 }
 
 fn ok(out: &Output) -> String {
@@ -266,6 +280,58 @@ fn bad_spec_writes_nothing_and_exits_2() {
     );
     assert!(!cwd.path().join("out").exists());
     assert!(!cwd.path().join(".hakube").exists());
+}
+
+#[test]
+fn calico_before_its_manifest_is_pinned_writes_nothing_and_exits_2() {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = bin()
+        .current_dir(cwd.path())
+        .arg("render")
+        .arg("--cluster")
+        .arg(fixture("external-etcd.yaml"))
+        .args([
+            "--out",
+            "out",
+            "--lock",
+            "none.lock",
+            "--cache-dir",
+            "cache",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("calico-manifest")
+            && stderr.contains("none.lock")
+            && stderr.contains("a build"),
+        "{stderr}"
+    );
+    assert!(!cwd.path().join("out").exists());
+    assert!(!cwd.path().join(".hakube").exists());
+    // A worker's tree needs no CNI manifest: it renders.
+    let out = bin()
+        .current_dir(cwd.path())
+        .arg("render")
+        .arg("--cluster")
+        .arg(fixture("external-etcd.yaml"))
+        .args([
+            "--out",
+            "out",
+            "--lock",
+            "none.lock",
+            "--cache-dir",
+            "cache",
+        ])
+        .args(["--node", "worker-1"])
+        .output()
+        .unwrap();
+    ok(&out);
+    assert!(cwd
+        .path()
+        .join("out/worker-1/etc/hakube/node.json")
+        .is_file());
 }
 
 #[test]

@@ -80,6 +80,32 @@ pub fn run(args: &RenderArgs) -> Result<()> {
         eprintln!("warning: {w}");
     }
     let nodes = select_nodes(&cluster, args.node.as_deref())?;
+    // Before anything is written: the upstream files the trees are made from
+    // (calico's manifest, for masters only).
+    let lock = args
+        .lock
+        .clone()
+        .unwrap_or_else(|| crate::image::default_lock_path(&cluster));
+    let cache = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(crate::artifacts::default_cache_dir);
+    let upstream = match nodes.iter().any(|n| n.role == Role::Master) {
+        false => UpstreamTexts::default(),
+        true => UpstreamTexts::load(
+            &cluster,
+            |name| crate::artifacts::cached(&cluster, &lock, &cache, name),
+            |name| {
+                bad_input(format!(
+                    "{name} (cni: calico in {}) is not pinned in {} and cached in {} yet: a build \
+                     (hakube-build --profile master, same --lock and --cache-dir) fetches and pins it",
+                    cluster.source,
+                    lock.display(),
+                    cache.display()
+                ))
+            },
+        )?,
+    };
     let state = args
         .cluster
         .state
@@ -93,27 +119,6 @@ pub fn run(args: &RenderArgs) -> Result<()> {
             eprintln!("warning: {w}");
         }
     }
-    let lock = args
-        .lock
-        .clone()
-        .unwrap_or_else(|| crate::image::default_lock_path(&cluster));
-    let cache = args
-        .cache_dir
-        .clone()
-        .unwrap_or_else(crate::artifacts::default_cache_dir);
-    let upstream = UpstreamTexts::load(
-        &cluster,
-        |name| crate::artifacts::cached(&cluster, &lock, &cache, name),
-        |name| {
-            bad_input(format!(
-                "{name} (cni: calico in {}) is not pinned in {} and cached in {} yet: a build \
-                 (hakube-build --profile master, same --lock and --cache-dir) fetches and pins it",
-                cluster.source,
-                lock.display(),
-                cache.display()
-            ))
-        },
-    )?;
     let rendered = nodes
         .iter()
         .map(|node| {
