@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use x509_parser::extensions::GeneralName;
 
+#[path = "../common/render.rs"]
+mod render_support;
 #[path = "../common/srcbuild.rs"]
 mod srcbuild;
 /// A real binary built from source (see `common/srcbuild.rs`).
@@ -86,6 +88,14 @@ pub fn render(spec: &SpecCase, work: &Path) -> Vec<RenderedNode> {
     cmd.current_dir(work).arg("render");
     if let Some(f) = &spec.file {
         cmd.arg("--cluster").arg(f);
+        // A calico cluster's masters are made from calico's manifest, which a
+        // first build pins and caches: the stand-in is pinned the same way.
+        let c = hakube_build::spec::load(Some(f)).expect("a valid spec");
+        if c.cni.as_str() == "calico" {
+            let (lock, cache) = (work.join("hakube.lock"), work.join("cache"));
+            render_support::pin_calico_fixture(&c, &lock, &cache);
+            cmd.arg("--lock").arg(lock).arg("--cache-dir").arg(cache);
+        }
     }
     cmd.arg("--state")
         .arg(work.join("state"))
