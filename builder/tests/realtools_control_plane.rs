@@ -566,6 +566,96 @@ fn master_1s_baked_files_run_a_control_plane_that_kubeadm_discovery_trusts() {
         text(&ds)
     );
 
+    // The CNI manifests as firstboot's cni step applies them (server-side,
+    // conflicts forced), each twice: the step re-runs after a power cut.
+    // flannel's is master-1's own; calico's is what master-1 of the same
+    // cluster with `cni: calico` gets, made from the stand-in of calico's
+    // manifest. The real API server validates every object (calico's CRD, its
+    // patched DaemonSet), and stores the patch.
+    let calico_spec = work.join("calico-cluster.yaml");
+    std::fs::write(
+        &calico_spec,
+        hakube_build::spec::DEFAULT_CLUSTER_YAML.replace("cni: flannel", "cni: calico"),
+    )
+    .unwrap();
+    let calico_cluster = hakube_build::spec::load(Some(&calico_spec)).unwrap();
+    let calico_tree = hakube_build::render::config_tree(
+        &calico_cluster,
+        calico_cluster.init_node(),
+        &render_support::fixed_creds(),
+        &render_support::upstream(),
+    )
+    .unwrap();
+    let calico_manifest = root.join("tmp/realtools-calico.yaml");
+    match calico_tree.get("etc/hakube/cni/calico.yaml") {
+        Some(hakube_build::tree::FileEntry::File { contents, .. }) => {
+            std::fs::write(&calico_manifest, contents).unwrap()
+        }
+        other => panic!("master-1 of a calico cluster has no calico.yaml: {other:?}"),
+    }
+    for manifest in [m1.dir.join("etc/hakube/cni/flannel.yaml"), calico_manifest] {
+        for round in 1..=2 {
+            let out = kubectl(
+                &ns,
+                &admin,
+                &[
+                    "apply",
+                    "--server-side",
+                    "--force-conflicts",
+                    "-f",
+                    manifest.to_str().unwrap(),
+                ],
+            );
+            ok(
+                &out,
+                &format!("apply {} (round {round})", manifest.display()),
+            );
+        }
+    }
+    let ds = kubectl(
+        &ns,
+        &admin,
+        &[
+            "-n",
+            "kube-system",
+            "get",
+            "daemonset",
+            "calico-node",
+            "-o",
+            "json",
+        ],
+    );
+    let ds: Value = serde_json::from_str(&ok(&ds, "get daemonset calico-node")).unwrap();
+    let env = ds["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let pool: Vec<&Value> = env
+        .iter()
+        .filter(|e| e["name"] == "CALICO_IPV4POOL_CIDR")
+        .collect();
+    assert_eq!(pool.len(), 1, "{env:?}");
+    assert_eq!(
+        pool[0]["value"].as_str(),
+        Some(calico_cluster.networking.pod_cidr.to_string().as_str())
+    );
+    ok(
+        &kubectl(
+            &ns,
+            &admin,
+            &["get", "crd", "ippools.crd.projectcalico.org"],
+        ),
+        "calico's CRD",
+    );
+    ok(
+        &kubectl(
+            &ns,
+            &admin,
+            &["-n", "kube-flannel", "get", "daemonset", "kube-flannel-ds"],
+        ),
+        "flannel's DaemonSet",
+    );
+
     for lease in ["kube-controller-manager", "kube-scheduler"] {
         wait_for(&mut procs, &format!("the {lease} lease"), 60, || {
             let out = kubectl(

@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use x509_parser::extensions::GeneralName;
 
 #[path = "../common/render.rs"]
-mod render_support;
+pub mod render_support;
 #[path = "../common/srcbuild.rs"]
 mod srcbuild;
 /// A real binary built from source (see `common/srcbuild.rs`).
