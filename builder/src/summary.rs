@@ -22,14 +22,8 @@ pub fn run(args: &SummaryArgs) -> Result<()> {
         .unwrap_or_else(|| crate::pki::default_state_dir(&cluster));
     let dates = dates::read(&state, &cluster)
         .with_context(|| format!("reading credential dates from {}", state.display()))?;
-    let lock = args
-        .lock
-        .clone()
-        .unwrap_or_else(|| crate::image::default_lock_path(&cluster));
-    let cache = args
-        .cache_dir
-        .clone()
-        .unwrap_or_else(crate::artifacts::default_cache_dir);
+    let (lock, cache) =
+        crate::image::lock_and_cache(&cluster, args.lock.as_ref(), args.cache_dir.as_ref());
     let images = crate::images::planned(&cluster, &lock, &cache)?;
     let out = if args.json {
         let mut v = to_json(&cluster);

@@ -11,10 +11,11 @@ mod srcbuild;
 use srcbuild::srcbuild_bin;
 
 use hakube_build::artifacts::lock::Lock;
+use hakube_build::images::Origin;
 use hakube_build::images::{self, list::KubeadmBinary, source::RegistrySource};
 use hakube_build::spec;
 use hakube_node_profile::Role;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -80,6 +81,32 @@ fn real_list(cluster_file: Option<&Path>, work: &Path) -> (BTreeSet<String>, BTr
     (list, cni)
 }
 
+/// The images of every node of `cluster`, listed with the real kubeadm.
+fn real_wanted(cluster: &spec::Cluster) -> BTreeMap<String, Vec<(images::ImageRef, Origin)>> {
+    let k = kubeadm();
+    images::wanted(
+        cluster,
+        &cluster.nodes,
+        &KubeadmBinary { path: &k },
+        &render_support::upstream(),
+    )
+    .unwrap()
+}
+
+/// The test registry holding the real images, as the mirror of `hosts`.
+fn test_registry(hosts: &[&str]) -> RegistrySource {
+    let reg = std::env::var("HAKUBE_TEST_REGISTRY").expect(
+        "HAKUBE_TEST_REGISTRY=127.0.0.1:PORT must name the registry holding the real images",
+    );
+    let ca = std::env::var("HAKUBE_TEST_REGISTRY_CA")
+        .expect("HAKUBE_TEST_REGISTRY_CA must name the test registry's CA (PEM)");
+    let mirrors = hosts
+        .iter()
+        .map(|r| format!("{r}=https://{reg}/{r}").parse().unwrap())
+        .collect();
+    RegistrySource::new(mirrors, Some(Path::new(&ca))).unwrap()
+}
+
 fn normalise(i: &str) -> String {
     images::ImageRef::parse(i).unwrap().to_string()
 }
@@ -88,14 +115,7 @@ fn check_roles(cluster_file: Option<&Path>) {
     let work = tempfile::tempdir().unwrap();
     let cluster = spec::load(cluster_file).unwrap();
     let (kubeadm_list, cni) = real_list(cluster_file, work.path());
-    let k = kubeadm();
-    let wanted = images::wanted(
-        &cluster,
-        &cluster.nodes,
-        &KubeadmBinary { path: &k },
-        &render_support::upstream(),
-    )
-    .unwrap();
+    let wanted = real_wanted(&cluster);
     let pause = hakube_build::artifacts::catalog::pause_image(cluster.kubernetes_version);
     let control = [
         "kube-apiserver",
@@ -142,14 +162,7 @@ fn external_etcd_masters_carry_no_etcd_image() {
     let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/render/external-etcd.yaml");
     check_roles(Some(&f));
     let cluster = spec::load(Some(&f)).unwrap();
-    let k = kubeadm();
-    let wanted = images::wanted(
-        &cluster,
-        &cluster.nodes,
-        &KubeadmBinary { path: &k },
-        &render_support::upstream(),
-    )
-    .unwrap();
+    let wanted = real_wanted(&cluster);
     for n in &cluster.nodes {
         let names: Vec<&str> = wanted[n.name.as_str()]
             .iter()
@@ -166,26 +179,10 @@ fn external_etcd_masters_carry_no_etcd_image() {
 /// each node's images.json holds exactly what it runs, pinned.
 #[test]
 fn real_images_laid_on_each_node_match_the_list() {
-    let reg = std::env::var("HAKUBE_TEST_REGISTRY").expect(
-        "HAKUBE_TEST_REGISTRY=127.0.0.1:PORT must name the registry holding the real images",
-    );
-    let ca = std::env::var("HAKUBE_TEST_REGISTRY_CA")
-        .expect("HAKUBE_TEST_REGISTRY_CA must name the test registry's CA (PEM)");
     let work = tempfile::tempdir().unwrap();
     let cluster = spec::load(None).unwrap();
-    let k = kubeadm();
-    let wanted = images::wanted(
-        &cluster,
-        &cluster.nodes,
-        &KubeadmBinary { path: &k },
-        &render_support::upstream(),
-    )
-    .unwrap();
-    let mirrors = ["registry.k8s.io", "ghcr.io", "docker.io", "quay.io"]
-        .iter()
-        .map(|r| format!("{r}=https://{reg}/{r}").parse().unwrap())
-        .collect();
-    let src = RegistrySource::new(mirrors, Some(Path::new(&ca))).unwrap();
+    let wanted = real_wanted(&cluster);
+    let src = test_registry(&["registry.k8s.io", "ghcr.io", "docker.io", "quay.io"]);
     let lock_path = work.path().join("hakube.lock");
     let got =
         images::pull_all(&lock_path, &work.path().join("cache"), &src, wanted.clone()).unwrap();
@@ -231,21 +228,9 @@ fn real_images_laid_on_each_node_match_the_list() {
 /// built from source here, so the test registry has none of them).
 #[test]
 fn calico_images_are_needed_and_checked_like_any_other() {
-    let reg = std::env::var("HAKUBE_TEST_REGISTRY").expect(
-        "HAKUBE_TEST_REGISTRY=127.0.0.1:PORT must name the registry holding the real images",
-    );
-    let ca = std::env::var("HAKUBE_TEST_REGISTRY_CA")
-        .expect("HAKUBE_TEST_REGISTRY_CA must name the test registry's CA (PEM)");
     let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/render/external-etcd.yaml");
     let cluster = spec::load(Some(&f)).unwrap();
-    let k = kubeadm();
-    let wanted = images::wanted(
-        &cluster,
-        &cluster.nodes,
-        &KubeadmBinary { path: &k },
-        &render_support::upstream(),
-    )
-    .unwrap();
+    let wanted = real_wanted(&cluster);
     let calico: BTreeSet<String> = ["cni", "kube-controllers", "node"]
         .iter()
         .map(|i| format!("quay.io/calico/{i}:v3.33.0"))
@@ -253,7 +238,7 @@ fn calico_images_are_needed_and_checked_like_any_other() {
     for n in &cluster.nodes {
         let cni: BTreeSet<String> = wanted[n.name.as_str()]
             .iter()
-            .filter(|(_, o)| *o == images::Origin::Cni)
+            .filter(|(_, o)| *o == Origin::Cni)
             .map(|(i, _)| i.to_string())
             .collect();
         let want = if n.role == Role::Etcd {
@@ -264,11 +249,7 @@ fn calico_images_are_needed_and_checked_like_any_other() {
         assert_eq!(cni, want, "node {}", n.name);
     }
     let work = tempfile::tempdir().unwrap();
-    let mirrors = ["registry.k8s.io", "quay.io"]
-        .iter()
-        .map(|r| format!("{r}=https://{reg}/{r}").parse().unwrap())
-        .collect();
-    let src = RegistrySource::new(mirrors, Some(Path::new(&ca))).unwrap();
+    let src = test_registry(&["registry.k8s.io", "quay.io"]);
     let err = images::pull_all(
         &work.path().join("hakube.lock"),
         &work.path().join("cache"),

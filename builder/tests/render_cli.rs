@@ -285,21 +285,26 @@ fn bad_spec_writes_nothing_and_exits_2() {
 #[test]
 fn calico_before_its_manifest_is_pinned_writes_nothing_and_exits_2() {
     let cwd = tempfile::tempdir().unwrap();
-    let out = bin()
-        .current_dir(cwd.path())
-        .arg("render")
-        .arg("--cluster")
-        .arg(fixture("external-etcd.yaml"))
-        .args([
-            "--out",
-            "out",
-            "--lock",
-            "none.lock",
-            "--cache-dir",
-            "cache",
-        ])
-        .output()
-        .unwrap();
+    // Lock and cache named, neither holding calico's manifest.
+    let unpinned = |extra: &[&str]| {
+        bin()
+            .current_dir(cwd.path())
+            .arg("render")
+            .arg("--cluster")
+            .arg(fixture("external-etcd.yaml"))
+            .args([
+                "--out",
+                "out",
+                "--lock",
+                "none.lock",
+                "--cache-dir",
+                "cache",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = unpinned(&[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -311,23 +316,7 @@ fn calico_before_its_manifest_is_pinned_writes_nothing_and_exits_2() {
     assert!(!cwd.path().join("out").exists());
     assert!(!cwd.path().join(".hakube").exists());
     // A worker's tree needs no CNI manifest: it renders.
-    let out = bin()
-        .current_dir(cwd.path())
-        .arg("render")
-        .arg("--cluster")
-        .arg(fixture("external-etcd.yaml"))
-        .args([
-            "--out",
-            "out",
-            "--lock",
-            "none.lock",
-            "--cache-dir",
-            "cache",
-        ])
-        .args(["--node", "worker-1"])
-        .output()
-        .unwrap();
-    ok(&out);
+    ok(&unpinned(&["--node", "worker-1"]));
     assert!(cwd
         .path()
         .join("out/worker-1/etc/hakube/node.json")

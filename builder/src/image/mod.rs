@@ -262,14 +262,7 @@ fn plan(args: &BuildArgs) -> Result<Plan> {
         .state
         .clone()
         .unwrap_or_else(|| pki::default_state_dir(&cluster));
-    let lock = args
-        .lock
-        .clone()
-        .unwrap_or_else(|| default_lock_path(&cluster));
-    let cache = args
-        .cache_dir
-        .clone()
-        .unwrap_or_else(artifacts::default_cache_dir);
+    let (lock, cache) = lock_and_cache(&cluster, args.lock.as_ref(), args.cache_dir.as_ref());
     let firstboot = find_firstboot(args.firstboot_bin.as_deref())?;
     let access = ImageAccess::from_group(args.image_group.as_deref())?;
     let env_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
@@ -305,6 +298,20 @@ fn plan(args: &BuildArgs) -> Result<Plan> {
 
 /// `hakube.lock` next to the spec file, or in the current directory for the
 /// embedded cluster.
+/// `--lock` and `--cache-dir`, or their defaults (every verb shares them).
+pub fn lock_and_cache(
+    cluster: &Cluster,
+    lock: Option<&PathBuf>,
+    cache_dir: Option<&PathBuf>,
+) -> (PathBuf, PathBuf) {
+    (
+        lock.cloned().unwrap_or_else(|| default_lock_path(cluster)),
+        cache_dir
+            .cloned()
+            .unwrap_or_else(artifacts::default_cache_dir),
+    )
+}
+
 pub fn default_lock_path(cluster: &Cluster) -> PathBuf {
     match &cluster.source {
         SpecSource::File(p) => p

@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 const FLEXVOLUME_DEFAULT: &str = "/usr/libexec/kubernetes/kubelet-plugins/volume/exec";
 /// Writable at runtime on a node: the `/etc` overlay, the var partition,
 /// tmpfs, and the CNI plugin overlay (README, "read-only root").
-pub const WRITABLE: &[&str] = &["/etc", "/var", "/run", "/opt/cni/bin"];
+const WRITABLE: &[&str] = &["/etc", "/var", "/run", "/opt/cni/bin"];
 /// Kernel filesystems, not part of the root image.
 const KERNEL: &[&str] = &["/proc", "/sys", "/dev"];
 /// hostPath types the kubelet creates when missing.
@@ -39,35 +39,30 @@ const CREATES: &[&str] = &["DirectoryOrCreate", "FileOrCreate"];
 /// The manifest the init master applies for `cluster`.
 pub fn manifest(cluster: &Cluster, version: &str, upstream: UpstreamFile) -> Result<String> {
     let pod_cidr = cluster.networking.pod_cidr.to_string();
-    let mut out = format!(
-        "# calico v{version} (manifests/calico.yaml) for cluster {} (pod network {pod_cidr}),\n\
-         # patched by hakube-build render: calico-node's CALICO_IPV4POOL_CIDR and\n\
-         # IP_AUTODETECTION_METHOD; flexvolume hostPaths moved to {VOLUME_PLUGIN_DIR}.\n",
-        cluster.name
-    );
+    let mut body = String::new();
     let mut calico_node = false;
-    let mut first = true;
+    let mut moved = false;
     for chunk in split_documents(upstream.text) {
         let mut doc = parse(upstream.origin, chunk)?;
         if doc.is_null() {
             continue;
         }
         let mut changed = move_flexvolume(&mut doc);
+        moved |= changed;
         if is_calico_node(&doc) {
             set_node_env(upstream.origin, &mut doc, &pod_cidr)?;
             calico_node = true;
             changed = true;
         }
         check_host_paths(upstream.origin, &doc)?;
-        if !first {
-            out.push_str("---\n");
+        if !body.is_empty() {
+            body.push_str("---\n");
         }
-        first = false;
         if changed {
-            out.push_str(&yaml::to_yaml(&doc));
+            body.push_str(&yaml::to_yaml(&doc));
         } else {
-            out.push_str(chunk.trim_end_matches('\n'));
-            out.push('\n');
+            body.push_str(chunk.trim_end_matches('\n'));
+            body.push('\n');
         }
     }
     if !calico_node {
@@ -76,7 +71,16 @@ pub fn manifest(cluster: &Cluster, version: &str, upstream: UpstreamFile) -> Res
             upstream.origin
         )));
     }
-    Ok(out)
+    let moved = match moved {
+        true => format!("; flexvolume hostPaths moved to {VOLUME_PLUGIN_DIR}"),
+        false => String::new(),
+    };
+    Ok(format!(
+        "# calico v{version} (manifests/calico.yaml) for cluster {} (pod network {pod_cidr}),\n\
+         # patched by hakube-build render: calico-node's CALICO_IPV4POOL_CIDR and\n\
+         # IP_AUTODETECTION_METHOD{moved}.\n{body}",
+        cluster.name
+    ))
 }
 
 /// The documents of a multi-document YAML text: a `---` line at column 0
@@ -180,7 +184,7 @@ fn under<'p>(path: &'p str, dir: &str) -> Option<&'p str> {
 /// Refuses a pod spec in `doc` whose hostPath the node's read-only root
 /// cannot serve: one the kubelet would have to create there, or one a
 /// container mounts writable.
-pub fn check_host_paths(origin: &str, doc: &Value) -> Result<()> {
+fn check_host_paths(origin: &str, doc: &Value) -> Result<()> {
     let mut specs = Vec::new();
     pod_specs(doc, &mut specs);
     for spec in specs {

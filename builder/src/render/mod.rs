@@ -82,14 +82,8 @@ pub fn run(args: &RenderArgs) -> Result<()> {
     let nodes = select_nodes(&cluster, args.node.as_deref())?;
     // Before anything is written: the upstream files the trees are made from
     // (calico's manifest, for masters only).
-    let lock = args
-        .lock
-        .clone()
-        .unwrap_or_else(|| crate::image::default_lock_path(&cluster));
-    let cache = args
-        .cache_dir
-        .clone()
-        .unwrap_or_else(crate::artifacts::default_cache_dir);
+    let (lock, cache) =
+        crate::image::lock_and_cache(&cluster, args.lock.as_ref(), args.cache_dir.as_ref());
     let upstream = match nodes.iter().any(|n| n.role == Role::Master) {
         false => UpstreamTexts::default(),
         true => UpstreamTexts::load(
