@@ -951,6 +951,11 @@ fn calico_flexvolume_driver_moves_off_the_read_only_root() {
     docs.iter().for_each(|d| host_paths(d, &mut seen));
     assert!(seen.contains(&"/var/lib/kubelet/volumeplugins/nodeagent~uds".to_string()));
     assert!(!seen.iter().any(|p| p.starts_with("/usr/")), "{seen:?}");
+    // The header says so (and only when something moved).
+    let header = |t: &FileTree| text_of(t).lines().take(3).collect::<Vec<_>>().join("\n");
+    assert!(header(&t).contains("flexvolume hostPaths moved to /var/lib/kubelet/volumeplugins"));
+    let plain = tree(&load("external-etcd.yaml"), "master-1");
+    assert!(!header(&plain).contains("flexvolume"), "{}", header(&plain));
 }
 
 fn text_of(t: &FileTree) -> String {
