@@ -264,3 +264,74 @@ fn calico_images_are_needed_and_checked_like_any_other() {
         "{msg}"
     );
 }
+
+/// `summary` lists each node's images once a build has pinned and cached
+/// what lists them (the kubeadm of the artifact set and, for calico, its
+/// manifest): the lists the build lays, digests still unknown. Before that
+/// it says what is missing.
+#[test]
+fn summary_lists_each_nodes_images_once_their_sources_are_pinned() {
+    let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/render/external-etcd.yaml");
+    let cluster = spec::load(Some(&f)).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (lock, cache) = (work.path().join("hakube.lock"), work.path().join("cache"));
+    let summary = || -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_hakube-build"))
+            .args(["summary", "--json", "--cluster"])
+            .arg(&f)
+            .arg("--lock")
+            .arg(&lock)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .arg("--state")
+            .arg(work.path().join("state"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["containerImages"].clone()
+    };
+    let unknown = |v: serde_json::Value| v["unknown"].as_str().unwrap_or_default().to_string();
+    assert!(
+        unknown(summary()).contains("kubeadm v1.37.2"),
+        "{}",
+        summary()
+    );
+    let k = std::fs::read(kubeadm()).unwrap();
+    render_support::pin_artifact(&cluster, "kubeadm", &k, "srcbuild", &lock, &cache);
+    assert!(
+        unknown(summary()).contains("calico's manifest"),
+        "{}",
+        summary()
+    );
+    render_support::pin_calico_fixture(&cluster, &lock, &cache);
+    let listed = summary();
+    for (node, want) in real_wanted(&cluster) {
+        let got: Vec<(String, String)> = listed[node.as_str()]
+            .as_array()
+            .unwrap_or_else(|| panic!("{node}: {listed}"))
+            .iter()
+            .map(|i| {
+                assert!(i["digest"].is_null(), "{i}");
+                (
+                    i["image"].as_str().unwrap().into(),
+                    i["origin"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(i, o)| {
+                (
+                    i.to_string(),
+                    serde_json::to_value(o).unwrap().as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "node {node}");
+    }
+    assert!(!listed["master-1"].as_array().unwrap().is_empty());
+}

@@ -36,16 +36,34 @@ pub fn pin_calico_fixture(
     lock: &std::path::Path,
     cache: &std::path::Path,
 ) {
+    pin_artifact(
+        cluster,
+        hakube_build::render::CALICO_MANIFEST_ARTIFACT,
+        CALICO_FIXTURE.as_bytes(),
+        "tests/fixtures/cni/calico.yaml",
+        lock,
+        cache,
+    );
+}
+
+/// Pins `bytes` as `cluster`'s artifact `name` in `lock` and stores them in
+/// `cache`, as a build does once it has fetched them from `origin`.
+pub fn pin_artifact(
+    cluster: &hakube_build::spec::Cluster,
+    name: &str,
+    bytes: &[u8],
+    origin: &str,
+    lock: &std::path::Path,
+    cache: &std::path::Path,
+) {
     use hakube_build::artifacts::{cache::Cache, catalog, lock};
     use std::io::Write;
     let spec = catalog::for_cluster(cluster)
         .into_iter()
-        .find(|s| s.name == hakube_build::render::CALICO_MANIFEST_ARTIFACT)
-        .expect("a calico cluster");
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("{name} is not an artifact of the cluster"));
     let stored = Cache::new(cache)
-        .store(None, |w: &mut dyn Write| {
-            Ok(w.write_all(CALICO_FIXTURE.as_bytes())?)
-        })
+        .store(None, |w: &mut dyn Write| Ok(w.write_all(bytes)?))
         .unwrap()
         .unwrap();
     let mut l = lock::Lock::load(lock).unwrap();
@@ -56,7 +74,7 @@ pub fn pin_calico_fixture(
         sha256: stored.sha256,
         size: Some(stored.size),
         pinned_from: lock::FROM_TRUST_ON_FIRST_USE.into(),
-        resolved_from: Some("tests/fixtures/cni/calico.yaml".into()),
+        resolved_from: Some(origin.into()),
     });
     l.merge_and_save(lock).unwrap();
 }
