@@ -296,8 +296,6 @@ fn plan(args: &BuildArgs) -> Result<Plan> {
     })
 }
 
-/// `hakube.lock` next to the spec file, or in the current directory for the
-/// embedded cluster.
 /// `--lock` and `--cache-dir`, or their defaults (every verb shares them).
 pub fn lock_and_cache(
     cluster: &Cluster,
@@ -312,6 +310,8 @@ pub fn lock_and_cache(
     )
 }
 
+/// `hakube.lock` next to the spec file, or in the current directory for the
+/// embedded cluster.
 pub fn default_lock_path(cluster: &Cluster) -> PathBuf {
     match &cluster.source {
         SpecSource::File(p) => p
