@@ -140,12 +140,19 @@ fn build(runner: &dyn Runner, args: &BuildArgs, steps: &mut Steps) -> Result<Bui
             cache_dir: plan.cache.clone(),
         })
     })?;
+    // Read once: the image list and every node's tree are made from them.
+    let upstream = render::UpstreamTexts::load(
+        &plan.cluster,
+        |name| Ok(resolved.get(name).map(|a| a.path.clone())),
+        |name| anyhow::anyhow!("the artifact set has no {name}"),
+    )?;
     let container_images = steps.run("container images (pulled, pinned, cached)", || {
         images::resolve(
             &images::Request {
                 cluster: &plan.cluster,
                 nodes: &plan.nodes,
                 artifacts: &resolved,
+                upstream: upstream.get(),
                 lock_path: &plan.lock,
                 cache_dir: &plan.cache,
             },
@@ -166,11 +173,6 @@ fn build(runner: &dyn Runner, args: &BuildArgs, steps: &mut Steps) -> Result<Bui
     let update = steps.run("OS update bundle", || {
         update::write_bundle(&os, plan.cluster.name.as_str(), &out_dir)
     })?;
-    let upstream = render::UpstreamTexts::load(
-        &plan.cluster,
-        |name| Ok(resolved.get(name).map(|a| a.path.clone())),
-        |name| anyhow::anyhow!("the artifact set has no {name}"),
-    )?;
     let mut images = Vec::new();
     let mut entries = std::collections::BTreeMap::new();
     for node in &plan.nodes {

@@ -87,6 +87,8 @@ pub struct Request<'a> {
     pub cluster: &'a Cluster,
     pub nodes: &'a [Node],
     pub artifacts: &'a Resolved,
+    /// The upstream files the trees are made from, read from `artifacts`.
+    pub upstream: render::Upstream<'a>,
     pub lock_path: &'a Path,
     pub cache_dir: &'a Path,
 }
@@ -156,19 +158,12 @@ fn file_bytes<'t>(tree: &'t crate::tree::FileTree, path: &str) -> Option<&'t [u8
 /// when a later image fails (they are what the source published).
 pub fn resolve(req: &Request, src: &SourceConfig) -> Result<Images> {
     let wanted = match req.artifacts.get("kubeadm") {
-        Some(k) => {
-            let upstream = render::UpstreamTexts::load(
-                req.cluster,
-                |name| Ok(req.artifacts.get(name).map(|a| a.path.clone())),
-                |name| anyhow!("the artifact set has no {name}"),
-            )?;
-            wanted(
-                req.cluster,
-                req.nodes,
-                &list::KubeadmBinary { path: &k.path },
-                &upstream.get(),
-            )?
-        }
+        Some(k) => wanted(
+            req.cluster,
+            req.nodes,
+            &list::KubeadmBinary { path: &k.path },
+            &req.upstream,
+        )?,
         None if req.nodes.iter().all(|n| n.role == Role::Etcd) => BTreeMap::new(),
         None => return Err(anyhow!("the artifact set has no kubeadm")),
     };
