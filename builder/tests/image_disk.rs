@@ -84,6 +84,7 @@ fn build_for(
             needed: &[],
             pulled: Vec::new(),
             lock: &hakube_build::artifacts::lock::Lock::default(),
+            store: None,
         },
         out,
         access,

@@ -194,8 +194,9 @@ fn real_images_laid_on_each_node_match_the_list() {
             needed: &got.nodes[name],
             pulled: got.for_node(name),
             lock: &lock,
+            store: None,
         }
-        .lay(name, &stage, 0)
+        .lay(&hakube_build::image::tools::HostRunner, name, &stage, 0)
         .unwrap();
         let want: BTreeSet<String> = wanted[name].iter().map(|(i, _)| i.to_string()).collect();
         let index = stage.join("lib/hakube/images/images.json");

@@ -104,8 +104,14 @@ fn pull_pin_lay_out_and_rebuild_offline() {
         needed: &got.nodes["master-1"],
         pulled: got.for_node("master-1"),
         lock: &lock,
+        store: None,
     }
-    .lay("master-1", &stage, 1_700_000_000)
+    .lay(
+        &hakube_build::image::tools::HostRunner,
+        "master-1",
+        &stage,
+        1_700_000_000,
+    )
     .unwrap();
     let dir = stage.join("lib/hakube/images");
     let index: serde_json::Value =
@@ -134,8 +140,14 @@ fn pull_pin_lay_out_and_rebuild_offline() {
         needed: &got.nodes["master-1"],
         pulled: got.for_node("master-1"),
         lock: &lock,
+        store: None,
     }
-    .lay("master-1", &again, 1_700_000_000)
+    .lay(
+        &hakube_build::image::tools::HostRunner,
+        "master-1",
+        &again,
+        1_700_000_000,
+    )
     .unwrap();
     assert_eq!(
         std::fs::read(&archive).unwrap(),
@@ -170,7 +182,7 @@ impl Drop for StoreMounts {
 
 #[test]
 fn first_boot_imports_the_laid_archives_into_a_cri_o_store() {
-    use hakube_firstboot::steps::import_node_images;
+    use hakube_firstboot::steps::ready_node_images;
     use hakube_firstboot::system::ProcessRunner;
     use hakube_node_profile::{crio_store, Runtime};
 
@@ -193,13 +205,19 @@ fn first_boot_imports_the_laid_archives_into_a_cri_o_store() {
         needed: &got.nodes["master-1"],
         pulled: got.for_node("master-1"),
         lock: &lock,
+        store: None,
     }
-    .lay("master-1", &root.join("var"), 1_700_000_000)
+    .lay(
+        &hakube_build::image::tools::HostRunner,
+        "master-1",
+        &root.join("var"),
+        1_700_000_000,
+    )
     .unwrap();
     let store = root.join(crio_store::ROOT.trim_start_matches('/'));
     let _mounts = StoreMounts(store.clone());
 
-    let first = import_node_images(&root, &ProcessRunner, "master-1", Runtime::CriO).unwrap();
+    let first = ready_node_images(&root, &ProcessRunner, "master-1", Runtime::CriO).unwrap();
     assert_eq!(
         first,
         "2 images present in CRI-O's image store (2 imported)"
@@ -217,7 +235,7 @@ fn first_boot_imports_the_laid_archives_into_a_cri_o_store() {
     assert_eq!(v["Digest"], pause_amd64.as_str(), "{inspect}");
     assert_eq!(v["Name"], "registry.k8s.io/pause", "{inspect}");
     // A resumed first boot imports nothing twice.
-    let again = import_node_images(&root, &ProcessRunner, "master-1", Runtime::CriO).unwrap();
+    let again = ready_node_images(&root, &ProcessRunner, "master-1", Runtime::CriO).unwrap();
     assert_eq!(
         again,
         "2 images present in CRI-O's image store (0 imported)"
@@ -228,7 +246,7 @@ fn first_boot_imports_the_laid_archives_into_a_cri_o_store() {
     let text = std::fs::read_to_string(&index_path).unwrap();
     let wrong = format!("sha256:{}", "0".repeat(64));
     std::fs::write(&index_path, text.replace(&pause_amd64, &wrong)).unwrap();
-    let err = import_node_images(&root, &ProcessRunner, "master-1", Runtime::CriO).unwrap_err();
+    let err = ready_node_images(&root, &ProcessRunner, "master-1", Runtime::CriO).unwrap_err();
     let msg = format!("{err:#}");
     assert!(
         msg.contains(&format!(

@@ -50,6 +50,15 @@ fn etcd(env: &Env, p: &NodeProfile) -> Result<String> {
 }
 
 fn kubernetes(env: &Env, p: &NodeProfile) -> Result<String> {
+    // The disk's images first: without one, a static pod or kube-proxy can
+    // never start again (the node has no registry to pull it from).
+    let images = crate::steps::check_node_images(&env.root, env.cmd, &p.node_name, p.runtime)
+        .context("checking the container images the disk carries")?;
+    if let Some(r) = &images {
+        if !r.problems.is_empty() {
+            anyhow::bail!("container images: {}", r.summary());
+        }
+    }
     if !env.svc.is_active("kubelet.service") {
         anyhow::bail!("kubelet.service is not active");
     }
@@ -63,7 +72,14 @@ fn kubernetes(env: &Env, p: &NodeProfile) -> Result<String> {
         anyhow::bail!("`{cmd}` failed: {}", out.combined());
     }
     match node_ready(&out.stdout)? {
-        (true, _) => Ok(format!("kubelet active; node {} Ready", p.node_name)),
+        (true, _) => Ok(match images {
+            Some(r) => format!(
+                "kubelet active; node {} Ready; {}",
+                p.node_name,
+                r.summary()
+            ),
+            None => format!("kubelet active; node {} Ready", p.node_name),
+        }),
         (false, why) => anyhow::bail!("node {} is not Ready: {why}", p.node_name),
     }
 }

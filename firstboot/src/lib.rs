@@ -84,10 +84,17 @@ pub fn status(root: &Path, json: bool, os: &update::Platform) -> Result<String> 
     let journal = open_journal(root, &profile)?;
     let s = status::status(&profile, &journal);
     let slots = update::os_status(os);
+    // Live, not from the journal: a store that lost an image after first
+    // boot says so here.
+    let images = steps::check_node_images(root, os.cmd, &profile.node_name, profile.runtime);
     Ok(if json {
         let mut v = serde_json::to_value(&s)?;
         v["os"] = match &slots {
             Ok(o) => serde_json::to_value(o)?,
+            Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+        };
+        v["images"] = match &images {
+            Ok(r) => serde_json::to_value(r)?,
             Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
         };
         let mut out = serde_json::to_string_pretty(&v)?;
@@ -95,6 +102,11 @@ pub fn status(root: &Path, json: bool, os: &update::Platform) -> Result<String> 
         out
     } else {
         let mut out = status::to_text(&s);
+        match &images {
+            Ok(Some(r)) => out.push_str(&format!("\ncontainer images: {}\n", r.summary())),
+            Ok(None) => {}
+            Err(e) => out.push_str(&format!("\ncontainer images: unavailable: {e:#}\n")),
+        }
         out.push_str("\nOS slots:\n");
         match &slots {
             Ok(o) => out.push_str(&update::os_status_text(o)),

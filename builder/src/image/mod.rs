@@ -5,7 +5,9 @@
 //! fast and nothing is written under --out) -> container images (listed,
 //! pulled, pinned; see [`crate::images`]) -> base rootfs (cached) -> OS root
 //! erofs (cached, shared by every node and role) -> per node: render tree ->
-//! var partition -> ESP -> GPT disk -> qcow2 -> libvirt XML -> manifest.json.
+//! containerd image store (made by the node's own containerd, cached; see
+//! [`crate::images::store`]) -> var partition -> ESP -> GPT disk -> qcow2 ->
+//! libvirt XML -> manifest.json.
 //!
 //! Reproducibility: every timestamp is SOURCE_DATE_EPOCH when set, else the
 //! creation time of the cached base root filesystem, so rebuilding with a warm
@@ -185,10 +187,13 @@ fn build(runner: &dyn Runner, args: &BuildArgs, steps: &mut Steps) -> Result<Bui
             .get(name)
             .map(Vec::as_slice)
             .unwrap_or_default();
+        let pulled = container_images.for_node(name);
+        let store = image_store(steps, &plan, &resolved, name, needed, &pulled, &image_pins)?;
         let node_images = images::NodeLayout {
             needed,
-            pulled: container_images.for_node(name),
+            pulled,
             lock: &image_pins,
+            store: store.as_ref(),
         };
         let img = assemble_node(
             runner,
@@ -394,6 +399,33 @@ fn find_firstboot(explicit: Option<&Path>) -> Result<PathBuf> {
     }
 }
 
+/// The node's images in containerd's own store, for a containerd node that
+/// runs any (`None` for CRI-O: first boot imports archives there). The
+/// images are checked against the node's list and the pins first, so a
+/// missing image stops the build (exit 2) before any store is made.
+fn image_store(
+    steps: &mut Steps,
+    plan: &Plan,
+    resolved: &Resolved,
+    node: &str,
+    needed: &[images::NodeImage],
+    pulled: &[&images::PulledImage],
+    pins: &artifacts::lock::Lock,
+) -> Result<Option<images::store::Store>> {
+    images::check_pulled(node, needed, pulled, pins)?;
+    if plan.cluster.runtime != hakube_node_profile::Runtime::Containerd || needed.is_empty() {
+        return Ok(None);
+    }
+    let containerd = resolved
+        .get("containerd")
+        .ok_or_else(|| anyhow::anyhow!("the artifact set has no containerd"))?;
+    steps
+        .run(&format!("{node}: containerd image store (cached)"), || {
+            images::store::ensure(&plan.cache, containerd, pulled)
+        })
+        .map(Some)
+}
+
 fn build_os_root(
     runner: &dyn Runner,
     plan: &Plan,
@@ -434,9 +466,10 @@ pub fn assemble_node(
 ) -> Result<BuiltImage> {
     let name = node.name.as_str();
     let mut layout = disk::Layout::default();
-    // Room for the image archives (plus a tenth for the file system); the
-    // partition still grows to fill the disk at first boot.
-    layout.var += (node_images.size() + node_images.size() / 10).next_multiple_of(1 << 20);
+    // Room for the images (plus a tenth for the file system); the partition
+    // still grows to fill the disk at first boot.
+    let images_size = node_images.size()?;
+    layout.var += (images_size + images_size / 10).next_multiple_of(1 << 20);
     let epoch = os.source_date_epoch;
     let gpt = disk::plan(cluster, name, &layout, &os.image_version()?);
     let root_a = gpt.partitions[1].guid;
@@ -445,7 +478,7 @@ pub fn assemble_node(
     steps.run(&format!("{name}: var partition"), || {
         let stage = work.path().join("var");
         partitions::stage_var(runner, os, tree, &stage)?;
-        node_images.lay(name, &stage, epoch)?;
+        node_images.lay(runner, name, &stage, epoch)?;
         let ids = partitions::VarIds {
             uuid: disk::seeded_uuid(cluster, name, "fs/var"),
             hash_seed: disk::seeded_uuid(cluster, name, "fs/var/hash-seed"),

@@ -50,10 +50,21 @@ pub const TAR: Tool = Tool {
     program: "tar",
     package: "tar",
 };
+/// Copies the containerd image store into a var stage (`cp -a` keeps the
+/// overlay whiteouts, xattrs, owners and hard links).
+pub const CP: Tool = Tool {
+    program: "cp",
+    package: "coreutils",
+};
+/// The build's containerd runs in a private mount namespace.
+pub const UNSHARE: Tool = Tool {
+    program: "unshare",
+    package: "util-linux",
+};
 
 /// Every tool a build needs once the base root filesystem is cached.
 pub const ASSEMBLY_TOOLS: &[Tool] = &[
-    MKFS_EROFS, MKE2FS, DEBUGFS, MKFS_VFAT, MCOPY, MMD, QEMU_IMG, TAR,
+    MKFS_EROFS, MKE2FS, DEBUGFS, MKFS_VFAT, MCOPY, MMD, QEMU_IMG, TAR, CP, UNSHARE,
 ];
 
 /// One invocation: program, arguments, extra environment.

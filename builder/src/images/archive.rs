@@ -1,7 +1,9 @@
-//! A node's images on its var partition: one OCI image layout archive per
-//! image under [`IMAGES_DIR`], plus [`INDEX_FILE`] listing them with their
-//! digests, which first boot imports into the runtime before kubeadm starts
-//! and checks afterwards.
+//! A node's images on its var partition: [`INDEX_FILE`] under
+//! [`IMAGES_DIR`] lists them with their digests, which first boot checks. On
+//! a containerd node the images are in containerd's own store already (see
+//! [`super::store`]) and the index names no archive; on a CRI-O node one OCI
+//! image layout archive per image sits beside the index, and first boot
+//! imports them before kubeadm starts.
 //!
 //! Each archive holds only the linux/amd64 manifest, its config and layers;
 //! `index.json` names the image by its full reference in
@@ -30,8 +32,11 @@ pub struct ArchivedImage {
     pub digest: String,
     /// The linux/amd64 manifest in the archive: the runtime reports this one.
     pub amd64_digest: String,
-    /// File name in [`IMAGES_DIR`].
-    pub archive: String,
+    /// File name in [`IMAGES_DIR`]; none when the image is in the
+    /// runtime's store on the disk already (containerd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<String>,
+    /// Bytes of the archive (0 without one).
     pub size: u64,
 }
 
@@ -43,12 +48,15 @@ pub struct ImagesIndex {
     pub images: Vec<ArchivedImage>,
 }
 
-/// Writes the archives and `images.json` into `<var_stage>/lib/hakube/images/`.
+/// Writes `images.json` into `<var_stage>/lib/hakube/images/`, with the
+/// archives beside it when `with_archives` (else the images must be in the
+/// runtime's store on the disk).
 pub fn write_node_images(
     var_stage: &Path,
     node: &str,
     images: &[&PulledImage],
     epoch: i64,
+    with_archives: bool,
 ) -> Result<ImagesIndex> {
     let dir = var_stage.join(IMAGES_DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -57,17 +65,22 @@ pub fn write_node_images(
         images: Vec::new(),
     };
     for img in images {
-        let name = img.image.archive_name();
-        let path = dir.join(&name);
-        write_archive(img, &path, epoch).with_context(|| {
-            format!("writing the archive of {} to {}", img.image, path.display())
-        })?;
+        let (archive, size) = if with_archives {
+            let name = img.image.archive_name();
+            let path = dir.join(&name);
+            write_archive(img, &path, epoch).with_context(|| {
+                format!("writing the archive of {} to {}", img.image, path.display())
+            })?;
+            (Some(name), std::fs::metadata(&path)?.len())
+        } else {
+            (None, 0)
+        };
         index.images.push(ArchivedImage {
             image: img.image.to_string(),
             digest: img.digest.clone(),
             amd64_digest: img.amd64_digest().to_string(),
-            archive: name,
-            size: std::fs::metadata(&path)?.len(),
+            archive,
+            size,
         });
     }
     let p = dir.join(INDEX_FILE);
@@ -85,7 +98,8 @@ pub fn write_node_images(
     Ok(index)
 }
 
-fn write_archive(img: &PulledImage, path: &Path, epoch: i64) -> Result<()> {
+/// Writes one image's OCI layout archive to `path`.
+pub fn write_archive(img: &PulledImage, path: &Path, epoch: i64) -> Result<()> {
     let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, f));
     let mtime = epoch.max(0) as u64;

@@ -6,16 +6,20 @@
 //! image; by role), then each image pulled once ([`pull`]) from the upstream
 //! registries, mirrors or an OCI layout ([`source`]), every blob verified,
 //! manifest digests pinned in `hakube.lock`, blobs in the content-addressed
-//! cache. [`archive`] lays a node's images on its var partition; first boot
-//! imports them into the runtime before kubeadm runs. A missing image, a
-//! digest that differs from its pin or a tampered blob stops the build with
-//! exit code 2, naming the node and the image.
+//! cache. A containerd node gets its images in containerd's own store on its
+//! var partition ([`store`], made by the node's containerd, [`containerd`]);
+//! first boot only checks them. A CRI-O node gets archives ([`archive`]) that
+//! first boot imports before kubeadm runs. A missing image, a digest that
+//! differs from its pin or a tampered blob stops the build with exit code 2,
+//! naming the node and the image, before any store is made.
 
 pub mod archive;
+pub mod containerd;
 pub mod list;
 pub mod pull;
 pub mod reference;
 pub mod source;
+pub mod store;
 
 use crate::artifacts::cache::Cache;
 use crate::artifacts::lock::Lock;
@@ -255,32 +259,78 @@ pub struct NodeLayout<'a> {
     pub needed: &'a [NodeImage],
     pub pulled: Vec<&'a PulledImage>,
     pub lock: &'a Lock,
+    /// containerd's store holding them ([`store::ensure`]); `None`: archives
+    /// for first boot to import (CRI-O).
+    pub store: Option<&'a store::Store>,
 }
 
 impl NodeLayout<'_> {
-    /// Bytes the archives take (before file system overhead).
-    pub fn size(&self) -> u64 {
-        self.pulled.iter().map(|p| p.size()).sum()
+    /// Bytes the images take on the partition (before file system overhead).
+    pub fn size(&self) -> Result<u64> {
+        match self.store {
+            Some(s) => s.size(),
+            None => Ok(self.pulled.iter().map(|p| p.size()).sum()),
+        }
     }
 
-    /// Writes the archives and `images.json` into the var stage, then checks
-    /// that everything the node runs is there with its pinned digests.
-    pub fn lay(&self, node: &str, var_stage: &Path, epoch: i64) -> Result<()> {
+    /// Writes `images.json` (and the archives, or the store) into the var
+    /// stage, then checks that everything the node runs is there with its
+    /// pinned digests.
+    pub fn lay(
+        &self,
+        runner: &dyn crate::image::tools::Runner,
+        node: &str,
+        var_stage: &Path,
+        epoch: i64,
+    ) -> Result<()> {
         if !self.needed.is_empty() {
-            archive::write_node_images(var_stage, node, &self.pulled, epoch)?;
+            archive::write_node_images(var_stage, node, &self.pulled, epoch, self.store.is_none())?;
+            if let Some(s) = self.store {
+                s.copy_into(runner, var_stage)?;
+            }
         }
-        check_complete(node, self.needed, var_stage, self.lock)
+        check_complete(node, self.needed, var_stage, self.lock, self.store)
     }
+}
+
+/// Before anything is made of them: every image `node` runs was pulled, with
+/// the digests pinned in `lock`. Refuses (exit 2) naming the node and the image.
+pub fn check_pulled(
+    node: &str,
+    needed: &[NodeImage],
+    pulled: &[&PulledImage],
+    lock: &Lock,
+) -> Result<()> {
+    for n in needed {
+        let name = n.image.to_string();
+        let Some(p) = pulled.iter().find(|p| p.image == n.image) else {
+            return Err(bad_input(format!(
+                "node {node}: image {name} ({:?}) was not pulled; the node cannot run without it",
+                n.origin
+            )));
+        };
+        let pin = lock.image(&name);
+        let want = pin.map(|p| p.digest.as_str()).unwrap_or(&n.digest);
+        if p.digest != want || pin.is_some_and(|pin| pin.amd64_digest != p.amd64_digest()) {
+            return Err(bad_input(format!(
+                "node {node}: image {name} was pulled as {} but the pin is {want}",
+                p.digest
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The completeness check of a node's laid-out images: every image the node
 /// runs is in its `images.json` with the pinned digests, and its archive is
-/// there. Refuses (exit 2) naming the node and the image.
+/// there, or `store` holds it with that digest. Refuses (exit 2) naming the
+/// node and the image.
 pub fn check_complete(
     node: &str,
     needed: &[NodeImage],
     var_stage: &Path,
     lock: &Lock,
+    store: Option<&store::Store>,
 ) -> Result<()> {
     let dir = var_stage.join(archive::IMAGES_DIR);
     let p = dir.join(archive::INDEX_FILE);
@@ -307,11 +357,19 @@ pub fn check_complete(
                 got.digest
             )));
         }
-        if !dir.join(&got.archive).is_file() {
-            return Err(bad_input(format!(
-                "node {node}: the archive {} of image {name} is missing",
-                got.archive
-            )));
+        match (&got.archive, store) {
+            (Some(a), _) if dir.join(a).is_file() => {}
+            (Some(a), _) => {
+                return Err(bad_input(format!(
+                    "node {node}: the archive {a} of image {name} is missing"
+                )))
+            }
+            (None, Some(s)) if s.has(&name, &got.amd64_digest) => {}
+            (None, _) => {
+                return Err(bad_input(format!(
+                    "node {node}: image {name} has no archive and is not in the containerd store laid on its disk"
+                )))
+            }
         }
     }
     Ok(())

@@ -1,15 +1,25 @@
-//! Container images baked into the disk, imported into the runtime before
-//! kubeadm runs, so the node needs no registry (kubeadm's `IfNotPresent`
-//! pull policy then finds every image present and pulls nothing).
+//! Container images baked into the disk, so the node needs no registry
+//! (kubeadm's `IfNotPresent` pull policy then finds every image present and
+//! pulls nothing).
 //!
-//! hakube-build lays one OCI archive per image in `/var/lib/hakube/images/`
-//! with `images.json` naming each image, its linux/amd64 manifest digest and
-//! its archive. containerd: `ctr -n k8s.io images import --local` (the CRI
-//! plugin serves images of the `k8s.io` namespace), then `ctr images ls` must
-//! show every image with its digest. CRI-O: `skopeo copy --preserve-digests
-//! oci-archive:… containers-storage:[…]IMAGE` into the store hakube's CRI-O
-//! drop-in names (`hakube_node_profile::crio_store`), then `skopeo inspect`
-//! must report every image with its digest.
+//! hakube-build writes `/var/lib/hakube/images/images.json` naming each image
+//! the node runs and its linux/amd64 manifest digest.
+//!
+//! containerd: the images are in containerd's own store on the disk already
+//! (`/var/lib/containerd`, namespace `k8s.io`, made at build by this node's
+//! containerd; builder/src/images/store.rs). First boot imports nothing: it
+//! checks that `ctr images ls` lists every image with its digest and the
+//! `io.cri-containerd.pinned=pinned` label (the kubelet's image garbage
+//! collector never removes a pinned image). An image missing cannot be
+//! repaired here: the disk carries no archive and the node has no registry;
+//! the step fails naming it.
+//!
+//! CRI-O: one OCI archive per image beside `images.json`, imported with
+//! `skopeo copy --preserve-digests oci-archive:… containers-storage:[…]IMAGE`
+//! into the store hakube's CRI-O drop-in names (`hakube_node_profile::crio_store`),
+//! then `skopeo inspect` must report every image with its digest. (CRI-O's
+//! store is not made at build: CRI-O cannot be built or booted where hakube
+//! is tested, so a baked store could not be checked against it.)
 
 use super::{under, Ctx};
 use crate::system::{run_checked, Cmd, CommandRunner};
@@ -21,6 +31,9 @@ use std::path::Path;
 /// Written by hakube-build (builder/src/images/archive.rs).
 pub const IMAGES_DIR: &str = "/var/lib/hakube/images";
 pub const IMAGES_INDEX: &str = "/var/lib/hakube/images/images.json";
+
+/// The label containerd's CRI reads as pinned (hakube-build sets it).
+pub const PINNED_LABEL: &str = "io.cri-containerd.pinned=pinned";
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -34,17 +47,35 @@ struct Index {
 struct Entry {
     image: String,
     amd64_digest: String,
-    archive: String,
+    /// None on a containerd node: the image is in the store already.
+    #[serde(default)]
+    archive: Option<String>,
 }
 
-/// `ctr images ls` lines: `REF TYPE DIGEST SIZE PLATFORMS LABELS`; ref -> digest.
-pub fn parse_ctr_images(text: &str) -> BTreeMap<String, String> {
+/// One image as `ctr images ls` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtrImage {
+    pub digest: String,
+    pub pinned: bool,
+}
+
+/// `ctr images ls` lines: `REF TYPE DIGEST SIZE PLATFORMS LABELS` (SIZE holds
+/// a space, LABELS is `-` or `k=v,k=v`); ref -> digest and pinned.
+pub fn parse_ctr_images(text: &str) -> BTreeMap<String, CtrImage> {
     text.lines()
         .skip_while(|l| l.starts_with("REF"))
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             let digest = f.iter().find(|x| x.starts_with("sha256:"))?;
-            Some((f.first()?.to_string(), digest.to_string()))
+            let labels = f.last().copied().unwrap_or("-");
+            let pinned = labels.split(',').any(|kv| kv == PINNED_LABEL);
+            Some((
+                f.first()?.to_string(),
+                CtrImage {
+                    digest: digest.to_string(),
+                    pinned,
+                },
+            ))
         })
         .collect()
 }
@@ -56,7 +87,7 @@ fn ctr(args: &[&str]) -> Cmd {
 }
 
 pub fn container_images(ctx: &mut Ctx) -> Result<String> {
-    import_node_images(
+    ready_node_images(
         &ctx.env.root,
         ctx.env.cmd,
         &ctx.profile.node_name,
@@ -64,21 +95,37 @@ pub fn container_images(ctx: &mut Ctx) -> Result<String> {
     )
 }
 
-/// Imports the images the disk carries for `node` into `runtime`'s store and
-/// checks every digest; paths are the node's, resolved under `root`.
-pub fn import_node_images(
-    root: &Path,
-    cmd: &dyn CommandRunner,
-    node: &str,
-    runtime: Runtime,
-) -> Result<String> {
+/// What the runtime holds of the disk's images, checked live.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImagesReport {
+    pub store: &'static str,
+    /// Images `images.json` lists.
+    pub images: usize,
+    /// One line per image that is missing, has another digest or is not pinned.
+    pub problems: Vec<String>,
+}
+
+impl ImagesReport {
+    pub fn summary(&self) -> String {
+        if self.problems.is_empty() {
+            format!("{} images present in {}", self.images, self.store)
+        } else {
+            format!(
+                "{} of {} images not right in {}: {}",
+                self.problems.len(),
+                self.images,
+                self.store,
+                self.problems.join("; ")
+            )
+        }
+    }
+}
+
+fn read_index(root: &Path, node: &str) -> Result<Option<Index>> {
     let path = under(root, IMAGES_INDEX);
-    // hakube-build refuses to build a node without the images it runs, so
-    // no index means a disk assembled by other means: say so, pull later.
     if !path.exists() {
-        return Ok(format!(
-            "skipped: no {IMAGES_INDEX}; the runtime will pull images from registries"
-        ));
+        return Ok(None);
     }
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -91,10 +138,109 @@ pub fn import_node_images(
             index.node,
         );
     }
-    let store: Box<dyn ImageStore> = match runtime {
-        Runtime::Containerd => Box::new(Containerd { cmd }),
-        Runtime::CriO => Box::new(CrioStorage { cmd, root }),
+    Ok(Some(index))
+}
+
+/// Checks the runtime holds every image of the disk's `images.json` (for
+/// `status` and `health`, and the containerd step); `None` without an index.
+pub fn check_node_images(
+    root: &Path,
+    cmd: &dyn CommandRunner,
+    node: &str,
+    runtime: Runtime,
+) -> Result<Option<ImagesReport>> {
+    let Some(index) = read_index(root, node)? else {
+        return Ok(None);
     };
+    Ok(Some(match runtime {
+        Runtime::Containerd => containerd_report(cmd, &index)?,
+        Runtime::CriO => {
+            let store = CrioStorage { cmd, root };
+            let names: Vec<&str> = index.images.iter().map(|e| e.image.as_str()).collect();
+            let have = store.digests(&names)?;
+            let problems = index
+                .images
+                .iter()
+                .filter_map(|e| match have.get(&e.image) {
+                    Some(d) if *d == e.amd64_digest => None,
+                    Some(d) => Some(format!(
+                        "{} has digest {d}, not {}",
+                        e.image, e.amd64_digest
+                    )),
+                    None => Some(format!("{} is missing", e.image)),
+                })
+                .collect();
+            ImagesReport {
+                store: store.name(),
+                images: index.images.len(),
+                problems,
+            }
+        }
+    }))
+}
+
+fn containerd_report(cmd: &dyn CommandRunner, index: &Index) -> Result<ImagesReport> {
+    let listing = run_checked(cmd, &ctr(&["images", "ls"]))?.stdout;
+    let have = parse_ctr_images(&listing);
+    let problems = index
+        .images
+        .iter()
+        .filter_map(|e| match have.get(&e.image) {
+            None => Some(format!("{} is missing", e.image)),
+            Some(i) if i.digest != e.amd64_digest => Some(format!(
+                "{} has digest {}, not {}",
+                e.image, i.digest, e.amd64_digest
+            )),
+            Some(i) if !i.pinned => Some(format!("{} is not labelled {PINNED_LABEL}", e.image)),
+            Some(_) => None,
+        })
+        .collect();
+    Ok(ImagesReport {
+        store: "containerd",
+        images: index.images.len(),
+        problems,
+    })
+}
+
+/// Makes sure `runtime` holds every image the disk carries for `node`:
+/// containerd's store was made at build and is only checked; CRI-O's is
+/// filled from the archives, then checked. Paths are the node's, resolved
+/// under `root`.
+pub fn ready_node_images(
+    root: &Path,
+    cmd: &dyn CommandRunner,
+    node: &str,
+    runtime: Runtime,
+) -> Result<String> {
+    // hakube-build refuses to build a node without the images it runs, so
+    // no index means a disk assembled by other means: say so, pull later.
+    let Some(index) = read_index(root, node)? else {
+        return Ok(format!(
+            "skipped: no {IMAGES_INDEX}; the runtime will pull images from registries"
+        ));
+    };
+    match runtime {
+        Runtime::Containerd => {
+            let report = containerd_report(cmd, &index)?;
+            if !report.problems.is_empty() {
+                bail!(
+                    "containerd's image store on this disk does not hold what {IMAGES_INDEX} lists: {}. \
+                     The disk carries no archive to import them from and the node has no registry: \
+                     rebuild the node's image with hakube-build",
+                    report.problems.join("; ")
+                );
+            }
+            Ok(format!(
+                "{} images present in containerd, pinned (made at build; none imported)",
+                report.images
+            ))
+        }
+        Runtime::CriO => import_crio(root, cmd, &index),
+    }
+}
+
+fn import_crio(root: &Path, cmd: &dyn CommandRunner, index: &Index) -> Result<String> {
+    let store = CrioStorage { cmd, root };
     let names: Vec<&str> = index.images.iter().map(|e| e.image.as_str()).collect();
     let present = store.digests(&names)?;
     let mut imported = 0;
@@ -102,7 +248,14 @@ pub fn import_node_images(
         if present.get(&e.image) == Some(&e.amd64_digest) {
             continue;
         }
-        let archive = under(root, &format!("{IMAGES_DIR}/{}", e.archive));
+        let Some(name) = &e.archive else {
+            bail!(
+                "{IMAGES_INDEX} names no archive for image {}, which {} lacks: the disk was built for containerd; rebuild it",
+                e.image,
+                store.name()
+            );
+        };
+        let archive = under(root, &format!("{IMAGES_DIR}/{name}"));
         store
             .import(&archive, &e.image)
             .with_context(|| format!("importing image {} from {}", e.image, archive.display()))?;
@@ -132,34 +285,6 @@ pub fn import_node_images(
     ))
 }
 
-/// A runtime's image store as the import sees it.
-trait ImageStore {
-    fn name(&self) -> &'static str;
-    /// The manifest digest the store holds under each of `images` it has.
-    fn digests(&self, images: &[&str]) -> Result<BTreeMap<String, String>>;
-    fn import(&self, archive: &Path, image: &str) -> Result<()>;
-}
-
-struct Containerd<'a> {
-    cmd: &'a dyn CommandRunner,
-}
-
-impl ImageStore for Containerd<'_> {
-    fn name(&self) -> &'static str {
-        "containerd"
-    }
-    fn digests(&self, _images: &[&str]) -> Result<BTreeMap<String, String>> {
-        let listing = run_checked(self.cmd, &ctr(&["images", "ls"]))?.stdout;
-        Ok(parse_ctr_images(&listing))
-    }
-    fn import(&self, archive: &Path, _image: &str) -> Result<()> {
-        let archive = archive.to_string_lossy();
-        let args = ["images", "import", "--local", "--platform", "linux/amd64"];
-        run_checked(self.cmd, &ctr(&args).arg(archive.as_ref()))?;
-        Ok(())
-    }
-}
-
 /// CRI-O's containers/storage, named in full so that skopeo and CRI-O agree
 /// whatever `/etc/containers/storage.conf` says.
 struct CrioStorage<'a> {
@@ -168,6 +293,10 @@ struct CrioStorage<'a> {
 }
 
 impl CrioStorage<'_> {
+    fn name(&self) -> &'static str {
+        "CRI-O's image store"
+    }
+
     fn reference(&self, image: &str) -> String {
         format!(
             "containers-storage:[{}@{}+{}]{image}",
@@ -176,12 +305,8 @@ impl CrioStorage<'_> {
             under(self.root, crio_store::RUNROOT).display()
         )
     }
-}
 
-impl ImageStore for CrioStorage<'_> {
-    fn name(&self) -> &'static str {
-        "CRI-O's image store"
-    }
+    /// The manifest digest the store holds under each of `images` it has.
     fn digests(&self, images: &[&str]) -> Result<BTreeMap<String, String>> {
         let mut out = BTreeMap::new();
         for image in images {
@@ -200,6 +325,7 @@ impl ImageStore for CrioStorage<'_> {
         }
         Ok(out)
     }
+
     fn import(&self, archive: &Path, image: &str) -> Result<()> {
         // --preserve-digests: the stored manifest is the archive's, byte for
         // byte, so the store reports the digest hakube-build pinned.
@@ -273,40 +399,83 @@ mod tests {
         let mut s = "REF TYPE DIGEST SIZE PLATFORMS LABELS\n".to_string();
         for (r, d) in entries {
             s += &format!(
-                "{r} application/vnd.oci.image.manifest.v1+json {d} 1.0 MiB linux/amd64 -\n"
+                "{r} application/vnd.oci.image.manifest.v1+json {d} 1.0 MiB linux/amd64 io.cri-containerd.pinned=pinned\n"
             );
         }
         Output::ok(&s)
     }
 
     #[test]
-    fn imports_what_is_missing_then_checks_digests() {
+    fn containerd_store_is_checked_and_nothing_imported() {
         let root = tempfile::tempdir().unwrap();
         lay(root.path());
         let r = FakeRunner::new();
-        r.once(
-            "ctr --namespace k8s.io images ls",
-            listing(&[("registry.k8s.io/pause:3.10.2", D1)]),
-        );
         r.on(
             "ctr --namespace k8s.io images ls",
             listing(&[
                 ("registry.k8s.io/pause:3.10.2", D1),
                 ("registry.k8s.io/kube-proxy:v1.37.2", D2),
+                ("docker.io/library/other:1", D1),
             ]),
         );
         let out = run(root.path(), &r).unwrap();
-        assert_eq!(out, "2 images present in containerd (1 imported)");
-        let imports: Vec<String> = r
-            .calls()
-            .into_iter()
-            .filter(|c| c.contains(" import "))
-            .collect();
-        assert_eq!(imports.len(), 1, "{imports:?}");
-        assert!(
-            imports[0].ends_with("var/lib/hakube/images/registry.k8s.io_kube-proxy_v1.37.2.tar")
+        assert_eq!(
+            out,
+            "2 images present in containerd, pinned (made at build; none imported)"
         );
-        assert!(imports[0].contains("--local --platform linux/amd64"));
+        assert_eq!(r.calls(), ["ctr --namespace k8s.io images ls"]);
+    }
+
+    #[test]
+    fn containerd_store_missing_an_image_fails_naming_it() {
+        let root = tempfile::tempdir().unwrap();
+        lay(root.path());
+        let r = FakeRunner::new();
+        r.on(
+            "ctr --namespace k8s.io images ls",
+            listing(&[("registry.k8s.io/pause:3.10.2", D1)]),
+        );
+        let err = format!("{:#}", run(root.path(), &r).unwrap_err());
+        assert!(
+            err.contains("registry.k8s.io/kube-proxy:v1.37.2 is missing"),
+            "{err}"
+        );
+        assert!(err.contains("no archive to import"), "{err}");
+        assert!(!err.contains("pause"), "{err}");
+        assert_eq!(r.count("ctr --namespace k8s.io images import"), 0);
+        // The same, as status and health see it.
+        let report = check_node_images(root.path(), &r, "worker-1", Runtime::Containerd)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            report.problems,
+            ["registry.k8s.io/kube-proxy:v1.37.2 is missing"]
+        );
+        assert_eq!(
+            report.summary(),
+            "1 of 2 images not right in containerd: registry.k8s.io/kube-proxy:v1.37.2 is missing"
+        );
+    }
+
+    #[test]
+    fn containerd_image_not_pinned_is_reported() {
+        let root = tempfile::tempdir().unwrap();
+        lay(root.path());
+        let r = FakeRunner::new();
+        let text = format!(
+            "REF TYPE DIGEST SIZE PLATFORMS LABELS\n\
+             registry.k8s.io/pause:3.10.2 application/vnd.oci.image.manifest.v1+json {D1} 1.0 MiB linux/amd64 io.cri-containerd.image=managed\n\
+             registry.k8s.io/kube-proxy:v1.37.2 application/vnd.oci.image.manifest.v1+json {D2} 1.0 MiB linux/amd64 io.cri-containerd.image=managed,io.cri-containerd.pinned=pinned\n"
+        );
+        r.on("ctr --namespace k8s.io images ls", Output::ok(&text));
+        let err = format!("{:#}", run(root.path(), &r).unwrap_err());
+        assert!(
+            err.contains(
+                "registry.k8s.io/pause:3.10.2 is not labelled io.cri-containerd.pinned=pinned"
+            ),
+            "{err}"
+        );
+        assert!(!err.contains("kube-proxy"), "{err}");
     }
 
     #[test]
@@ -323,7 +492,9 @@ mod tests {
         );
         let err = run(root.path(), &r).unwrap_err();
         assert!(
-            format!("{err:#}").contains("kube-proxy:v1.37.2 with digest"),
+            format!("{err:#}").contains(&format!(
+                "registry.k8s.io/kube-proxy:v1.37.2 has digest {D1}, not {D2}"
+            )),
             "{err:#}"
         );
     }
@@ -357,7 +528,7 @@ mod tests {
         runner.once(&proxy, Output::fail(1, "identifier is not an image"));
         runner.on(&pause, inspected(D1));
         runner.on(&proxy, inspected(D2));
-        let out = import_node_images(root.path(), &runner, "worker-1", Runtime::CriO).unwrap();
+        let out = ready_node_images(root.path(), &runner, "worker-1", Runtime::CriO).unwrap();
         assert_eq!(out, "2 images present in CRI-O's image store (1 imported)");
         let copies: Vec<String> = runner
             .calls()
@@ -381,7 +552,7 @@ mod tests {
         lay(root.path());
         let runner = FakeRunner::new();
         runner.on("skopeo inspect", inspected(D1));
-        let err = import_node_images(root.path(), &runner, "worker-1", Runtime::CriO).unwrap_err();
+        let err = ready_node_images(root.path(), &runner, "worker-1", Runtime::CriO).unwrap_err();
         let msg = format!("{err:#}");
         assert!(
             msg.contains(&format!(
@@ -399,7 +570,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         lay(root.path());
         let runner = FakeRunner::new();
-        let err = import_node_images(root.path(), &runner, "worker-2", Runtime::CriO).unwrap_err();
+        let err = ready_node_images(root.path(), &runner, "worker-2", Runtime::CriO).unwrap_err();
         assert!(
             format!("{err:#}")
                 .contains("lists the images of node worker-1, but this is node worker-2"),
@@ -414,9 +585,27 @@ mod tests {
 registry.k8s.io/pause:3.10.2            application/vnd.oci.image.manifest.v1+json sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa 312.0 KiB linux/amd64 -\n";
         let m = parse_ctr_images(text);
         assert_eq!(
-            m.get("registry.k8s.io/pause:3.10.2").map(String::as_str),
-            Some("sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
+            m.get("registry.k8s.io/pause:3.10.2"),
+            Some(&CtrImage {
+                digest: "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                    .into(),
+                pinned: false
+            })
         );
         assert_eq!(m.len(), 1);
+    }
+
+    /// The real listing: containerd v2.3.7's `ctr -n k8s.io images ls` after
+    /// two imports as hakube-build's store stage makes them, one without the
+    /// pinned label.
+    #[test]
+    fn parses_a_real_ctr_listing() {
+        let m = parse_ctr_images(include_str!(
+            "../../tests/fixtures/images/ctr-images-ls.txt"
+        ));
+        assert!(m.len() >= 2, "{m:?}");
+        assert!(m.values().all(|i| i.digest.len() == 71), "{m:?}");
+        assert!(m.values().any(|i| i.pinned), "{m:?}");
+        assert!(m.values().any(|i| !i.pinned), "{m:?}");
     }
 }

@@ -8,7 +8,7 @@
 mod cluster;
 mod etcd_member;
 mod images;
-pub use images::import_node_images;
+pub use images::{check_node_images, ready_node_images, ImagesReport};
 mod kubeadm;
 mod node;
 #[cfg(test)]

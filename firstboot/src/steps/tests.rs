@@ -1691,3 +1691,131 @@ fn missing_or_invalid_profile_is_bad_input_and_runs_nothing() {
     assert!(w.svc.calls().is_empty());
     assert!(!Journal::path_under(w.root.path()).exists());
 }
+
+// ---- container images baked into containerd's store -----------------------
+
+const PAUSE_DIGEST: &str =
+    "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const PROXY_DIGEST: &str =
+    "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+/// `images.json` as hakube-build writes it for a containerd node (no archives).
+fn lay_store_index(w: &World) {
+    let index = serde_json::json!({"node": "w1", "images": [
+        {"image": "registry.k8s.io/pause:3.10.2", "digest": PAUSE_DIGEST,
+         "amd64Digest": PAUSE_DIGEST, "size": 0},
+        {"image": "registry.k8s.io/kube-proxy:v1.37.2", "digest": PROXY_DIGEST,
+         "amd64Digest": PROXY_DIGEST, "size": 0},
+    ]});
+    write(
+        w.root.path(),
+        "var/lib/hakube/images/images.json",
+        &index.to_string(),
+    );
+}
+
+fn ctr_listing(entries: &[(&str, &str)]) -> Output {
+    let mut s = "REF TYPE DIGEST SIZE PLATFORMS LABELS\n".to_string();
+    for (r, d) in entries {
+        s += &format!(
+            "{r} application/vnd.oci.image.manifest.v1+json {d} 1.0 MiB linux/amd64 io.cri-containerd.pinned=pinned\n"
+        );
+    }
+    Output::ok(&s)
+}
+
+#[test]
+fn a_store_that_lost_an_image_fails_the_step_and_shows_in_status_and_health() {
+    let w = World::new(
+        profile("w1", Role::Worker, EtcdTopology::Stacked),
+        FakeCluster::default(),
+    );
+    lay_store_index(&w);
+    w.runner.on_front(
+        "ctr --namespace k8s.io images ls",
+        ctr_listing(&[("registry.k8s.io/pause:3.10.2", PAUSE_DIGEST)]),
+    );
+    let err = format!("{:#}", w.run().unwrap_err());
+    assert!(
+        err.contains("registry.k8s.io/kube-proxy:v1.37.2 is missing"),
+        "{err}"
+    );
+    assert_eq!(w.runner.count("ctr --namespace k8s.io images import"), 0);
+    assert_eq!(
+        w.runner.count("kubeadm"),
+        0,
+        "kubeadm must not run without its images"
+    );
+    let j = w.journal();
+    let step = j
+        .steps
+        .iter()
+        .find(|s| s.name == "container-images")
+        .unwrap();
+    assert_eq!(step.state, StepState::Failed);
+
+    // status: the live check, in JSON and text.
+    let clock = FakeClock::default();
+    let os = crate::update::platform(w.root.path(), &*w.runner, &clock);
+    let v: serde_json::Value =
+        serde_json::from_str(&crate::status(w.root.path(), true, &os).unwrap()).unwrap();
+    assert_eq!(v["images"]["store"], "containerd");
+    assert_eq!(v["images"]["images"], 2);
+    assert_eq!(
+        v["images"]["problems"],
+        serde_json::json!(["registry.k8s.io/kube-proxy:v1.37.2 is missing"])
+    );
+    let text = crate::status(w.root.path(), false, &os).unwrap();
+    assert!(
+        text.contains(
+            "container images: 1 of 2 images not right in containerd: registry.k8s.io/kube-proxy:v1.37.2 is missing"
+        ),
+        "{text}"
+    );
+
+    // health: unhealthy, naming the image, even with the kubelet up.
+    w.svc.active.borrow_mut().insert("kubelet.service".into());
+    let msg = format!("{:#}", crate::health(&w.env()).unwrap_err());
+    assert!(
+        msg.contains("container images: 1 of 2 images not right in containerd: registry.k8s.io/kube-proxy:v1.37.2 is missing"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_complete_store_passes_the_step_and_health_reports_it() {
+    let w = World::new(
+        profile("w1", Role::Worker, EtcdTopology::Stacked),
+        FakeCluster::default(),
+    );
+    lay_store_index(&w);
+    w.runner.on_front(
+        "ctr --namespace k8s.io images ls",
+        ctr_listing(&[
+            ("registry.k8s.io/pause:3.10.2", PAUSE_DIGEST),
+            ("registry.k8s.io/kube-proxy:v1.37.2", PROXY_DIGEST),
+        ]),
+    );
+    let _ = w.run();
+    let j = w.journal();
+    let step = j
+        .steps
+        .iter()
+        .find(|s| s.name == "container-images")
+        .unwrap();
+    assert_eq!(step.state, StepState::Done);
+    assert_eq!(
+        step.outcome.as_deref(),
+        Some("2 images present in containerd, pinned (made at build; none imported)")
+    );
+    w.svc.active.borrow_mut().insert("kubelet.service".into());
+    let get = format!(
+        "kubectl --kubeconfig {} get node w1 -o json",
+        w.path("etc/kubernetes/kubelet.conf")
+    );
+    w.runner.push_front(&get, Output::ok(&node_json("True")));
+    assert_eq!(
+        crate::health(&w.env()).unwrap(),
+        "kubelet active; node w1 Ready; 2 images present in containerd"
+    );
+}
