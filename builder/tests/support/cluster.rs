@@ -123,6 +123,21 @@ pub struct ClusterHarness {
     /// Dropped first (explicitly, in Drop): the VMs.
     pub nodes: Vec<NodeVm>,
     pub images: BTreeMap<String, PathBuf>,
+    /// The build's manifest.json (every node's container images and digests).
+    pub manifest: PathBuf,
+    /// The OS image version each node was built with, and the build time
+    /// (SOURCE_DATE_EPOCH) that named it.
+    pub versions: BTreeMap<String, String>,
+    pub build_epoch: i64,
+    /// The test mirror and the scenario's spec (versions pinned), for more
+    /// builds of the same cluster (update bundles).
+    pub mirror: PathBuf,
+    pub spec: Option<PathBuf>,
+    /// Disks attached (read-only) to a node besides its own, by node name:
+    /// set before the node is powered on.
+    pub extra_disks: BTreeMap<String, Vec<PathBuf>>,
+    /// The step of the scenario's story under way: a failure names it.
+    pub step: String,
     pub admin_conf: PathBuf,
     kubectl_bin: PathBuf,
     pub ns: Netns,
@@ -165,9 +180,6 @@ impl ClusterHarness {
         let spec = plan.spec.map(|p| pin_default_versions(p, &w));
         let cluster = hakube_build::spec::load(spec.as_deref())
             .unwrap_or_else(|e| panic!("loading the scenario's spec: {e}"));
-        // A base-rootfs cache shared by runs (not a temp file): a warm run
-        // skips mmdebstrap.
-        let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hakube-cache");
         let booted: Vec<Node> = cluster
             .nodes
             .iter()
@@ -176,38 +188,32 @@ impl ClusterHarness {
             .collect();
         assert!(!booted.is_empty(), "the scenario boots no node");
         let mut images = BTreeMap::new();
+        let mut versions = BTreeMap::new();
+        let (mut manifest, mut build_epoch) = (PathBuf::new(), 0);
         for role in cluster.roles_present() {
             if plan.only.is_some_and(|r| r != role) {
                 continue;
             }
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_hakube-build"));
-            cmd.args(["--profile", role.as_str(), "--json"]);
-            if let Some(s) = &spec {
-                cmd.arg("--cluster").arg(s);
-            }
-            cmd.arg("--artifacts")
-                .arg(&mirror)
-                .arg("--cache-dir")
-                .arg(&cache)
-                .arg("--state")
-                .arg(w.join("state"))
-                .arg("--out")
-                .arg(w.join("out"))
-                .arg("--lock")
-                .arg(w.join("hakube.lock"))
-                .arg("--firstboot-bin")
-                .arg(firstboot_bin());
-            registry_args(&mut cmd);
-            let out = run_bounded(&mut cmd, Duration::from_secs(1800), &w)
-                .unwrap_or_else(|e| panic!("hakube-build --profile {}: {e}", role.as_str()));
-            let result: serde_json::Value = serde_json::from_str(&out)
-                .unwrap_or_else(|e| panic!("hakube-build --json printed no JSON ({e}): {out}"));
+            let build = Build {
+                spec: spec.as_deref(),
+                mirror: &mirror,
+                work: &w,
+                role,
+                node: None,
+                tag: "",
+                epoch: None,
+            };
+            let result = build.run();
             for img in result["images"].as_array().into_iter().flatten() {
+                let node = img["node"].as_str().unwrap_or_default().to_string();
                 images.insert(
-                    img["node"].as_str().unwrap_or_default().to_string(),
+                    node.clone(),
                     PathBuf::from(img["qcow2"].as_str().unwrap_or_default()),
                 );
+                versions.insert(node, result["version"].as_str().unwrap_or_default().into());
             }
+            manifest = PathBuf::from(result["manifest"].as_str().unwrap_or_default());
+            build_epoch = result["sourceDateEpoch"].as_i64().unwrap_or_default();
         }
         for n in &booted {
             assert!(
@@ -246,11 +252,51 @@ impl ClusterHarness {
             accel,
             nodes: Vec::new(),
             images,
+            manifest,
+            versions,
+            build_epoch,
+            mirror,
+            spec,
+            extra_disks: BTreeMap::new(),
+            step: String::new(),
             admin_conf,
             kubectl_bin,
             ns,
             work,
         }
+    }
+
+    /// Another build of one node of the scenario's cluster (same state
+    /// directory, so the same PKI; its own output and lock), from `mirror`
+    /// at build time `epoch`: an OS update bundle. Returns `--json`'s output.
+    pub fn build_again(
+        &self,
+        tag: &str,
+        node: &str,
+        mirror: &Path,
+        epoch: i64,
+    ) -> serde_json::Value {
+        let role = self
+            .cluster
+            .node(node)
+            .unwrap_or_else(|| panic!("no node {node} in the spec"))
+            .role;
+        Build {
+            spec: self.spec.as_deref(),
+            mirror,
+            work: self.work.path(),
+            role,
+            node: Some(node),
+            tag,
+            epoch: Some(epoch),
+        }
+        .run()
+    }
+
+    /// Starts a step of the scenario's story (printed; a failure names it).
+    pub fn step(&mut self, name: &str) {
+        eprintln!("e2e {}: step: {name}", self.scenario);
+        self.step = name.to_string();
     }
 
     /// A fresh copy-on-write disk over the node's built image.
@@ -287,7 +333,7 @@ impl ClusterHarness {
                 tap: format!("tap{i}"),
                 memory_mib: memory_mib(n.role),
                 cpus: cpus(n.role),
-                extra_disks: Vec::new(),
+                extra_disks: self.extra_disks.get(&name).cloned().unwrap_or_default(),
             };
             let vm = Vm::launch(&self.ns, self.accel, config, self.work.path());
             self.nodes.push(NodeVm {
@@ -439,7 +485,14 @@ impl ClusterHarness {
     /// Fails the scenario: the message, every node's serial log tail and last
     /// firstboot status (the full logs are kept by Drop).
     pub fn fail(&self, msg: &str) -> ! {
-        let mut s = format!("e2e {}: {msg}\n", self.scenario);
+        let mut s = if self.step.is_empty() {
+            format!("e2e {}: {msg}\n", self.scenario)
+        } else {
+            format!(
+                "e2e {}: step {:?} failed: {msg}\n",
+                self.scenario, self.step
+            )
+        };
         if let Some(crash) = self.kernel_crash() {
             s.push_str(&format!("({crash})\n"));
         }
@@ -552,6 +605,63 @@ impl Drop for ClusterHarness {
                 ),
             }
         }
+    }
+}
+
+/// One `hakube-build --json` of the scenario's cluster from the test mirror
+/// and the test registry; the base-rootfs cache is shared by runs (not a
+/// temp file), so a warm run skips mmdebstrap.
+struct Build<'a> {
+    spec: Option<&'a Path>,
+    mirror: &'a Path,
+    work: &'a Path,
+    role: Role,
+    /// One node of the role (None: all of them).
+    node: Option<&'a str>,
+    /// Names the output directory and lock of a build besides the first.
+    tag: &'a str,
+    /// SOURCE_DATE_EPOCH (None: the base rootfs's time).
+    epoch: Option<i64>,
+}
+
+impl Build<'_> {
+    fn run(&self) -> serde_json::Value {
+        let w = self.work;
+        let suffix = if self.tag.is_empty() {
+            String::new()
+        } else {
+            format!("-{}", self.tag)
+        };
+        let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hakube-cache");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hakube-build"));
+        cmd.args(["--profile", self.role.as_str(), "--json"]);
+        if let Some(n) = self.node {
+            cmd.args(["--node", n]);
+        }
+        if let Some(s) = self.spec {
+            cmd.arg("--cluster").arg(s);
+        }
+        if let Some(e) = self.epoch {
+            cmd.env("SOURCE_DATE_EPOCH", e.to_string());
+        }
+        cmd.arg("--artifacts")
+            .arg(self.mirror)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .arg("--state")
+            .arg(w.join("state"))
+            .arg("--out")
+            .arg(w.join(format!("out{suffix}")))
+            .arg("--lock")
+            .arg(w.join(format!("hakube{suffix}.lock")))
+            .arg("--firstboot-bin")
+            .arg(firstboot_bin());
+        registry_args(&mut cmd);
+        let what = format!("hakube-build --profile {}{suffix}", self.role.as_str());
+        let out = run_bounded(&mut cmd, Duration::from_secs(1800), w)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("{what} --json printed no JSON ({e}): {out}"))
     }
 }
 

@@ -4,6 +4,7 @@ pub mod dns;
 #[path = "../common/firstboot.rs"]
 pub mod firstboot;
 pub mod harness;
+pub mod os;
 #[path = "../common/srcbuild.rs"]
 pub mod srcbuild;
 pub mod vm;
