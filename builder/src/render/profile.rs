@@ -31,19 +31,6 @@ fn etcd_client(cluster: &Cluster, node: &Node) -> Option<np::TlsClient> {
     })
 }
 
-/// How long an updated node may take to be healthy again (the boot health
-/// gate): a master restarts its static pods (and etcd) and must see itself
-/// Ready; a worker needs its kubelet to report Ready to the API; an etcd
-/// member only its own member and quorum. Generous, as boots under TCG are
-/// slow; a deadline that is too short rolls back a good update.
-fn health_deadline(role: Role) -> u64 {
-    match role {
-        Role::Master => 900,
-        Role::Worker => 600,
-        Role::Etcd => 180,
-    }
-}
-
 pub fn profile(cluster: &Cluster, node: &Node, initialised: bool) -> Result<np::NodeProfile> {
     let init_node = node.role == Role::Master && cluster.init_node().name == node.name;
     let kube = node.role != Role::Etcd;
@@ -115,7 +102,7 @@ pub fn profile(cluster: &Cluster, node: &Node, initialised: bool) -> Result<np::
             kubelet_kubeconfig: "/etc/kubernetes/kubelet.conf".to_string(),
             bootstrap_token: (node.role == Role::Master).then(|| abs(paths::BOOTSTRAP_TOKEN)),
         },
-        health_deadline_seconds: health_deadline(node.role),
+        health_deadline_seconds: cluster.os_update.health_deadline_seconds.get(node.role),
     };
     // Refuse to write what firstboot would refuse to read.
     np::NodeProfile::from_json(&p.to_json())

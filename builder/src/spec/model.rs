@@ -102,6 +102,47 @@ pub struct Certificates {
     pub key_algorithm: KeyAlgorithm,
 }
 
+/// OS updates: how long the boot health gate of an updated node waits for
+/// its role to be healthy before it marks the boot bad and the node falls
+/// back to the previous slot. A master restarts its static pods (and etcd)
+/// and must see itself Ready; a worker needs its kubelet to report Ready; an
+/// etcd member only its own member and quorum. A deadline that is too short
+/// rolls back a good update; one that is too long keeps a bad one running.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OsUpdate {
+    pub health_deadline_seconds: RoleSeconds,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RoleSeconds {
+    pub master: u64,
+    pub worker: u64,
+    pub etcd: u64,
+}
+
+impl RoleSeconds {
+    pub fn get(&self, role: Role) -> u64 {
+        match role {
+            Role::Master => self.master,
+            Role::Worker => self.worker,
+            Role::Etcd => self.etcd,
+        }
+    }
+}
+
+impl OsUpdate {
+    /// Generous, as boots under TCG are slow.
+    pub const DEFAULT_HEALTH_DEADLINES: RoleSeconds = RoleSeconds {
+        master: 900,
+        worker: 600,
+        etcd: 180,
+    };
+    /// The range a deadline may take: a node needs a minute to restart its
+    /// services; past two hours a bad update has run too long.
+    pub const HEALTH_DEADLINE_RANGE: std::ops::RangeInclusive<u64> = 60..=7200;
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase", tag = "mode")]
 pub enum NodeNetwork {
@@ -157,6 +198,7 @@ pub struct Cluster {
     pub ssh_authorized_keys: Vec<String>,
     pub api_server_extra_sans: Vec<San>,
     pub certificates: Certificates,
+    pub os_update: OsUpdate,
     pub nodes: Vec<Node>,
     /// Non-fatal findings (e.g. an even etcd member count).
     #[serde(skip)]

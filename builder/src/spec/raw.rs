@@ -28,7 +28,28 @@ pub struct RawCluster {
     pub api_server_extra_sans: Vec<String>,
     #[serde(default)]
     pub certificates: Option<RawCertificates>,
+    #[serde(default)]
+    pub os_update: Option<RawOsUpdate>,
     pub nodes: Vec<RawNode>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawOsUpdate {
+    /// Per role: how long the boot health gate waits after an OS update.
+    #[serde(default)]
+    pub health_deadline_seconds: Option<RawRoleSeconds>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoleSeconds {
+    #[serde(default)]
+    pub master: Option<u64>,
+    #[serde(default)]
+    pub worker: Option<u64>,
+    #[serde(default)]
+    pub etcd: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -221,6 +221,8 @@ fn resolve_raw(
         ));
     }
 
+    let os_update = resolve_os_update(ctx, raw.os_update.as_ref())?;
+
     let nodes = raw
         .nodes
         .iter()
@@ -251,8 +253,36 @@ fn resolve_raw(
         ssh_authorized_keys: raw.ssh_authorized_keys,
         api_server_extra_sans,
         certificates,
+        os_update,
         nodes,
         warnings: Vec::new(),
+    })
+}
+
+fn resolve_os_update(ctx: &Ctx, raw: Option<&RawOsUpdate>) -> Result<OsUpdate, SpecError> {
+    let d = OsUpdate::DEFAULT_HEALTH_DEADLINES;
+    let given = raw.and_then(|r| r.health_deadline_seconds.as_ref());
+    let pick = |role: &str, v: Option<u64>, default: u64| -> Result<u64, SpecError> {
+        let range = OsUpdate::HEALTH_DEADLINE_RANGE;
+        match v {
+            None => Ok(default),
+            Some(s) if range.contains(&s) => Ok(s),
+            Some(s) => Err(ctx.err(
+                format!("osUpdate.healthDeadlineSeconds.{role}"),
+                format!(
+                    "{s} is out of range: between {} and {} seconds expected",
+                    range.start(),
+                    range.end()
+                ),
+            )),
+        }
+    };
+    Ok(OsUpdate {
+        health_deadline_seconds: RoleSeconds {
+            master: pick("master", given.and_then(|g| g.master), d.master)?,
+            worker: pick("worker", given.and_then(|g| g.worker), d.worker)?,
+            etcd: pick("etcd", given.and_then(|g| g.etcd), d.etcd)?,
+        },
     })
 }
 
