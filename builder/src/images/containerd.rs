@@ -148,13 +148,20 @@ const START_LIMIT: Duration = Duration::from_secs(60);
 const STOP_LIMIT: Duration = Duration::from_secs(30);
 
 impl Daemon {
-    /// Starts containerd with `paths` (config written here) and waits until
-    /// its socket answers.
+    /// Starts containerd with `paths` and [`render_config`]'s configuration
+    /// and waits until its socket answers.
     pub fn start(bins: &Binaries, paths: Paths) -> Result<Daemon> {
+        let config = render_config(&paths);
+        Daemon::start_with(bins, paths, &config)
+    }
+
+    /// [`Daemon::start`] with another configuration (which must name
+    /// `paths`' root, state and sockets); the tests start the CRI this way.
+    pub fn start_with(bins: &Binaries, paths: Paths, config: &str) -> Result<Daemon> {
         for d in [&paths.root, &paths.state] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
-        std::fs::write(&paths.config, render_config(&paths))
+        std::fs::write(&paths.config, config)
             .with_context(|| format!("writing {}", paths.config.display()))?;
         let log = std::fs::File::create(&paths.log)
             .with_context(|| format!("creating {}", paths.log.display()))?;
