@@ -441,3 +441,74 @@ pub fn planned(
         })
         .collect()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pull::Blob;
+
+    fn blob(d: &str) -> Blob {
+        Blob {
+            digest: d.into(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            size: 1,
+            path: PathBuf::from("/nonexistent"),
+        }
+    }
+
+    fn pulled(name: &str, digest: &str) -> PulledImage {
+        PulledImage {
+            image: ImageRef::parse(name).unwrap(),
+            digest: digest.into(),
+            manifest: blob(digest),
+            config: blob("sha256:c"),
+            layers: vec![],
+        }
+    }
+
+    fn needed(name: &str, digest: &str, origin: Origin) -> NodeImage {
+        NodeImage {
+            image: ImageRef::parse(name).unwrap(),
+            origin,
+            digest: digest.into(),
+            amd64_digest: digest.into(),
+        }
+    }
+
+    /// What runs before the store stage: an image the node's list names but
+    /// the pull did not give, or one pulled at another digest, stops the
+    /// build (exit 2) naming the node and the image.
+    #[test]
+    fn check_pulled_refuses_a_missing_or_moved_image() {
+        let lock = Lock::default();
+        let need = [
+            needed("registry.k8s.io/pause:3.10.2", "sha256:a", Origin::Sandbox),
+            needed(
+                "registry.k8s.io/kube-proxy:v1.37.2",
+                "sha256:b",
+                Origin::Kubeadm,
+            ),
+        ];
+        let (p, k) = (
+            pulled("registry.k8s.io/pause:3.10.2", "sha256:a"),
+            pulled("registry.k8s.io/kube-proxy:v1.37.2", "sha256:b"),
+        );
+        check_pulled("worker-1", &need, &[&p, &k], &lock).unwrap();
+        let e = check_pulled("worker-1", &need, &[&p], &lock).unwrap_err();
+        assert_eq!(crate::errors::exit_code(&e), 2);
+        assert!(
+            e.to_string().contains(
+                "node worker-1: image registry.k8s.io/kube-proxy:v1.37.2 (Kubeadm) was not pulled"
+            ),
+            "{e}"
+        );
+        let moved = pulled("registry.k8s.io/kube-proxy:v1.37.2", "sha256:z");
+        let e = check_pulled("worker-1", &need, &[&p, &moved], &lock).unwrap_err();
+        assert_eq!(crate::errors::exit_code(&e), 2);
+        assert!(
+            e.to_string()
+                .contains("pulled as sha256:z but the pin is sha256:b"),
+            "{e}"
+        );
+    }
+}
