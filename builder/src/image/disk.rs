@@ -76,9 +76,14 @@ pub fn assemble_raw(gpt: &Gpt, contents: &Contents, raw: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Converts the raw disk to qcow2. Uncompressed: the erofs root and the
-/// kernel/initrd are compressed already, so `-c` saves little and costs time
-/// (see bench/build.sh).
+/// Converts the raw disk to qcow2, its clusters compressed with zstd. The
+/// erofs root and the kernel/initrd are compressed already, but the
+/// containerd image store on /var holds the images unpacked (static
+/// binaries, about three times their layers' size): zstd brings a master's
+/// qcow2 from 1387 MB to 834 MB in 8 s (zlib: 851 MB in 34 s). QEMU reads
+/// compressed clusters transparently and writes new ones uncompressed;
+/// `compression_type=zstd` needs QEMU 5.1 or later built with zstd (Debian's
+/// is). The output is the same bytes for the same input (in-order writes).
 pub fn to_qcow2(runner: &dyn Runner, raw: &Path, qcow2: &Path) -> Result<()> {
     runner
         .run(
@@ -86,12 +91,13 @@ pub fn to_qcow2(runner: &dyn Runner, raw: &Path, qcow2: &Path) -> Result<()> {
                 .args([
                     "convert",
                     "-q",
+                    "-c",
                     "-f",
                     "raw",
                     "-O",
                     "qcow2",
                     "-o",
-                    "cluster_size=65536",
+                    "cluster_size=65536,compression_type=zstd",
                 ])
                 .arg(raw)
                 .arg(qcow2),
