@@ -203,7 +203,22 @@ fn make(
     fs::create_dir(&archives).with_context(|| format!("creating {}", archives.display()))?;
     let d = work.join("d");
     fs::create_dir(&d).with_context(|| format!("creating {}", d.display()))?;
-    let daemon = Daemon::start(&bins, Paths::under(&d))?;
+    // The sockets live in a short directory of their own: a Unix socket's
+    // path holds at most 107 bytes, and a cache under a deep home directory
+    // (or a shared cargo target directory) is longer than that.
+    let run = tempfile::Builder::new()
+        .prefix("hakube-ctr-")
+        .tempdir()
+        .context("creating a directory for the build's containerd sockets")?;
+    let daemon = Daemon::start(
+        &bins,
+        Paths {
+            state: run.path().join("state"),
+            grpc: run.path().join("c.sock"),
+            ttrpc: run.path().join("c.ttrpc"),
+            ..Paths::under(&d)
+        },
+    )?;
     let mut stored = Vec::new();
     for img in images {
         let name = img.image.to_string();
