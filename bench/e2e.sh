@@ -60,5 +60,5 @@ echo "scenario  figure                          seconds"
 while read -r scenario key secs; do
     printf '%-9s %-31s %7s\n' "$scenario" "$key" "$secs"
 done <"$timings"
-echo "(figures: $timings; logs of a failed scenario: target/e2e-artifacts/)"
+echo "(figures: $timings; logs of a failed scenario: $CARGO_TARGET_DIR/e2e-artifacts/)"
 exit $rc
