@@ -2,8 +2,8 @@
 # bench/images.sh: figures for the container images inside the disks (reports,
 # never asserts): the qcow2 size of a worker and a master with their images,
 # the size of the images per node, and the build time the images add (the
-# "container images" step cold and warm, and the var partition step that
-# writes the archives).
+# "container images" step cold and warm, the containerd image store step
+# cold and warm, and the var partition step that writes the store).
 #
 # Needs what a build needs (root, mmdebstrap, network to Debian) plus the real
 # images in a local registry: HAKUBE_TEST_REGISTRY=127.0.0.1:PORT and
@@ -45,8 +45,11 @@ build "$work/out" "$work/cache" --profile master --node master-1 >"$work/master.
 
 printf '%-52s %8s s\n' "container images step, cold cache (worker-1)" "$(step "$work/worker-cold.json" "container images")"
 printf '%-52s %8s s\n' "container images step, warm cache (worker-1)" "$(step "$work/worker-warm.json" "container images")"
-printf '%-52s %8s s\n' "var partition step (writes the archives), worker-1" "$(step "$work/worker-warm.json" ": var partition")"
-printf '%-52s %8s s\n' "var partition step (writes the archives), master-1" "$(step "$work/master.json" ": var partition")"
+printf '%-52s %8s s\n' "containerd image store step, cold (worker-1)" "$(step "$work/worker-cold.json" "containerd image store (cached)")"
+printf '%-52s %8s s\n' "containerd image store step, warm (worker-1)" "$(step "$work/worker-warm.json" "containerd image store (cached)")"
+printf '%-52s %8s s\n' "containerd image store step, cold (master-1)" "$(step "$work/master.json" "containerd image store (cached)")"
+printf '%-52s %8s s\n' "var partition step (lays the store), worker-1" "$(step "$work/worker-warm.json" ": var partition")"
+printf '%-52s %8s s\n' "var partition step (lays the store), master-1" "$(step "$work/master.json" ": var partition")"
 for n in worker-1 master-1; do
     f=$work/out/hakube/$n.qcow2
     printf '%-52s %8.1f MB\n' "qcow2 $n (with its images)" "$(echo "$(stat -c %s "$f") / 1000000" | bc -l)"
