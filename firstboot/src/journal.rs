@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 /// Journal location relative to the root.
 pub const JOURNAL_PATH: &str = "var/lib/hakube/firstboot/journal.json";
+/// The journal's mode: root's alone.
+pub const JOURNAL_MODE: u32 = 0o600;
 const JOURNAL_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,11 +170,12 @@ impl Journal {
         self.save()
     }
 
-    /// Writes the journal atomically and durably.
+    /// Writes the journal atomically and durably, readable by root alone
+    /// (its notes and errors describe the cluster's credentials' state).
     pub fn save(&self) -> Result<()> {
         let mut text = serde_json::to_string_pretty(&self.data).context("serialising journal")?;
         text.push('\n');
-        write_atomic(&self.path, text.as_bytes())
+        write_atomic_mode(&self.path, text.as_bytes(), JOURNAL_MODE)
     }
 }
 
@@ -229,6 +232,12 @@ mod tests {
         let mut j = Journal::open(root.path(), "e1", Role::Etcd, &["a", "b"]).unwrap();
         j.step_mut("a").state = StepState::Done;
         j.set_note("decision", "init").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(root.path().join(JOURNAL_PATH))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, JOURNAL_MODE, "the journal is root's alone");
         let again = Journal::open(root.path(), "e1", Role::Etcd, &["a", "b", "c"]).unwrap();
         assert_eq!(again.step("a").unwrap().state, StepState::Done);
         assert_eq!(again.step("c").unwrap().state, StepState::Pending);

@@ -23,6 +23,9 @@ pub struct Cmd {
     pub env: Vec<(String, String)>,
     /// Killed, and reported as failed, after this long.
     pub timeout: Duration,
+    /// Arguments that are secrets (a bootstrap token): never shown in an
+    /// error, a log or the journal, see [`Cmd::redact`].
+    pub secrets: Vec<String>,
 }
 
 impl Cmd {
@@ -32,6 +35,7 @@ impl Cmd {
             args: Vec::new(),
             env: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
+            secrets: Vec::new(),
         }
     }
     pub fn timeout(mut self, d: Duration) -> Cmd {
@@ -50,7 +54,24 @@ impl Cmd {
         self.args.extend(a.into_iter().map(Into::into));
         self
     }
-    /// Program and arguments joined by spaces, for logs and fakes.
+    /// An argument that is a secret: passed as is, shown as `<redacted>`.
+    pub fn secret_arg(mut self, a: impl Into<String>) -> Cmd {
+        let a = a.into();
+        if !a.is_empty() {
+            self.secrets.push(a.clone());
+        }
+        self.args.push(a);
+        self
+    }
+    /// `text` with every secret argument of this command replaced by
+    /// `<redacted>` (a tool may quote its arguments in its error).
+    pub fn redact(&self, text: &str) -> String {
+        self.secrets
+            .iter()
+            .fold(text.to_string(), |t, s| t.replace(s.as_str(), "<redacted>"))
+    }
+    /// Program and arguments joined by spaces, secrets included: what the
+    /// fakes match. Logs and errors use `Display`, which redacts.
     pub fn line(&self) -> String {
         let mut s = self.program.clone();
         for a in &self.args {
@@ -63,7 +84,7 @@ impl Cmd {
 
 impl fmt::Display for Cmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.line())
+        f.write_str(&self.redact(&self.line()))
     }
 }
 
@@ -121,7 +142,7 @@ pub fn run_checked(runner: &dyn CommandRunner, cmd: &Cmd) -> Result<Output> {
         anyhow::bail!(
             "`{cmd}` exited with status {}; its output:\n{}",
             out.status,
-            indent(&out.combined())
+            indent(&cmd.redact(&out.combined()))
         );
     }
     Ok(out)
@@ -327,6 +348,28 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TOKEN: &str = "abcdef.0123456789abcdef";
+
+    #[test]
+    fn a_secret_argument_is_passed_but_never_shown() {
+        let cmd = Cmd::new("kubeadm")
+            .args(["token", "create"])
+            .secret_arg(TOKEN)
+            .args(["--ttl", "24h"]);
+        assert_eq!(cmd.args[2], TOKEN, "the tool gets the secret");
+        assert_eq!(cmd.to_string(), "kubeadm token create <redacted> --ttl 24h");
+        // kubeadm quotes the token it was given in its own error.
+        let runner = crate::fakes::FakeRunner::new();
+        runner.on(
+            "kubeadm token create",
+            Output::fail(1, &format!("error: token {TOKEN:?} already exists")),
+        );
+        let err = format!("{:#}", run_checked(&runner, &cmd).unwrap_err());
+        assert!(!err.contains(TOKEN), "{err}");
+        assert!(!err.contains("0123456789abcdef"), "{err}");
+        assert!(err.contains("<redacted>"), "{err}");
+    }
 
     #[test]
     fn a_hung_command_is_killed_after_its_timeout_with_its_output() {

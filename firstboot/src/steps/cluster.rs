@@ -284,14 +284,9 @@ pub fn bootstrap_token(ctx: &mut Ctx) -> Result<String> {
     let outcome = match found {
         None => {
             let create = Cmd::new("kubeadm")
-                .args([
-                    "token",
-                    "create",
-                    &token,
-                    "--ttl",
-                    &go_duration(ttl),
-                    "--kubeconfig",
-                ])
+                .args(["token", "create"])
+                .secret_arg(&token)
+                .args(["--ttl", &go_duration(ttl), "--kubeconfig"])
                 .arg(ctx.path(ADMIN_CONF).to_string_lossy());
             run_checked(ctx.env.cmd, &create)?;
             ctx.journal.set_note(TOKEN_EXPIRES, &rfc3339(new_expiry))?;
