@@ -536,3 +536,15 @@ impl EtcdApi for FakeEtcd {
         Ok(c.keys.keys().filter(|k| k.starts_with(prefix)).count() as i64)
     }
 }
+
+/// What `ctr --namespace k8s.io images ls` prints for `(reference, digest)`
+/// pairs, every image pinned as hakube-build lays them.
+pub fn ctr_images_ls(entries: &[(&str, &str)]) -> Output {
+    let mut s = "REF TYPE DIGEST SIZE PLATFORMS LABELS\n".to_string();
+    for (r, d) in entries {
+        s += &format!(
+            "{r} application/vnd.oci.image.manifest.v1+json {d} 1.0 MiB linux/amd64 io.cri-containerd.pinned=pinned\n"
+        );
+    }
+    Output::ok(&s)
+}

@@ -395,16 +395,6 @@ mod tests {
         std::fs::write(dir.join("images.json"), index.to_string()).unwrap();
     }
 
-    fn listing(entries: &[(&str, &str)]) -> Output {
-        let mut s = "REF TYPE DIGEST SIZE PLATFORMS LABELS\n".to_string();
-        for (r, d) in entries {
-            s += &format!(
-                "{r} application/vnd.oci.image.manifest.v1+json {d} 1.0 MiB linux/amd64 io.cri-containerd.pinned=pinned\n"
-            );
-        }
-        Output::ok(&s)
-    }
-
     #[test]
     fn containerd_store_is_checked_and_nothing_imported() {
         let root = tempfile::tempdir().unwrap();
@@ -412,7 +402,7 @@ mod tests {
         let r = FakeRunner::new();
         r.on(
             "ctr --namespace k8s.io images ls",
-            listing(&[
+            crate::fakes::ctr_images_ls(&[
                 ("registry.k8s.io/pause:3.10.2", D1),
                 ("registry.k8s.io/kube-proxy:v1.37.2", D2),
                 ("docker.io/library/other:1", D1),
@@ -433,7 +423,7 @@ mod tests {
         let r = FakeRunner::new();
         r.on(
             "ctr --namespace k8s.io images ls",
-            listing(&[("registry.k8s.io/pause:3.10.2", D1)]),
+            crate::fakes::ctr_images_ls(&[("registry.k8s.io/pause:3.10.2", D1)]),
         );
         let err = format!("{:#}", run(root.path(), &r).unwrap_err());
         assert!(
@@ -485,7 +475,7 @@ mod tests {
         let r = FakeRunner::new();
         r.on(
             "ctr --namespace k8s.io images ls",
-            listing(&[
+            crate::fakes::ctr_images_ls(&[
                 ("registry.k8s.io/pause:3.10.2", D1),
                 ("registry.k8s.io/kube-proxy:v1.37.2", D1),
             ]),

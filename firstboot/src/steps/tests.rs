@@ -1714,16 +1714,6 @@ fn lay_store_index(w: &World) {
     );
 }
 
-fn ctr_listing(entries: &[(&str, &str)]) -> Output {
-    let mut s = "REF TYPE DIGEST SIZE PLATFORMS LABELS\n".to_string();
-    for (r, d) in entries {
-        s += &format!(
-            "{r} application/vnd.oci.image.manifest.v1+json {d} 1.0 MiB linux/amd64 io.cri-containerd.pinned=pinned\n"
-        );
-    }
-    Output::ok(&s)
-}
-
 #[test]
 fn a_store_that_lost_an_image_fails_the_step_and_shows_in_status_and_health() {
     let w = World::new(
@@ -1733,7 +1723,7 @@ fn a_store_that_lost_an_image_fails_the_step_and_shows_in_status_and_health() {
     lay_store_index(&w);
     w.runner.on_front(
         "ctr --namespace k8s.io images ls",
-        ctr_listing(&[("registry.k8s.io/pause:3.10.2", PAUSE_DIGEST)]),
+        crate::fakes::ctr_images_ls(&[("registry.k8s.io/pause:3.10.2", PAUSE_DIGEST)]),
     );
     let err = format!("{:#}", w.run().unwrap_err());
     assert!(
@@ -1791,7 +1781,7 @@ fn a_complete_store_passes_the_step_and_health_reports_it() {
     lay_store_index(&w);
     w.runner.on_front(
         "ctr --namespace k8s.io images ls",
-        ctr_listing(&[
+        crate::fakes::ctr_images_ls(&[
             ("registry.k8s.io/pause:3.10.2", PAUSE_DIGEST),
             ("registry.k8s.io/kube-proxy:v1.37.2", PROXY_DIGEST),
         ]),
