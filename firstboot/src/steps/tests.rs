@@ -1714,8 +1714,9 @@ fn lay_store_index(w: &World) {
     );
 }
 
-#[test]
-fn a_store_that_lost_an_image_fails_the_step_and_shows_in_status_and_health() {
+/// A worker whose disk lists pause and kube-proxy, and whose containerd
+/// holds `listed` (reference, digest).
+fn worker_with_store(listed: &[(&str, &str)]) -> World {
     let w = World::new(
         profile("w1", Role::Worker, EtcdTopology::Stacked),
         FakeCluster::default(),
@@ -1723,8 +1724,14 @@ fn a_store_that_lost_an_image_fails_the_step_and_shows_in_status_and_health() {
     lay_store_index(&w);
     w.runner.on_front(
         "ctr --namespace k8s.io images ls",
-        crate::fakes::ctr_images_ls(&[("registry.k8s.io/pause:3.10.2", PAUSE_DIGEST)]),
+        crate::fakes::ctr_images_ls(listed),
     );
+    w
+}
+
+#[test]
+fn a_store_that_lost_an_image_fails_the_step_and_shows_in_status_and_health() {
+    let w = worker_with_store(&[("registry.k8s.io/pause:3.10.2", PAUSE_DIGEST)]);
     let err = format!("{:#}", w.run().unwrap_err());
     assert!(
         err.contains("registry.k8s.io/kube-proxy:v1.37.2 is missing"),
@@ -1774,18 +1781,10 @@ fn a_store_that_lost_an_image_fails_the_step_and_shows_in_status_and_health() {
 
 #[test]
 fn a_complete_store_passes_the_step_and_health_reports_it() {
-    let w = World::new(
-        profile("w1", Role::Worker, EtcdTopology::Stacked),
-        FakeCluster::default(),
-    );
-    lay_store_index(&w);
-    w.runner.on_front(
-        "ctr --namespace k8s.io images ls",
-        crate::fakes::ctr_images_ls(&[
-            ("registry.k8s.io/pause:3.10.2", PAUSE_DIGEST),
-            ("registry.k8s.io/kube-proxy:v1.37.2", PROXY_DIGEST),
-        ]),
-    );
+    let w = worker_with_store(&[
+        ("registry.k8s.io/pause:3.10.2", PAUSE_DIGEST),
+        ("registry.k8s.io/kube-proxy:v1.37.2", PROXY_DIGEST),
+    ]);
     let _ = w.run();
     let j = w.journal();
     let step = j
