@@ -125,8 +125,9 @@ pub struct ClusterHarness {
     pub images: BTreeMap<String, PathBuf>,
     /// The build's manifest.json (every node's container images and digests).
     pub manifest: PathBuf,
-    /// The OS image version each node was built with, and the build time
-    /// (SOURCE_DATE_EPOCH) that named it.
+    /// The OS image version each node was built with, and a time no earlier
+    /// than the one that named it: a build at a later SOURCE_DATE_EPOCH is a
+    /// newer version.
     pub versions: BTreeMap<String, String>,
     pub build_epoch: i64,
     /// The test mirror and the scenario's spec (versions pinned), for more
@@ -215,6 +216,15 @@ impl ClusterHarness {
             manifest = PathBuf::from(result["manifest"].as_str().unwrap_or_default());
             build_epoch = result["sourceDateEpoch"].as_i64().unwrap_or_default();
         }
+        // A build without SOURCE_DATE_EPOCH names its version after the
+        // time it ran, while `sourceDateEpoch` is its (cached) base's: a
+        // later build must come after both (CI at 1206311: the base was
+        // two hours older than the version).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default();
+        let build_epoch = build_epoch.max(now);
         for n in &booted {
             assert!(
                 images.contains_key(n.name.as_str()),
