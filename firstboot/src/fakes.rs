@@ -151,6 +151,8 @@ type Ready = Box<dyn Fn() -> bool>;
 #[derive(Default)]
 pub struct FakeServices {
     pub active: RefCell<BTreeSet<String>>,
+    /// `NRestarts` by unit (0 when absent).
+    pub restarts: RefCell<BTreeMap<String, u32>>,
     calls: RefCell<Vec<String>>,
     hooks: RefCell<Vec<(String, Hook)>>,
     ready: RefCell<Vec<(String, Ready)>>,
@@ -219,6 +221,9 @@ impl ServiceManager for FakeServices {
     }
     fn is_active(&self, unit: &str) -> bool {
         self.active.borrow().contains(unit)
+    }
+    fn restarts(&self, unit: &str) -> u32 {
+        self.restarts.borrow().get(unit).copied().unwrap_or(0)
     }
 }
 

@@ -250,6 +250,9 @@ pub trait ServiceManager {
     fn start_no_block(&self, unit: &str) -> Result<()>;
     fn restart(&self, unit: &str) -> Result<()>;
     fn is_active(&self, unit: &str) -> bool;
+    /// How many times systemd restarted `unit` by itself since it was last
+    /// started (its `NRestarts`); 0 when unknown.
+    fn restarts(&self, unit: &str) -> u32;
 }
 
 /// systemd through `systemctl`, run by a [`CommandRunner`].
@@ -284,6 +287,14 @@ impl ServiceManager for Systemctl<'_> {
             .run(&Cmd::new("systemctl").args(["is-active", "--quiet", unit]))
             .map(|o| o.success())
             .unwrap_or(false)
+    }
+    fn restarts(&self, unit: &str) -> u32 {
+        self.runner
+            .run(&Cmd::new("systemctl").args(["show", "-p", "NRestarts", "--value", unit]))
+            .ok()
+            .filter(|o| o.success())
+            .and_then(|o| o.stdout.trim().parse().ok())
+            .unwrap_or(0)
     }
 }
 

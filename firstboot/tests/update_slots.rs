@@ -14,6 +14,7 @@
 //! The VM test (builder/tests/vm_update.rs) runs the real ones.
 
 use anyhow::Result;
+use hakube_firstboot::health;
 use hakube_firstboot::system::{Clock, Cmd, CommandRunner, Output, ProcessRunner};
 use hakube_firstboot::update::{self, GateOutcome, Platform};
 use hakube_os_layout::entry::boot_choice;
@@ -534,12 +535,33 @@ fn update_fallback_and_rollback_move_between_the_two_slots() {
         "v1 dropped"
     );
     assert_eq!(node.boot().to_string(), "hakube_20261203.000000+2-1.conf");
-    let out = update::gate(&p, Duration::ZERO, Duration::ZERO, false, &|| {
-        anyhow::bail!("kubelet.service is not active")
-    })
+    // The kubelet crash-loops: a definite failure, judged at once rather
+    // than after the hour of deadline (a second check would be a wait).
+    let asked = std::cell::Cell::new(0);
+    let out = update::gate(
+        &p,
+        Duration::from_secs(3600),
+        Duration::ZERO,
+        false,
+        &|| {
+            asked.set(asked.get() + 1);
+            assert_eq!(
+                asked.get(),
+                1,
+                "the gate waited on after a definite failure"
+            );
+            Err(anyhow::Error::new(health::Definite(
+                "kubelet.service is not active and systemd restarted it 6 times on this boot"
+                    .into(),
+            ))
+            .context("checking the node"))
+        },
+    )
     .unwrap();
     assert!(
-        matches!(out, GateOutcome::MarkedBad(ref w) if w.contains("kubelet.service is not active"))
+        matches!(out, GateOutcome::MarkedBad(ref w)
+            if w.contains("kubelet.service is not active") && w.contains("which waiting cannot mend")),
+        "{out:?}"
     );
     assert_eq!(*sd.reboots.borrow(), 2);
     assert_eq!(

@@ -139,6 +139,7 @@ pub struct ClusterHarness {
     pub extra_disks: BTreeMap<String, Vec<PathBuf>>,
     /// The step of the scenario's story under way: a failure names it.
     pub step: String,
+    step_started: Instant,
     pub admin_conf: PathBuf,
     kubectl_bin: PathBuf,
     pub ns: Netns,
@@ -238,6 +239,7 @@ impl ClusterHarness {
             images.len(),
             t.elapsed().as_secs()
         );
+        super::checks::record(plan.scenario, "build images", t.elapsed());
         let admin_conf = render_admin_conf(&cluster, spec.as_deref(), &w);
 
         let taps: Vec<String> = (0..booted.len()).map(|i| format!("tap{i}")).collect();
@@ -269,6 +271,7 @@ impl ClusterHarness {
             spec,
             extra_disks: BTreeMap::new(),
             step: String::new(),
+            step_started: Instant::now(),
             admin_conf,
             kubectl_bin,
             ns,
@@ -303,10 +306,26 @@ impl ClusterHarness {
         .run()
     }
 
-    /// Starts a step of the scenario's story (printed; a failure names it).
+    /// Ends the step under way: its time is recorded (`step NAME`), for the
+    /// test command's phase table.
+    pub fn end_step(&mut self) {
+        if !self.step.is_empty() {
+            super::checks::record(
+                self.scenario,
+                &format!("step {}", self.step),
+                self.step_started.elapsed(),
+            );
+            self.step.clear();
+        }
+    }
+
+    /// Starts a step of the scenario's story (printed; a failure names it;
+    /// its time is recorded when the next one starts, or at [`Self::end_step`]).
     pub fn step(&mut self, name: &str) {
+        self.end_step();
         eprintln!("e2e {}: step: {name}", self.scenario);
         self.step = name.to_string();
+        self.step_started = Instant::now();
     }
 
     /// A fresh copy-on-write disk over the node's built image.

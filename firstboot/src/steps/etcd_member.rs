@@ -12,7 +12,7 @@ use hakube_node_profile::EtcdMember;
 /// Type=notify: etcd notifies systemd only once it has quorum, which with
 /// peers booting minutes later outlasts any start timeout. Started without
 /// blocking; [`wait_member_healthy`] then waits as long as peers take.
-const UNIT: &str = "etcd.service";
+pub const UNIT: &str = "etcd.service";
 
 pub fn etcd_member(ctx: &mut Ctx) -> Result<String> {
     let me = ctx

@@ -1631,19 +1631,47 @@ fn health_of_etcd_member() {
         profile("e1", Role::Etcd, EtcdTopology::External),
         FakeCluster::new(&etcd_nodes(), true),
     );
+    w.svc.active.borrow_mut().insert("etcd.service".into());
     assert!(crate::health(&w.env()).is_ok());
     w.etcd.cluster.borrow_mut().stop("e2");
     assert!(crate::health(&w.env()).is_ok(), "2 of 3 is quorum");
     w.etcd.cluster.borrow_mut().stop("e3");
-    let msg = format!("{:#}", crate::health(&w.env()).unwrap_err());
-    assert!(msg.contains("does not answer health reads"), "{msg}");
+    let err = crate::health(&w.env()).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("does not answer health reads"),
+        "{err:#}"
+    );
+    assert!(
+        !crate::health::is_definite(&err),
+        "running, waiting for peers"
+    );
+    // Its own etcd crash-looping on this boot: waiting cannot mend that.
+    w.svc.active.borrow_mut().remove("etcd.service");
+    w.svc.restarts.borrow_mut().insert("etcd.service".into(), 7);
+    let err = crate::health(&w.env()).unwrap_err();
+    assert!(crate::health::is_definite(&err), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("etcd.service is not active and systemd restarted it 7 times"),
+        "{err:#}"
+    );
 }
 
-fn node_json(ready: &str) -> String {
+/// This boot's id as the kernel gives it, and another boot's.
+const BOOT: &str = "0b5c4f4e-2d1a-4c55-9d3e-6f1f2b7c9a10";
+const OTHER_BOOT: &str = "9e0a7d61-55c3-4a8e-b0f2-1d2c3b4a5e6f";
+
+/// A Node object as `kubectl get node -o json` prints it: its Ready
+/// condition, and the boot its kubelet last reported from.
+fn node_json(ready: &str, boot: &str) -> String {
     serde_json::json!({"kind":"Node","status":{"conditions":[
         {"type":"MemoryPressure","status":"False"},
-        {"type":"Ready","status":ready,"reason":"KubeletReady","message":"kubelet is posting ready status"}]}})
+        {"type":"Ready","status":ready,"reason":"KubeletReady","message":"kubelet is posting ready status"}],
+        "nodeInfo":{"bootID":boot}}})
     .to_string()
+}
+
+fn booted(w: &World) {
+    write(w.root.path(), crate::health::BOOT_ID, &format!("{BOOT}\n"));
 }
 
 #[test]
@@ -1652,20 +1680,91 @@ fn health_of_kubernetes_node() {
         profile("w1", Role::Worker, EtcdTopology::Stacked),
         FakeCluster::default(),
     );
-    let msg = format!("{:#}", crate::health(&w.env()).unwrap_err());
-    assert!(msg.contains("kubelet.service is not active"), "{msg}");
+    booted(&w);
+    let err = crate::health(&w.env()).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("kubelet.service is not active"),
+        "{err:#}"
+    );
+    assert!(
+        !crate::health::is_definite(&err),
+        "not started yet: worth waiting"
+    );
+    // Restarted by systemd again and again on this boot: it cannot start.
+    w.svc
+        .restarts
+        .borrow_mut()
+        .insert("kubelet.service".into(), crate::health::CRASH_LOOP_RESTARTS);
+    let err = crate::health(&w.env()).unwrap_err();
+    assert!(crate::health::is_definite(&err), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("restarted it 6 times on this boot"),
+        "{err:#}"
+    );
+
     w.svc.active.borrow_mut().insert("kubelet.service".into());
     let get = format!(
         "kubectl --kubeconfig {} get node w1 -o json",
         w.path("etc/kubernetes/kubelet.conf")
     );
-    w.runner.push_front(&get, Output::ok(&node_json("False")));
+    w.runner
+        .push_front(&get, Output::ok(&node_json("False", BOOT)));
     let msg = format!("{:#}", crate::health(&w.env()).unwrap_err());
     assert!(msg.contains("not Ready: Ready=False"), "{msg}");
-    w.runner.push_front(&get, Output::ok(&node_json("True")));
+    // Ready, but as the kubelet of the boot before said it.
+    w.runner
+        .push_front(&get, Output::ok(&node_json("True", OTHER_BOOT)));
+    let err = crate::health(&w.env()).unwrap_err();
+    assert!(format!("{err:#}").contains("from another boot"), "{err:#}");
+    assert!(!crate::health::is_definite(&err));
+    w.runner
+        .push_front(&get, Output::ok(&node_json("True", BOOT)));
     assert_eq!(
         crate::health(&w.env()).unwrap(),
-        "kubelet active; node w1 Ready"
+        "kubelet active; node w1 Ready (this boot)"
+    );
+}
+
+#[test]
+fn health_of_a_master_is_its_own_api_server_and_etcd_member() {
+    let w = World::new(
+        profile("m2", Role::Master, EtcdTopology::Stacked),
+        FakeCluster::new(&stacked_nodes(), true),
+    );
+    booted(&w);
+    w.svc.active.borrow_mut().insert("kubelet.service".into());
+    let kubectl = format!(
+        "kubectl --kubeconfig {}",
+        w.path("etc/kubernetes/kubelet.conf")
+    );
+    let readyz = format!("{kubectl} --server https://10.0.0.12:6443 get --raw /readyz");
+    let get = format!("{kubectl} get node m2 -o json");
+    // The endpoint's API server (another master's) says Ready; this
+    // master's own does not answer: not healthy.
+    w.runner
+        .push_front(&get, Output::ok(&node_json("True", BOOT)));
+    w.runner.push_front(
+        &readyz,
+        Output::fail(1, "The connection to the server 10.0.0.12:6443 was refused"),
+    );
+    let msg = format!("{:#}", crate::health(&w.env()).unwrap_err());
+    assert!(
+        msg.contains("this master's API server at https://10.0.0.12:6443 is not ready")
+            && msg.contains("refused"),
+        "{msg}"
+    );
+    w.runner.push_front(&readyz, Output::ok("ok"));
+    assert_eq!(
+        crate::health(&w.env()).unwrap(),
+        "kubelet active; API server https://10.0.0.12:6443 ready; etcd member m2 healthy; node m2 Ready (this boot)"
+    );
+    // Its API server ready but its stacked etcd member down.
+    w.runner.push_front(&readyz, Output::ok("ok"));
+    w.etcd.cluster.borrow_mut().stop("m2");
+    let msg = format!("{:#}", crate::health(&w.env()).unwrap_err());
+    assert!(
+        msg.contains("this master's etcd member m2 at https://10.0.0.12:2379 does not answer"),
+        "{msg}"
     );
 }
 
@@ -1802,9 +1901,11 @@ fn a_complete_store_passes_the_step_and_health_reports_it() {
         "kubectl --kubeconfig {} get node w1 -o json",
         w.path("etc/kubernetes/kubelet.conf")
     );
-    w.runner.push_front(&get, Output::ok(&node_json("True")));
+    w.runner
+        .push_front(&get, Output::ok(&node_json("True", BOOT)));
+    booted(&w);
     assert_eq!(
         crate::health(&w.env()).unwrap(),
-        "kubelet active; node w1 Ready; 2 images present in containerd"
+        "kubelet active; node w1 Ready (this boot); 2 images present in containerd"
     );
 }

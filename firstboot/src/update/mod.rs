@@ -280,8 +280,9 @@ pub enum GateOutcome {
 /// The boot health gate (hakube-boot-assess.service, before
 /// boot-complete.target): on a counted boot, wait up to `deadline` for
 /// `check` to pass; then the boot is blessed by systemd-bless-boot. If it
-/// does not pass in time, mark the entry bad and reboot: systemd-boot then
-/// boots the previous slot.
+/// does not pass in time, or fails in a way waiting cannot mend (a unit
+/// crash-looping: [`crate::health::Definite`]), mark the entry bad and
+/// reboot: systemd-boot then boots the previous slot.
 pub fn gate(
     p: &Platform,
     deadline: Duration,
@@ -296,17 +297,20 @@ pub fn gate(
     }
     let start = p.clock.now();
     let mut last;
-    loop {
-        match check() {
+    let waited = loop {
+        let definite = match check() {
             Ok(s) => {
                 p.record("health", &version, &format!("healthy: {s}"))?;
                 return Ok(GateOutcome::Healthy(s));
             }
-            Err(e) => last = format!("{e:#}"),
-        }
+            Err(e) => {
+                last = format!("{e:#}");
+                crate::health::is_definite(&e)
+            }
+        };
         let waited = (p.clock.now() - start).unsigned_abs();
-        if waited >= deadline {
-            break;
+        if waited >= deadline || definite {
+            break waited;
         }
         crate::steps::log(&format!(
             "health gate: {version} not healthy yet ({last}); {}s of {}s",
@@ -314,8 +318,15 @@ pub fn gate(
             deadline.as_secs()
         ));
         p.clock.sleep(interval.min(deadline.saturating_sub(waited)));
-    }
-    let why = format!("unhealthy after {}s: {last}", deadline.as_secs());
+    };
+    let why = if waited < deadline {
+        format!(
+            "unhealthy after {}s, which waiting cannot mend: {last}",
+            waited.as_secs()
+        )
+    } else {
+        format!("unhealthy after {}s: {last}", deadline.as_secs())
+    };
     p.record("health", &version, &format!("{why}; marked bad"))?;
     run_checked(p.cmd, &Cmd::new(BLESS_BOOT).arg("bad")).context("marking the boot entry bad")?;
     if !no_reboot {

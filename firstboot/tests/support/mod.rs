@@ -159,6 +159,10 @@ impl ServiceManager for EtcdUnit {
             .get_mut(&self.name)
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
+    /// A process, not a unit: nothing restarts it by itself.
+    fn restarts(&self, _unit: &str) -> u32 {
+        0
+    }
 }
 
 /// One scenario: rendered trees (each node's tree is its --root) and its etcd processes.
