@@ -311,7 +311,7 @@ impl ClusterHarness {
     pub fn end_step(&mut self) {
         if !self.step.is_empty() {
             super::checks::record(
-                self.scenario,
+                &self.scenario,
                 &format!("step {}", self.step),
                 self.step_started.elapsed(),
             );
