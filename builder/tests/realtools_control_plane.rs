@@ -770,6 +770,92 @@ fn master_1s_baked_files_run_a_control_plane_that_kubeadm_discovery_trusts() {
         "refused, but not for the pin:\n{t}"
     );
 
+    // worker-1 reimaged while its old Node still reads Ready (booted within
+    // the node controller's grace period): kubeadm's kubelet-start writes
+    // bootstrap-kubelet.conf and its copy of the CA, then refuses, before it
+    // configures the kubelet. firstboot recognises the refusal ("already
+    // exists in the cluster"), takes a kubelet configuration as the sign that
+    // kubeadm got past it, and clears those files for a fresh retry.
+    let node = work.join("worker-1-node.json");
+    std::fs::write(
+        &node,
+        r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"worker-1"}}"#,
+    )
+    .unwrap();
+    ok(
+        &kubectl(&ns, &admin, &["create", "-f", &node.to_string_lossy()]),
+        "creating the old worker-1 Node",
+    );
+    let set_ready = |status: &str| {
+        let stamp = time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .unwrap()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let patch = serde_json::json!({"status": {"conditions": [{
+            "type": "Ready", "status": status, "reason": "KubeletReady",
+            "message": "the machine this disk replaced",
+            "lastHeartbeatTime": stamp, "lastTransitionTime": stamp}]}});
+        ok(
+            &kubectl(
+                &ns,
+                &admin,
+                &[
+                    "patch",
+                    "node",
+                    "worker-1",
+                    "--subresource=status",
+                    "--type=merge",
+                    "-p",
+                    &patch.to_string(),
+                ],
+            ),
+            "setting the old worker-1 Node's Ready condition",
+        );
+    };
+    set_ready("True");
+    // (the wrong pin's config was written over the good one's file)
+    let good_cfg = loopback_join_config(&wroot, &join, None);
+    let kubelet_start = || {
+        ns.kubeadm(
+            &wroot,
+            &[
+                "join",
+                "phase",
+                "kubelet-start",
+                "--config",
+                &good_cfg,
+                "-v=1",
+            ],
+        )
+    };
+    let out = kubelet_start();
+    let t = text(&out);
+    assert!(
+        !out.status.success(),
+        "kubeadm joined over a Ready Node:\n{t}"
+    );
+    assert!(
+        t.contains(
+            "a Node with name \"worker-1\" and status \"Ready\" already exists in the cluster"
+        ),
+        "refused, but not for the Ready Node:\n{t}"
+    );
+    assert!(
+        wroot.join("etc/kubernetes/bootstrap-kubelet.conf").exists(),
+        "{t}"
+    );
+    assert!(wroot.join("etc/kubernetes/pki/ca.crt").exists(), "{t}");
+    assert!(!wroot.join("var/lib/kubelet/config.yaml").exists(), "{t}");
+    // Once the node controller has marked it not Ready, kubeadm goes on:
+    // the kubelet's configuration is written (starting it fails here: no
+    // systemd in the node's tree, which kubeadm only warns about).
+    set_ready("Unknown");
+    let out = kubelet_start();
+    let t = text(&out);
+    assert!(!t.contains("already exists in the cluster"), "{t}");
+    assert!(wroot.join("var/lib/kubelet/config.yaml").exists(), "{t}");
+
     // master-2's baked certificates pass a control-plane join's checks.
     let m2root = work.join("master-2");
     copy_tree(&m2.dir, &m2root);

@@ -6,6 +6,7 @@ use crate::etcd::{member_label, quorum, voting_health, Member};
 use crate::system::{run_checked, Cmd};
 use anyhow::{Context, Result};
 use hakube_node_profile::{EtcdTopology, Role};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
@@ -27,6 +28,22 @@ const BOOTSTRAP_KUBELET_CONF: &str = "/etc/kubernetes/bootstrap-kubelet.conf";
 /// The kubelet's client certificate: there once its TLS bootstrap finished
 /// (kubelet.conf, which points at it, is written before).
 const KUBELET_CLIENT_PEM: &str = "/var/lib/kubelet/pki/kubelet-client-current.pem";
+/// The kubelet's configuration: kubeadm's kubelet-start writes it after its
+/// check for a Ready Node of this name, right before it starts the kubelet.
+/// Without it no kubelet ran on this disk's behalf.
+const KUBELET_CONFIG: &str = "/var/lib/kubelet/config.yaml";
+/// Part of kubeadm's refusal in kubelet-start (1.35-1.37): "a Node with name
+/// %q and status %q already exists in the cluster".
+const NODE_READY_REFUSAL: &str = "already exists in the cluster";
+/// How long a Node of this node's name may go on reading Ready before the
+/// join gives up (and retries): the node controller marks a node whose
+/// kubelet went silent not Ready after its grace period (40 s by default),
+/// so a Node Ready that long is kept so by a live kubelet.
+const STALE_NODE_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+/// The worker's copy of the cluster CA in the image; kubeadm writes its own
+/// at the JoinConfiguration's caCertPath during kubelet-start.
+const WORKER_CA: &str = "/etc/hakube/pki/ca.crt";
+const KUBEADM_CA: &str = "/etc/kubernetes/pki/ca.crt";
 
 fn endpoint_url(ctx: &Ctx) -> String {
     format!("https://{}/readyz", ctx.profile.endpoint.host_port())
@@ -532,9 +549,14 @@ pub fn kubeadm_join(ctx: &mut Ctx) -> Result<String> {
     let kubelet_conf = ctx.path(&p.kubelet_kubeconfig);
     let bootstrap_conf = ctx.path(BOOTSTRAP_KUBELET_CONF);
     let master = ctx.profile.role == Role::Master;
-    // kubeadm got as far as its kubelet-start phase: a master's join goes
-    // on with etcd-join and the kubelet's bootstrap from there.
-    let kubelet_started = || kubelet_conf.exists() || (master && bootstrap_conf.exists());
+    // kubeadm got as far as starting the kubelet in its kubelet-start phase
+    // (past its check for a Ready Node of this name): a master's join goes on
+    // with etcd-join and the kubelet's bootstrap from there. kubeadm writes
+    // bootstrap-kubelet.conf before that check, so that file alone is not it.
+    let kubelet_configured = ctx.path(KUBELET_CONFIG);
+    let kubelet_started = || {
+        kubelet_conf.exists() || (master && bootstrap_conf.exists() && kubelet_configured.exists())
+    };
     if kubelet_started() {
         // A previous attempt got at least as far as the kubelet's TLS bootstrap.
         if master && !ctx.path(APISERVER_MANIFEST).exists() {
@@ -558,13 +580,39 @@ pub fn kubeadm_join(ctx: &mut Ctx) -> Result<String> {
             kubelet_conf.display()
         ));
     }
+    // A fresh join: whatever an earlier attempt left before it configured
+    // the kubelet would fail kubeadm's preflight on every retry.
+    clear_pre_kubelet_leftovers(ctx)?;
+    let waited = wait_stale_node(ctx, &config)?;
+    let joined = |what: &str| match &waited {
+        Some(w) => format!("{w}; {what}"),
+        None => what.to_string(),
+    };
     let cmd = Cmd::new("kubeadm")
         .args(["join", "--config"])
         .arg(config.to_string_lossy())
         .timeout(KUBEADM_TIMEOUT);
     match run_checked(ctx.env.cmd, &cmd) {
-        Ok(_) if master => Ok("joined as a control-plane node".into()),
-        Ok(_) => Ok("joined as a worker".into()),
+        Ok(_) if master => Ok(joined("joined as a control-plane node")),
+        Ok(_) => Ok(joined("joined as a worker")),
+        // Stopped before the kubelet was configured (kubeadm's refusal of a
+        // Ready Node of this name among others): nothing ran; what kubeadm
+        // wrote goes, so the retry is a fresh join, never a resumed one.
+        Err(e) if !ctx.path(KUBELET_CONFIG).exists() => {
+            clear_pre_kubelet_leftovers(ctx)?;
+            let me = &ctx.profile.node_name;
+            if format!("{e:#}").contains(NODE_READY_REFUSAL) {
+                Err(e.context(format!(
+                    "kubeadm join refused: a Node named {me} reads Ready (a machine this disk replaced \
+                     that the node controller has not yet marked not Ready, or a live one running as \
+                     {me}); retried from scratch"
+                )))
+            } else {
+                Err(e.context(
+                    "kubeadm join failed before it configured the kubelet; retried from scratch",
+                ))
+            }
+        }
         // Failed after the kubelet's bootstrap, in etcd-join or later: the
         // rest is done by kubeadm's own phases, now rather than a restart later.
         Err(e) if master && kubelet_started() && ctx.path(APISERVER_MANIFEST).exists() => {
@@ -578,6 +626,147 @@ pub fn kubeadm_join(ctx: &mut Ctx) -> Result<String> {
         }
         Err(e) => Err(e.context("kubeadm join failed")),
     }
+}
+
+/// What `kubeadm join` writes before it configures the kubelet that its
+/// preflight refuses to find on the next attempt: bootstrap-kubelet.conf
+/// and, on a worker, its copy of the CA (kubelet-start, before its Ready
+/// Node check); on a master the control-plane manifests (control-plane-
+/// prepare). None is in the image; with no kubelet configuration no kubelet
+/// ever ran them. Removed (each named in the log) while the kubelet is not
+/// configured.
+fn clear_pre_kubelet_leftovers(ctx: &Ctx) -> Result<()> {
+    if ctx.path(KUBELET_CONFIG).exists() {
+        return Ok(());
+    }
+    let mut files = vec![BOOTSTRAP_KUBELET_CONF];
+    match ctx.profile.role {
+        Role::Master => files.extend([
+            APISERVER_MANIFEST,
+            "/etc/kubernetes/manifests/kube-controller-manager.yaml",
+            "/etc/kubernetes/manifests/kube-scheduler.yaml",
+        ]),
+        _ => files.push(KUBEADM_CA),
+    }
+    for f in files {
+        let path = ctx.path(f);
+        if path.exists() {
+            log(&format!(
+                "removing {f}: written by a kubeadm join that stopped before it configured the kubelet"
+            ));
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The join credentials of a JoinConfiguration: the API endpoint and the
+/// bootstrap token kubeadm's kubelet-start uses (`tlsBootstrapToken`, else
+/// discovery's token).
+fn join_credentials(config: &Path) -> Result<(String, String)> {
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let v = serde_yaml_ng::Value::deserialize(doc)
+            .with_context(|| format!("{}: not YAML", config.display()))?;
+        if v["kind"].as_str() != Some("JoinConfiguration") {
+            continue;
+        }
+        let d = &v["discovery"];
+        let token = d["tlsBootstrapToken"]
+            .as_str()
+            .or_else(|| d["bootstrapToken"]["token"].as_str());
+        let endpoint = d["bootstrapToken"]["apiServerEndpoint"].as_str();
+        if let (Some(t), Some(e)) = (token, endpoint) {
+            return Ok((e.to_string(), t.to_string()));
+        }
+    }
+    anyhow::bail!(
+        "{}: no JoinConfiguration with discovery.bootstrapToken.apiServerEndpoint and a token",
+        config.display()
+    )
+}
+
+/// A Node of this node's name that reads Ready blocks kubeadm's join (a disk
+/// reimaged and booted within the node controller's grace period finds the
+/// Node of the machine it replaced still Ready): waited for until it leaves
+/// Ready, as long as [`STALE_NODE_LIMIT`]. Read with the join token, as
+/// kubeadm reads it. `Some(what)` when it waited; when the Node cannot be
+/// read, kubeadm's own check decides.
+fn wait_stale_node(ctx: &Ctx, config: &Path) -> Result<Option<String>> {
+    let me = ctx.profile.node_name.clone();
+    let Some(ca) = [WORKER_CA, KUBEADM_CA]
+        .into_iter()
+        .map(|c| ctx.path(c))
+        .find(|c| c.exists())
+    else {
+        return Ok(None);
+    };
+    let (endpoint, token) = match join_credentials(config) {
+        Ok(c) => c,
+        Err(e) => {
+            log(&format!(
+                "cannot read Node {me} before joining ({e:#}); kubeadm's own check decides"
+            ));
+            return Ok(None);
+        }
+    };
+    let get = Cmd::new("kubectl")
+        .arg("--server")
+        .arg(format!("https://{endpoint}"))
+        .arg("--certificate-authority")
+        .arg(ca.to_string_lossy())
+        .secret_arg(format!("--token={token}"))
+        .args(["--request-timeout=20s", "get", "node", &me, "-o", "json"])
+        .timeout(std::time::Duration::from_secs(60));
+    let cmd = ctx.env.cmd;
+    // Ok(None): not Ready or no such Node; Err: unreadable.
+    let read = || -> std::result::Result<Option<String>, String> {
+        let out = cmd.run(&get).map_err(|e| format!("{e:#}"))?;
+        if !out.success() {
+            return if out.combined().contains("NotFound") {
+                Ok(None)
+            } else {
+                Err(get.redact(out.combined().trim()))
+            };
+        }
+        let node = crate::health::read_node(&out.stdout).map_err(|e| format!("{e:#}"))?;
+        Ok(node.ready.then_some(node.why))
+    };
+    match read() {
+        Ok(None) => return Ok(None),
+        Err(why) => {
+            log(&format!(
+                "cannot read Node {me} before joining ({why}); kubeadm's own check decides"
+            ));
+            return Ok(None);
+        }
+        Ok(Some(_)) => {}
+    }
+    log(&format!(
+        "a Node named {me} reads Ready: the machine this disk replaced, not yet marked not Ready by the \
+         node controller, or a live machine running as {me}; kubeadm would refuse to join, so waiting for \
+         it to leave Ready"
+    ));
+    let start = ctx.env.clock.now();
+    ctx.wait_for(
+        &format!("the Node {me} of an earlier machine to leave Ready"),
+        Some(STALE_NODE_LIMIT),
+        || match read() {
+            Ok(Some(why)) => Err(format!("still {why}")),
+            _ => Ok(()),
+        },
+    )
+    .with_context(|| {
+        format!(
+            "a Node named {me} stays Ready: a live machine seems to run as {me}; power it off (or \
+             `kubectl delete node {me}` if it is gone) and this node joins on its next attempt"
+        )
+    })?;
+    Ok(Some(format!(
+        "waited {}s for the Node {me} of the machine it replaced to leave Ready",
+        (ctx.env.clock.now() - start).whole_seconds()
+    )))
 }
 
 /// The rest of a master's join after the kubelet's bootstrap. `etcd-join`

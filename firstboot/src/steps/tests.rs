@@ -143,8 +143,17 @@ impl World {
         write(
             &r,
             "etc/hakube/kubeadm/join.yaml",
-            &format!("kind: JoinConfiguration\nnodeRegistration:\n  {cri}"),
+            &format!(
+                "kind: JoinConfiguration\ndiscovery:\n  bootstrapToken:\n    apiServerEndpoint: {VIP}:8443\n    \
+                 token: {TOKEN}\n  tlsBootstrapToken: {TOKEN}\nnodeRegistration:\n  {cri}"
+            ),
         );
+        // The cluster CA as the image carries it.
+        let ca = match p.role {
+            Role::Worker => "etc/hakube/pki/ca.crt",
+            _ => "etc/kubernetes/pki/ca.crt",
+        };
+        write(&r, ca, "BAKED CA\n");
         write(&r, "etc/hakube/cni/flannel.yaml", "kind: DaemonSet\n");
         write(&r, "etc/hakube/bootstrap-token", &format!("{TOKEN}\n"));
         write(
@@ -192,6 +201,11 @@ impl World {
         });
         let (r3, master) = (r.clone(), p.role == Role::Master);
         runner.effect("kubeadm join --config", move |_| {
+            write(
+                &r3,
+                "var/lib/kubelet/config.yaml",
+                "kind: KubeletConfiguration\n",
+            );
             write(&r3, "etc/kubernetes/kubelet.conf", KUBECONFIG);
             if master {
                 write(&r3, "etc/kubernetes/admin.conf", KUBECONFIG);
@@ -226,6 +240,17 @@ impl World {
             },
         );
         runner.on("kubectl --kubeconfig", Output::ok(""));
+        // Read with the join token before a join: no Node of this name yet.
+        runner.on(
+            "kubectl --server",
+            Output::fail(
+                1,
+                &format!(
+                    "Error from server (NotFound): nodes \"{}\" not found",
+                    p.node_name
+                ),
+            ),
+        );
         // (more specific rules first: the first match wins)
         let w = World {
             root,
@@ -762,6 +787,14 @@ fn join_fails_after(w: &World, files: &[&'static str], member: Option<FakeMember
             };
             write(&r, f, body);
         }
+        // Past kubelet-start's Ready-Node check, kubeadm configured the
+        // kubelet before starting it.
+        if files
+            .iter()
+            .any(|f| *f == KUBELET_STARTED || *f == KUBELET_CONF)
+        {
+            write(&r, KUBELET_CONFIG, "kind: KubeletConfiguration\n");
+        }
         if let Some(m) = member.borrow_mut().take() {
             cluster.borrow_mut().members.push(m);
         }
@@ -770,6 +803,7 @@ fn join_fails_after(w: &World, files: &[&'static str], member: Option<FakeMember
 }
 
 const KUBELET_STARTED: &str = "etc/kubernetes/bootstrap-kubelet.conf";
+const KUBELET_CONFIG: &str = "var/lib/kubelet/config.yaml";
 const KUBELET_CONF: &str = "etc/kubernetes/kubelet.conf";
 const APISERVER_POD: &str = "etc/kubernetes/manifests/kube-apiserver.yaml";
 const ETCD_POD: &str = "etc/kubernetes/manifests/etcd.yaml";
@@ -991,6 +1025,180 @@ fn master_join_failing_in_etcd_join_before_the_kubelet_bootstrap_is_finished_in_
             format!("kubeadm join phase control-plane-join all --config {config}"),
         ]
     );
+    assert_eq!(w.state("kubeadm-join"), StepState::Done);
+}
+
+// ---- a disk reimaged while the Node of the machine it replaced reads Ready --
+
+/// kubeadm 1.37's kubelet-start refusal, as `kubeadm join` prints it.
+fn ready_node_refusal(name: &str) -> String {
+    format!(
+        "error execution phase kubelet-start: a Node with name \"{name}\" and status \"Ready\" already exists \
+         in the cluster. You must delete the existing Node or change the name of this new joining Node\n"
+    )
+}
+
+/// `kubectl --server` (the join token) reads this node's Node: Ready
+/// `ready` times, then as the node controller leaves it (Unknown).
+fn old_node_ready_for(w: &World, ready: usize) {
+    w.runner.push_front(
+        "kubectl --server",
+        Output::ok(&node_json("Unknown", OTHER_BOOT)),
+    );
+    for _ in 0..ready {
+        w.runner.push_front(
+            "kubectl --server",
+            Output::ok(&node_json("True", OTHER_BOOT)),
+        );
+    }
+}
+
+#[test]
+fn reimaged_worker_waits_for_the_node_it_replaced_to_leave_ready_then_joins() {
+    let w = joining("w1", Role::Worker, FakeCluster::default());
+    old_node_ready_for(&w, 3);
+    w.run().unwrap();
+    let reads: Vec<String> = w
+        .runner
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("kubectl --server"))
+        .collect();
+    assert_eq!(reads.len(), 4, "{reads:#?}");
+    assert_eq!(
+        reads[0],
+        format!(
+            "kubectl --server https://{VIP}:8443 --certificate-authority {} --token={TOKEN} \
+             --request-timeout=20s get node w1 -o json",
+            w.path("etc/hakube/pki/ca.crt")
+        )
+    );
+    let calls = w.runner.calls();
+    let join = calls
+        .iter()
+        .position(|c| c.starts_with("kubeadm join --config"))
+        .unwrap();
+    let last_read = calls
+        .iter()
+        .rposition(|c| c.starts_with("kubectl --server"))
+        .unwrap();
+    assert!(
+        last_read < join,
+        "kubeadm joins only once the old Node left Ready"
+    );
+    assert_eq!(w.runner.count("kubeadm join --config"), 1);
+    let outcome = w.step("kubeadm-join").outcome.unwrap();
+    assert!(
+        outcome.contains("for the Node w1 of the machine it replaced to leave Ready")
+            && outcome.ends_with("joined as a worker"),
+        "{outcome}"
+    );
+    let journal = fs::read_to_string(Journal::path_under(w.root.path())).unwrap();
+    assert!(
+        !journal.contains("0123456789abcdef"),
+        "the token stays out of the journal"
+    );
+}
+
+#[test]
+fn a_node_of_this_name_that_stays_ready_is_never_joined_over_and_named() {
+    let w = joining("w1", Role::Worker, FakeCluster::default());
+    w.runner.on_front(
+        "kubectl --server",
+        Output::ok(&node_json("True", OTHER_BOOT)),
+    );
+    let msg = format!("{:#}", w.run().unwrap_err());
+    assert!(
+        msg.contains("a Node named w1 stays Ready: a live machine seems to run as w1")
+            && msg.contains(
+                "gave up waiting for the Node w1 of an earlier machine to leave Ready after 3"
+            ),
+        "{msg}"
+    );
+    assert_eq!(w.runner.count("kubeadm join"), 0);
+    assert_eq!(w.state("kubeadm-join"), StepState::Failed);
+}
+
+#[test]
+fn worker_refused_by_kubeadm_for_a_ready_node_joins_afresh_on_the_retry() {
+    // The Node went Ready again between firstboot's read and kubeadm's (or
+    // could not be read): kubeadm wrote the bootstrap kubeconfig and its copy
+    // of the CA, then refused. Left there, every retry's preflight would fail
+    // on them (FileAvailable).
+    let w = joining("w1", Role::Worker, FakeCluster::default());
+    let r = w.root.path().to_path_buf();
+    let bootstrap = r.join(KUBELET_STARTED);
+    {
+        let r = r.clone();
+        w.runner.effect_front("kubeadm join --config", move |_| {
+            write(&r, KUBELET_STARTED, KUBECONFIG);
+            write(&r, "etc/kubernetes/pki/ca.crt", "CA\n");
+            Output::fail(1, &ready_node_refusal("w1"))
+        });
+    }
+    let msg = format!("{:#}", w.run().unwrap_err());
+    assert!(
+        msg.contains("kubeadm join refused: a Node named w1 reads Ready")
+            && msg.contains("retried from scratch"),
+        "{msg}"
+    );
+    assert!(!bootstrap.exists() && !r.join("etc/kubernetes/pki/ca.crt").exists());
+    assert!(
+        r.join("etc/hakube/pki/ca.crt").exists(),
+        "the image's CA stays"
+    );
+    assert_eq!(w.state("kubeadm-join"), StepState::Failed);
+    w.run().unwrap();
+    assert_eq!(w.runner.count("kubeadm join --config"), 2);
+    assert_eq!(w.state("kubeadm-join"), StepState::Done);
+}
+
+#[test]
+fn master_refused_by_kubeadm_for_a_ready_node_runs_no_etcd_join_and_joins_afresh() {
+    // The wedge the review found: kubeadm's control-plane-prepare wrote the
+    // manifests, kubelet-start wrote bootstrap-kubelet.conf and refused.
+    // Taken for "failed after the kubelet's bootstrap", etcd-join would add a
+    // learner with no kubelet to start it, blocking every other master.
+    let w = joining("m2", Role::Master, FakeCluster::new(&stacked_nodes(), true));
+    let manifests = [
+        APISERVER_POD,
+        "etc/kubernetes/manifests/kube-controller-manager.yaml",
+        "etc/kubernetes/manifests/kube-scheduler.yaml",
+    ];
+    let r = w.root.path().to_path_buf();
+    {
+        let r = r.clone();
+        w.runner.effect_front("kubeadm join --config", move |_| {
+            for f in manifests {
+                write(&r, f, "kind: Pod\n");
+            }
+            write(&r, KUBELET_STARTED, KUBECONFIG);
+            Output::fail(1, &ready_node_refusal("m2"))
+        });
+    }
+    let msg = format!("{:#}", w.run().unwrap_err());
+    assert!(msg.contains("a Node named m2 reads Ready"), "{msg}");
+    assert!(
+        join_phases(&w).is_empty(),
+        "no phase runs: {:?}",
+        join_phases(&w)
+    );
+    assert!(
+        !w.etcd.log().iter().any(|l| l.contains("add")),
+        "{:?}",
+        w.etcd.log()
+    );
+    for f in manifests.iter().chain([&KUBELET_STARTED]) {
+        assert!(!r.join(f).exists(), "{f} left for the retry's preflight");
+    }
+    assert!(
+        r.join("etc/kubernetes/pki/ca.crt").exists(),
+        "the baked CA stays"
+    );
+    // The next attempt is a whole join again.
+    w.run().unwrap();
+    assert_eq!(w.runner.count("kubeadm join --config"), 2);
+    assert!(join_phases(&w).is_empty());
     assert_eq!(w.state("kubeadm-join"), StepState::Done);
 }
 
