@@ -569,8 +569,9 @@ pub fn kubeadm_join(ctx: &mut Ctx) -> Result<String> {
         }
         ctx.env.svc.start("kubelet.service")?;
         if !master {
+            let ran = finish_worker_join(ctx, &config)?;
             return Ok(format!(
-                "already joined ({} exists); kubelet started",
+                "already joined ({} exists); kubelet started{ran}",
                 kubelet_conf.display()
             ));
         }
@@ -615,6 +616,17 @@ pub fn kubeadm_join(ctx: &mut Ctx) -> Result<String> {
         }
         // Failed after the kubelet's bootstrap, in etcd-join or later: the
         // rest is done by kubeadm's own phases, now rather than a restart later.
+        // A worker whose kubelet's TLS bootstrap outlasted kubeadm's wait:
+        // kubeadm removed the bootstrap kubeconfig the kubelet still needs.
+        Err(e) if !master && kubelet_started() => {
+            log(&format!(
+                "kubeadm join failed after the kubelet was started; finishing its bootstrap: {e:#}"
+            ));
+            let ran = finish_worker_join(ctx, &config)?;
+            Ok(joined(&format!(
+                "joined as a worker (kubeadm join failed after starting the kubelet{ran})"
+            )))
+        }
         Err(e) if master && kubelet_started() && ctx.path(APISERVER_MANIFEST).exists() => {
             log(&format!(
                 "kubeadm join failed after the kubelet's bootstrap; finishing with its phases: {e:#}"
@@ -807,11 +819,7 @@ fn finish_control_plane_join(ctx: &Ctx, config: &Path) -> Result<String> {
     // kubeconfig, leaving a kubelet that can never get its certificate.
     // kubelet-start writes it again (from the baked join token) and restarts
     // the kubelet; the wait for the node below is not bounded by kubeadm.
-    if !ctx.path(KUBELET_CLIENT_PEM).exists() && !ctx.path(BOOTSTRAP_KUBELET_CONF).exists() {
-        log(&format!(
-            "the kubelet has no client certificate ({KUBELET_CLIENT_PEM}) and kubeadm removed its bootstrap \
-             kubeconfig ({BOOTSTRAP_KUBELET_CONF}) when its wait gave up: writing it again"
-        ));
+    if needs_bootstrap_again(ctx) {
         ran.push(join_phase(&["kubelet-start"])?);
     }
     let promoted = promote_own_learner(ctx)?;
@@ -837,6 +845,46 @@ fn finish_control_plane_join(ctx: &Ctx, config: &Path) -> Result<String> {
         Some(how) => format!("{how}; {}", ran.join(", ")),
         None => ran.join(", "),
     })
+}
+
+/// The kubelet has no client certificate and kubeadm removed its bootstrap
+/// kubeconfig when its wait gave up (said in the log): kubeadm's
+/// kubelet-start must write it again.
+fn needs_bootstrap_again(ctx: &Ctx) -> bool {
+    let lost = !ctx.path(KUBELET_CLIENT_PEM).exists() && !ctx.path(BOOTSTRAP_KUBELET_CONF).exists();
+    if lost {
+        log(&format!(
+            "the kubelet has no client certificate ({KUBELET_CLIENT_PEM}) and kubeadm removed its bootstrap \
+             kubeconfig ({BOOTSTRAP_KUBELET_CONF}) when its wait gave up: writing it again"
+        ));
+    }
+    lost
+}
+
+/// The rest of a worker's join once kubeadm started its kubelet: the
+/// bootstrap kubeconfig written again if the kubelet never got its
+/// certificate (its TLS bootstrap outlasted kubeadm's 10-minute wait under a
+/// loaded control plane, as masters saw in the HA VM runs), then the wait
+/// for the kubelet to register the node, with no limit but the remote
+/// waits'. Returns what it ran, for the step's outcome.
+fn finish_worker_join(ctx: &Ctx, config: &Path) -> Result<String> {
+    let mut ran = String::new();
+    if needs_bootstrap_again(ctx) {
+        let cmd = Cmd::new("kubeadm")
+            .args(["join", "phase", "kubelet-start", "--config"])
+            .arg(config.to_string_lossy())
+            .timeout(KUBEADM_TIMEOUT);
+        run_checked(ctx.env.cmd, &cmd)
+            .context("writing the kubelet's bootstrap kubeconfig again")?;
+        ran.push_str("; ran phase kubelet-start (bootstrap kubeconfig written again)");
+    }
+    wait_own_node(ctx).context("the kubelet has not registered this node")?;
+    let bootstrap = ctx.path(BOOTSTRAP_KUBELET_CONF);
+    if bootstrap.exists() {
+        std::fs::remove_file(&bootstrap)
+            .with_context(|| format!("removing {}", bootstrap.display()))?;
+    }
+    Ok(ran)
 }
 
 /// This node's Node object exists: the kubelet has registered it. kubeadm's

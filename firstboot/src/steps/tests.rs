@@ -804,6 +804,7 @@ fn join_fails_after(w: &World, files: &[&'static str], member: Option<FakeMember
 
 const KUBELET_STARTED: &str = "etc/kubernetes/bootstrap-kubelet.conf";
 const KUBELET_CONFIG: &str = "var/lib/kubelet/config.yaml";
+const KUBELET_CLIENT_PEM: &str = "var/lib/kubelet/pki/kubelet-client-current.pem";
 const KUBELET_CONF: &str = "etc/kubernetes/kubelet.conf";
 const APISERVER_POD: &str = "etc/kubernetes/manifests/kube-apiserver.yaml";
 const ETCD_POD: &str = "etc/kubernetes/manifests/etcd.yaml";
@@ -1289,13 +1290,64 @@ fn worker_join_cut_after_the_kubelet_bootstrap_runs_no_control_plane_phase() {
     let w = joining("w1", Role::Worker, FakeCluster::default());
     let r = w.root.path().to_path_buf();
     w.runner.effect_front("kubeadm join --config", move |_| {
+        write(&r, KUBELET_CONFIG, "kind: KubeletConfiguration\n");
         write(&r, "etc/kubernetes/kubelet.conf", KUBECONFIG);
+        write(&r, KUBELET_CLIENT_PEM, "CERT\n");
         panic!("simulated power cut during kubeadm join");
     });
     assert!(catch_unwind(AssertUnwindSafe(|| w.run())).is_err());
     w.run().unwrap();
     assert_eq!(w.runner.count("kubeadm join --config"), 1);
     assert_eq!(w.runner.count("kubeadm join phase"), 0);
+    assert_eq!(w.state("kubeadm-join"), StepState::Done);
+}
+
+#[test]
+fn worker_whose_tls_bootstrap_outlasted_kubeadm_gets_its_bootstrap_kubeconfig_again() {
+    // The kubelet wrote kubelet.conf (pointing at a certificate still to
+    // come), kubeadm's 10-minute wait gave up and removed the bootstrap
+    // kubeconfig: a kubelet that can never get its certificate. Declared
+    // joined, the worker would stay out of the cluster for good.
+    let w = joining("w1", Role::Worker, FakeCluster::default());
+    join_fails_after(
+        &w,
+        &[KUBELET_CONF],
+        None,
+        "error execution phase kubelet-wait-bootstrap: failed while waiting for TLS bootstrap: \
+         context deadline exceeded",
+    );
+    let r = w.root.path().to_path_buf();
+    w.runner
+        .effect_front("kubeadm join phase kubelet-start", move |_| {
+            write(&r, KUBELET_STARTED, KUBECONFIG);
+            Output::default()
+        });
+    let get = format!(
+        "kubectl --kubeconfig {} --request-timeout=20s get node w1 -o name",
+        w.path("etc/kubernetes/kubelet.conf")
+    );
+    w.runner.push_front(
+        &get,
+        Output::fail(
+            1,
+            "error: You must be logged in to the server (Unauthorized)",
+        ),
+    );
+    w.run().unwrap();
+    let config = w.path("etc/hakube/kubeadm/join.yaml");
+    assert_eq!(
+        join_phases(&w),
+        [format!(
+            "kubeadm join phase kubelet-start --config {config}"
+        )]
+    );
+    assert_eq!(w.runner.count(&get), 2, "waited for the node to register");
+    assert!(!w.root.path().join(KUBELET_STARTED).exists());
+    let outcome = w.step("kubeadm-join").outcome.unwrap();
+    assert!(
+        outcome.contains("bootstrap kubeconfig written again"),
+        "{outcome}"
+    );
     assert_eq!(w.state("kubeadm-join"), StepState::Done);
 }
 
