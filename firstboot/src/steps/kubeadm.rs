@@ -81,8 +81,65 @@ pub fn wait_etcd(ctx: &mut Ctx) -> Result<String> {
     Ok(format!("etcd in quorum: {summary}"))
 }
 
+/// How long the init node must see no sign of a cluster before it decides
+/// to initialise one, probing every [`INIT_PROBE_EVERY`]: one missed probe (an
+/// API server restarting, the VIP moving, a lost packet) must not start a
+/// second cluster.
+pub const INIT_SETTLE: std::time::Duration = std::time::Duration::from_secs(30);
+const INIT_PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A sign that the cluster exists.
+enum Seen {
+    /// An API server answers here.
+    Api(String),
+    /// Stacked etcd: other masters' etcd answers (they run it only once
+    /// they joined a cluster), though no API server does yet.
+    Etcd(Vec<String>),
+}
+
+/// One look for a sign of the cluster: an API server at the endpoint or at
+/// another master, else (stacked etcd) another master's etcd.
+fn look_for_cluster(ctx: &Ctx, urls: &[String]) -> Option<Seen> {
+    if let Some(u) = urls.iter().find(|u| ctx.env.probe.https_answers(u)) {
+        return Some(Seen::Api(u.clone()));
+    }
+    if ctx.profile.etcd_topology != EtcdTopology::Stacked {
+        return None;
+    }
+    let etcd: Vec<String> = ctx
+        .profile
+        .masters
+        .iter()
+        .filter(|m| m.name != ctx.profile.node_name)
+        .map(|m| format!("{}:2379", m.address))
+        .filter(|hp| ctx.env.probe.tcp_open(hp))
+        .collect();
+    (!etcd.is_empty()).then_some(Seen::Etcd(etcd))
+}
+
+/// Records the decision to join the cluster `seen` shows (waiting for its
+/// API when only its etcd answers), and says why.
+fn join_seen(ctx: &mut Ctx, urls: &[String], seen: Seen) -> Result<String> {
+    let what = match seen {
+        Seen::Api(u) => format!("a cluster already answers at {u}: joining it"),
+        Seen::Etcd(etcd) => {
+            let why = format!(
+                "etcd answers on {} (other masters run etcd only once they joined a cluster), so cluster {} \
+                 exists; no API server answers yet, and initialising would create a second cluster",
+                etcd.join(", "),
+                ctx.profile.cluster_name
+            );
+            log(&why);
+            let u = wait_any_api(ctx, urls, &why)?;
+            format!("{why}; it now answers at {u}: joining it")
+        }
+    };
+    ctx.journal.set_note(DECISION, "join")?;
+    Ok(what)
+}
+
 /// Init node: initialise the cluster only when nothing says one exists.
-/// Decided once, from durable evidence first:
+/// From durable evidence first:
 /// - the image says the cluster was already formed (`clusterInitialised`,
 ///   recorded in the build's state directory): join, waiting as long as it
 ///   takes for an API server;
@@ -91,8 +148,11 @@ pub fn wait_etcd(ctx: &mut Ctx) -> Result<String> {
 ///   run etcd only after joining a cluster, so one exists although no API
 ///   server answers (it is recovering): wait for it, then join.
 ///
-/// With external etcd, `etcd-keyspace` refuses an init over an existing
-/// keyspace. A second cluster is never created on a guess.
+/// "init" is decided only after [`INIT_SETTLE`] of probes without any sign,
+/// and it is not final until kubeadm init starts: `etcd-keyspace` and
+/// `kubeadm-init` look again and join a cluster that answers by then. With
+/// external etcd, `etcd-keyspace` refuses an init over an existing keyspace.
+/// A second cluster is never created on a guess.
 pub fn init_or_join(ctx: &mut Ctx) -> Result<String> {
     if let Some(d) = ctx.journal.note(DECISION) {
         return Ok(format!("decided earlier: {d}"));
@@ -110,42 +170,52 @@ pub fn init_or_join(ctx: &mut Ctx) -> Result<String> {
             "the image says the cluster was formed already; it answers at {u}: joining it"
         ));
     }
-    if let Some(u) = urls.iter().find(|u| ctx.env.probe.https_answers(u)) {
-        ctx.journal.set_note(DECISION, "join")?;
-        return Ok(format!("a cluster already answers at {u}: joining it"));
-    }
-    if ctx.profile.etcd_topology == EtcdTopology::Stacked {
-        let etcd: Vec<String> = ctx
-            .profile
-            .masters
-            .iter()
-            .filter(|m| m.name != ctx.profile.node_name)
-            .map(|m| format!("{}:2379", m.address))
-            .filter(|hp| ctx.env.probe.tcp_open(hp))
-            .collect();
-        if !etcd.is_empty() {
-            let why = format!(
-                "etcd answers on {} (other masters run etcd only once they joined a cluster), so cluster {} \
-                 exists; no API server answers yet, and initialising would create a second cluster",
-                etcd.join(", "),
-                ctx.profile.cluster_name
-            );
-            log(&why);
-            let u = wait_any_api(ctx, &urls, &why)?;
-            ctx.journal.set_note(DECISION, "join")?;
-            return Ok(format!("{why}; it now answers at {u}: joining it"));
+    let clock = ctx.env.clock;
+    let start = clock.now();
+    let mut probes = 0;
+    loop {
+        probes += 1;
+        if let Some(seen) = look_for_cluster(ctx, &urls) {
+            return join_seen(ctx, &urls, seen);
         }
+        let waited = (clock.now() - start).unsigned_abs();
+        if waited >= INIT_SETTLE {
+            break;
+        }
+        if probes == 1 {
+            log(&format!(
+                "no sign of cluster {} yet; looking for {}s before deciding to initialise it",
+                ctx.profile.cluster_name,
+                INIT_SETTLE.as_secs()
+            ));
+        }
+        clock.sleep(INIT_PROBE_EVERY.min(INIT_SETTLE - waited));
     }
     ctx.journal.set_note(DECISION, "init")?;
     Ok(format!(
-        "no API server answers at {}{}: this node initialises the cluster",
+        "no API server answered at {}{} in {}s ({probes} looks): this node initialises the cluster",
         urls.join(", "),
         if ctx.profile.etcd_topology == EtcdTopology::Stacked {
-            " and no other master runs etcd"
+            " and no other master ran etcd"
         } else {
             ""
-        }
+        },
+        INIT_SETTLE.as_secs()
     ))
+}
+
+/// The decision to initialise, looked at again before anything acts on it:
+/// a cluster seen now (its API was unreachable when "init" was decided) is
+/// joined instead. `Some(outcome)` when the decision changed to join.
+fn redecide(ctx: &mut Ctx) -> Result<Option<String>> {
+    let urls = api_urls(ctx);
+    match look_for_cluster(ctx, &urls) {
+        None => Ok(None),
+        Some(seen) => {
+            log("the decision to initialise was made while no cluster answered; one does now");
+            join_seen(ctx, &urls, seen).map(|w| Some(format!("re-decided: {w}")))
+        }
+    }
 }
 
 /// The endpoint and every other master's API server.
@@ -194,6 +264,12 @@ pub fn etcd_keyspace(ctx: &mut Ctx) -> Result<String> {
             )
         })?;
     if n > 0 {
+        // A live cluster whose API did not answer when "init" was decided,
+        // or the stale keyspace of a gone one: only an API that answers
+        // tells them apart. Looked at again on every attempt.
+        if let Some(joined) = redecide(ctx)? {
+            return Ok(format!("{n} keys under /registry/: {joined}"));
+        }
         anyhow::bail!(
             "refusing to run kubeadm init: the external etcd at {eps} already holds {n} keys under /registry/ \
              (a Kubernetes keyspace from an earlier cluster; kubeadm reset does not clean an external etcd, and \
@@ -361,6 +437,9 @@ pub fn kubeadm_init(ctx: &mut Ctx) -> Result<String> {
     let crt = ctx.path(APISERVER_CRT);
     if ctx.resumed() {
         return resume_init(ctx, &config);
+    }
+    if let Some(joined) = redecide(ctx)? {
+        return Ok(format!("skipped: {joined}"));
     }
     let fp = fingerprint(&crt)
         .context("the baked API server certificate must be in place before kubeadm init")?;

@@ -635,6 +635,91 @@ fn init_refused_over_existing_registry_keyspace() {
 }
 
 #[test]
+fn init_node_that_misses_the_cluster_once_keeps_looking_and_joins_it() {
+    // A reimaged init master (built before the cluster formed) whose first
+    // look finds m2's API server restarting: one probe must not decide.
+    let w = init_world(EtcdTopology::Stacked);
+    w.probe.answer("https://10.0.0.12:6443/readyz", 2);
+    *w.etcd.cluster.borrow_mut() =
+        FakeCluster::new(&[("m2", "10.0.0.12"), ("m3", "10.0.0.13")], true);
+    w.run().unwrap();
+    assert_eq!(w.runner.count("kubeadm init"), 0);
+    assert_eq!(w.runner.count("kubeadm join --config"), 1);
+    assert_eq!(
+        w.journal().notes.get("decision").map(String::as_str),
+        Some("join")
+    );
+    assert_eq!(
+        w.step("init-or-join").outcome.as_deref(),
+        Some("a cluster already answers at https://10.0.0.12:6443/readyz: joining it")
+    );
+}
+
+#[test]
+fn init_is_decided_only_after_the_settle_window_without_any_sign_of_a_cluster() {
+    let w = init_world(EtcdTopology::Stacked);
+    w.run().unwrap();
+    let outcome = w.step("init-or-join").outcome.unwrap();
+    assert!(
+        outcome.contains("in 30s (7 looks): this node initialises the cluster"),
+        "{outcome}"
+    );
+    assert!(w.clock.slept.get() >= crate::steps::kubeadm::INIT_SETTLE);
+    assert_eq!(w.runner.count("kubeadm init --config"), 1);
+}
+
+#[test]
+fn init_decided_while_the_api_was_unreachable_is_re_made_once_it_answers() {
+    // External etcd holding a live cluster's keyspace; its API did not
+    // answer while this init master decided: refused (it may be a stale
+    // keyspace), and on the next attempt, the API answering, joined.
+    let w = init_world(EtcdTopology::External);
+    w.etcd
+        .cluster
+        .borrow_mut()
+        .keys
+        .insert("/registry/pods/default/a".into(), "v".into());
+    let msg = format!("{:#}", w.run().unwrap_err());
+    assert!(msg.contains("refusing to run kubeadm init"), "{msg}");
+    assert_eq!(
+        w.journal().notes.get("decision").map(String::as_str),
+        Some("init")
+    );
+    w.probe.answer(&format!("https://{VIP}:8443/readyz"), 0);
+    w.run().unwrap();
+    assert_eq!(w.runner.count("kubeadm init"), 0);
+    assert_eq!(w.runner.count("kubeadm join --config"), 1);
+    assert_eq!(
+        w.journal().notes.get("decision").map(String::as_str),
+        Some("join")
+    );
+    let outcome = w.step("etcd-keyspace").outcome.unwrap();
+    assert!(
+        outcome.contains("1 keys under /registry/: re-decided: a cluster already answers at https://10.0.0.100:8443/readyz"),
+        "{outcome}"
+    );
+}
+
+#[test]
+fn init_node_sees_the_cluster_come_back_before_kubeadm_init_and_joins() {
+    // Decided "init" (nothing answered for the whole window), then, before
+    // kubeadm init starts, an API server answers: joined, never initialised.
+    let w = init_world(EtcdTopology::Stacked);
+    *w.etcd.cluster.borrow_mut() =
+        FakeCluster::new(&[("m2", "10.0.0.12"), ("m3", "10.0.0.13")], true);
+    // 7 looks of 3 URLs each in init-or-join, then the look of kubeadm-init.
+    w.probe.answer("https://10.0.0.12:6443/readyz", 7);
+    w.run().unwrap();
+    assert_eq!(w.runner.count("kubeadm init"), 0);
+    assert_eq!(w.runner.count("kubeadm join --config"), 1);
+    let outcome = w.step("kubeadm-init").outcome.unwrap();
+    assert!(
+        outcome.starts_with("skipped: re-decided: a cluster already answers"),
+        "{outcome}"
+    );
+}
+
+#[test]
 fn an_init_node_of_an_older_image_re_points_kube_proxy_after_init() {
     // A profile without the kube-proxy addon config (an image built before
     // it): kubeadm init deployed kube-proxy against the endpoint, so
