@@ -123,6 +123,25 @@ fn story_forms_then_reboots_updates_and_rolls_back() {
     assert_installed_node(&mut h, WORKER, 0);
 
     h.step("reboot");
+    // Graceful node shutdown: the kubelet holds logind's delay inhibitor, so
+    // a reboot hakube does not drain itself still ends the pods first.
+    let locks = guest(
+        &mut h,
+        WORKER,
+        "the kubelet's shutdown inhibitor",
+        "systemd-inhibit --list --no-pager --no-legend; \
+         busctl get-property org.freedesktop.login1 /org/freedesktop/login1 \
+         org.freedesktop.login1.Manager InhibitDelayMaxUSec",
+    );
+    if !locks
+        .lines()
+        .any(|l| l.contains("kubelet") && l.contains("delay"))
+        || !locks.contains("t 90000000")
+    {
+        h.fail(&format!(
+            "want the kubelet's shutdown delay inhibitor and logind's InhibitDelayMaxSec 90: {locks}"
+        ));
+    }
     let t = Instant::now();
     let id = boot_id(&mut h, WORKER);
     reboot(&mut h, WORKER);

@@ -345,6 +345,15 @@ fn cluster_configuration(cluster: &Cluster) -> Value {
 /// (system-validators' CgroupsValidator) refuses cgroup v1 the same way.
 /// The systemd driver matches containerd's `SystemdCgroup` and CRI-O's
 /// `cgroup_manager`.
+///
+/// Graceful node shutdown: on any shutdown or reboot hakube does not drain
+/// itself (a user's `systemctl reboot`, a power button, the host stopping
+/// the VM with an ACPI shutdown) the kubelet holds a logind inhibitor and
+/// terminates pods in two rounds, regular pods first, then critical ones
+/// (CoreDNS, kube-proxy, the CNI, the static control plane), so their
+/// preStop hooks and endpoints removal happen before the node goes. The
+/// kubelet raises logind's InhibitDelayMaxSec itself (a drop-in under
+/// /etc/systemd/logind.conf.d, which the node's writable /etc takes).
 fn kubelet_configuration(cluster: &Cluster) -> Value {
     json!({
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -354,6 +363,8 @@ fn kubelet_configuration(cluster: &Cluster) -> Value {
         "clusterDNS": [cluster.networking.cluster_dns_ip().to_string()],
         "clusterDomain": cluster.networking.dns_domain,
         "rotateCertificates": true,
+        "shutdownGracePeriod": "60s",
+        "shutdownGracePeriodCriticalPods": "20s",
         "failSwapOn": true,
         "volumePluginDir": VOLUME_PLUGIN_DIR,
     })

@@ -3,6 +3,7 @@
 
 use crate::spec::{Cluster, Node, NodeNetwork};
 use crate::tree::FileTree;
+use hakube_node_profile::Role;
 use std::fmt::Write as _;
 
 pub const HOSTNAME: &str = "etc/hostname";
@@ -11,6 +12,10 @@ pub const LINK_FILE: &str = "etc/systemd/network/10-hakube.link";
 pub const NETWORK_FILE: &str = "etc/systemd/network/10-hakube.network";
 pub const MODULES: &str = "etc/modules-load.d/hakube.conf";
 pub const SYSCTLS: &str = "etc/sysctl.d/90-hakube.conf";
+/// Kubernetes nodes: logind lets the kubelet delay a shutdown as long as its
+/// graceful node shutdown needs (KubeletConfiguration's
+/// shutdownGracePeriod, 60 s; logind's own default is 5 s).
+pub const LOGIND_DROPIN: &str = "etc/systemd/logind.conf.d/90-hakube.conf";
 pub const SSH_KEYS: &str = "etc/ssh/authorized_keys/root";
 pub const SSHD_DROPIN: &str = "etc/ssh/sshd_config.d/hakube.conf";
 pub const RESOLV_CONF: &str = "etc/resolv.conf";
@@ -157,6 +162,14 @@ pub fn add(tree: &mut FileTree, cluster: &Cluster, node: &Node) -> bool {
     }
     tree.add_public(MODULES, modules(node));
     tree.add_public(SYSCTLS, sysctls(node));
+    if node.role != Role::Etcd {
+        tree.add_public(
+            LOGIND_DROPIN,
+            "# Written by hakube-build render: the kubelet's graceful node shutdown\n\
+             # (shutdownGracePeriod 60s) holds a delay inhibitor this long at most.\n\
+             [Login]\nInhibitDelayMaxSec=90\n",
+        );
+    }
     tree.add_public(FIRSTBOOT_UNIT, FIRSTBOOT_UNIT_TEXT);
     if cluster.ssh_authorized_keys.is_empty() {
         return false;
