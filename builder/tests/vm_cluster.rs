@@ -12,15 +12,17 @@
 //!    overlay /etc, the boot disk chosen among two hakube disks on the
 //!    master), the uncounted first-install entry, slot A with the build's
 //!    version and B empty, every image in containerd with its digest;
-//! 3. reboot: the worker reboots; /etc and /var kept, the entry unchanged,
-//!    the node Ready again;
+//! 3. reboot: the kubelet holds its graceful-shutdown inhibitor; the worker
+//!    reboots; /etc and /var kept, the entry unchanged, the node Ready again;
 //! 4. OS update: the worker takes a later build of itself (a bundle on a
 //!    disk, no network) into slot B, boots it on trial, passes the health
 //!    gate and is blessed; /var kept; Ready;
 //! 5. bad update and rollback: a build whose kubelet cannot start goes into
-//!    slot A; the gate marks it bad after the spec's deadline and the node
-//!    comes back on slot B by itself, /var kept, `status` naming the bad
-//!    slot and the gate's result, Ready again.
+//!    slot A; the gate marks it bad once the kubelet crash-loops (before the
+//!    spec's deadline) and the node comes back on slot B by itself, /var
+//!    kept, `status` naming the bad slot and the gate's result, Ready again;
+//! 6. reimage: the worker loses power and gets a fresh disk at once, its
+//!    Node still Ready; it rejoins under its name, Ready from its new boot.
 //!
 //! Everything is asserted from the host side of the namespace (kubectl with
 //! the built admin.conf through the VIP) or from the guest agent. Needs root,
@@ -245,6 +247,67 @@ fn story_forms_then_reboots_updates_and_rolls_back() {
     );
     wait_node_ready(&h, WORKER, Duration::from_secs(300));
     record("story", "bad-update-to-fallback", t.elapsed());
+
+    // The worker replaced at once: power cut, a fresh disk from its image,
+    // powered on within seconds while its Node still reads Ready. It must
+    // rejoin under its name (waiting out the old Node's Ready if its join
+    // comes before the node controller notices) and be Ready from its new
+    // boot, on the image's first slot.
+    h.step("reimage");
+    let old = h.must(
+        "the worker's Node",
+        h.kubectl_json(&["get", "node", WORKER]),
+    );
+    let old_boot = old["status"]["nodeInfo"]["bootID"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if condition(&old, "Ready").is_none_or(|c| c["status"] != "True") {
+        h.fail(&format!(
+            "the worker is not Ready before its reimage: {old}"
+        ));
+    }
+    h.reimage(WORKER);
+    h.wait_first_boot(FIRST_BOOT_LIMIT);
+    let st = status(&mut h, WORKER);
+    let join = st["steps"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "kubeadm-join"))
+        .map(|s| s["outcome"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    if !join.contains("joined as a worker") {
+        h.fail(&format!("the reimaged worker's join: {st}"));
+    }
+    eprintln!("e2e story: the reimaged worker's join: {join}");
+    let new_boot = guest(
+        &mut h,
+        WORKER,
+        "boot id",
+        "cat /proc/sys/kernel/random/boot_id",
+    );
+    let r = wait_for(
+        "the worker Ready, reported from its new disk",
+        Duration::from_secs(300),
+        Duration::from_secs(5),
+        || {
+            let v = h.kubectl_json(&["get", "node", WORKER])?;
+            let boot = v["status"]["nodeInfo"]["bootID"]
+                .as_str()
+                .unwrap_or_default();
+            match condition(&v, "Ready") {
+                Some(c) if c["status"] == "True" && boot == new_boot.trim() => Ok(()),
+                c => Err(format!("bootID {boot} (old {old_boot}), Ready: {c:?}")),
+            }
+        },
+    );
+    h.must("the reimaged worker", r);
+    let st = status(&mut h, WORKER);
+    let a = slot(&st, "root-a");
+    if a["version"].as_str() != Some(v1.as_str()) || a["booted"] != true {
+        h.fail(&format!(
+            "the reimaged worker boots its image's slot A with {v1}: {st}"
+        ));
+    }
     h.end_step();
     eprintln!("e2e story: passed");
 }
