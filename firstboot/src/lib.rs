@@ -5,6 +5,7 @@
 //! against a journal ([`journal`]) that decides what is left. Side effects go
 //! through small traits ([`system`], [`etcd`]) with fakes in [`fakes`].
 
+pub mod certs;
 pub mod cli;
 pub mod etcd;
 pub mod etcd_config;
@@ -87,6 +88,7 @@ pub fn status(root: &Path, json: bool, os: &update::Platform) -> Result<String> 
     // Live, not from the journal: a store that lost an image after first
     // boot says so here.
     let images = steps::check_node_images(root, os.cmd, &profile.node_name, profile.runtime);
+    let certs = certs::held(root, os.clock.now());
     Ok(if json {
         let mut v = serde_json::to_value(&s)?;
         v["os"] = match &slots {
@@ -97,6 +99,7 @@ pub fn status(root: &Path, json: bool, os: &update::Platform) -> Result<String> 
             Ok(r) => serde_json::to_value(r)?,
             Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
         };
+        v["certificates"] = serde_json::to_value(&certs)?;
         let mut out = serde_json::to_string_pretty(&v)?;
         out.push('\n');
         out
@@ -107,6 +110,8 @@ pub fn status(root: &Path, json: bool, os: &update::Platform) -> Result<String> 
             Ok(None) => {}
             Err(e) => out.push_str(&format!("\ncontainer images: unavailable: {e:#}\n")),
         }
+        out.push_str("\ncertificates:\n");
+        out.push_str(&certs::to_text(&certs));
         out.push_str("\nOS slots:\n");
         match &slots {
             Ok(o) => out.push_str(&update::os_status_text(o)),

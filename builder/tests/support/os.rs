@@ -222,6 +222,27 @@ pub fn assert_installed_node(h: &mut ClusterHarness, node: &str, other_disks: us
             "{node}: slots: want A booted with {version} and good, B empty: {st}"
         ));
     }
+    // Every certificate the node holds is read, with its expiry: on a master
+    // the API server's leaf and admin.conf's client, on every Kubernetes
+    // node the kubelet's rotated client certificate.
+    let certs = st["certificates"].as_array().cloned().unwrap_or_default();
+    let readable = |name: &str| {
+        certs
+            .iter()
+            .any(|c| c["name"] == name && c["error"].is_null() && c["daysLeft"].as_i64() > Some(0))
+    };
+    let role = h.cluster.node(node).map(|n| n.role);
+    let want: &[&str] = match role {
+        Some(hakube_node_profile::Role::Master) => {
+            &["ca", "apiserver", "admin.conf", "kubelet-client"]
+        }
+        _ => &["ca", "kubelet-client"],
+    };
+    if let Some(missing) = want.iter().find(|w| !readable(w)) {
+        h.fail(&format!(
+            "{node}: status lists no readable, unexpired {missing} certificate: {certs:?}"
+        ));
+    }
     let os = guest(
         h,
         node,

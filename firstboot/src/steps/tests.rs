@@ -1926,6 +1926,62 @@ fn go_durations_parse() {
 // ---- status, health, bad input ------------------------------------------
 
 #[test]
+fn status_lists_every_certificate_with_its_expiry() {
+    let w = World::new(
+        profile("m2", Role::Master, EtcdTopology::Stacked),
+        FakeCluster::new(&stacked_nodes(), true),
+    );
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/certs");
+    let apiserver = fs::read_to_string(fixtures.join("apiserver.crt")).unwrap();
+    let client = fs::read_to_string(fixtures.join("admin-client.crt")).unwrap();
+    use base64::Engine as _;
+    let data = base64::engine::general_purpose::STANDARD.encode(&client);
+    write(
+        w.root.path(),
+        "etc/kubernetes/pki/apiserver.crt",
+        &apiserver,
+    );
+    write(
+        w.root.path(),
+        "etc/kubernetes/admin.conf",
+        &format!("apiVersion: v1\nkind: Config\nusers:\n- name: kubernetes-admin\n  user:\n    client-certificate-data: {data}\n"),
+    );
+    // The kubelet's kubeconfig names its rotated certificate file instead.
+    write(
+        w.root.path(),
+        "var/lib/kubelet/pki/kubelet-client-current.pem",
+        &client,
+    );
+    let (runner, clock) = (
+        crate::fakes::FakeRunner::new(),
+        crate::fakes::FakeClock::default(),
+    );
+    let os = crate::update::platform(w.root.path(), &runner, &clock);
+    let v: serde_json::Value =
+        serde_json::from_str(&crate::status(w.root.path(), true, &os).unwrap()).unwrap();
+    let certs = v["certificates"].as_array().unwrap();
+    let find = |name: &str| {
+        certs
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("{name}: {certs:?}"))
+    };
+    assert_eq!(find("apiserver")["notAfter"], "2029-02-14T20:24:52Z");
+    assert_eq!(find("apiserver")["daysLeft"], 761);
+    assert_eq!(find("admin.conf")["notAfter"], "2028-01-11T20:24:52Z");
+    assert_eq!(find("admin.conf")["daysLeft"], 361);
+    assert_eq!(find("kubelet-client")["daysLeft"], 361);
+    // The World's CA is a placeholder: named as unreadable, not skipped.
+    assert_eq!(find("ca")["ca"], true);
+    assert!(find("ca")["error"].is_string());
+    let text = crate::status(w.root.path(), false, &os).unwrap();
+    assert!(
+        text.contains("apiserver                  2029-02-14T20:24:52Z      761  /etc/kubernetes/pki/apiserver.crt"),
+        "{text}"
+    );
+}
+
+#[test]
 fn status_json_reports_states_timings_attempts_errors() {
     let w = World::new(
         profile("w1", Role::Worker, EtcdTopology::Stacked),
@@ -1950,6 +2006,14 @@ fn status_json_reports_states_timings_attempts_errors() {
     assert_eq!(v["node"], "w1");
     assert_eq!(v["role"], "worker");
     assert_eq!(v["overall"], "failed");
+    // The worker's CA (a placeholder here): listed first, unreadable said so.
+    let certs = v["certificates"].as_array().unwrap();
+    assert_eq!(certs[0]["path"], "/etc/hakube/pki/ca.crt", "{certs:?}");
+    assert_eq!(certs[0]["ca"], true);
+    assert!(certs[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("not a PEM certificate"));
     let steps = v["steps"].as_array().unwrap();
     assert_eq!(steps[0]["name"], "identity");
     assert_eq!(steps[0]["state"], "done");
