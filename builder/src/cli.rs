@@ -125,6 +125,13 @@ pub struct BuildArgs {
     #[arg(long, value_name = "DIR", env = "HAKUBE_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
 
+    /// After a successful build, keep this many entries of each keyed cache
+    /// (base rootfs, OS root, containerd store) besides those the build used,
+    /// the most recently used; older ones are deleted. 0 keeps only this
+    /// build's. Downloads are never pruned.
+    #[arg(long, value_name = "N", default_value_t = crate::cache::DEFAULT_KEEP)]
+    pub cache_keep: u32,
+
     /// The hakube-firstboot binary to put in the images [default: next to this
     /// executable, where `cargo build --release --workspace` puts it]
     #[arg(long, value_name = "FILE")]
@@ -199,5 +206,20 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn cache_keep_is_a_count() {
+        let keep = |extra: &[&str]| {
+            let args = [&["hakube-build", "--profile", "worker"], extra].concat();
+            Cli::try_parse_from(args).map(|c| c.build.cache_keep)
+        };
+        assert_eq!(keep(&[]).unwrap(), 3);
+        assert_eq!(keep(&["--cache-keep", "0"]).unwrap(), 0);
+        assert_eq!(keep(&["--cache-keep", "12"]).unwrap(), 12);
+        for bad in ["-1", "three", "", "1.5"] {
+            let err = keep(&["--cache-keep", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "--cache-keep {bad:?}");
+        }
     }
 }

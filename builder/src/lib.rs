@@ -6,6 +6,7 @@
 //! partitions -> disk -> qcow2 -> manifest.
 
 pub mod artifacts;
+pub mod cache;
 pub mod cli;
 pub mod errors;
 pub mod image;

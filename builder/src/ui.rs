@@ -52,6 +52,13 @@ impl Steps {
         out
     }
 
+    /// A line of a step's result, under its timing line.
+    pub fn note(&self, line: &str) {
+        if !self.quiet {
+            eprintln!("    {line}");
+        }
+    }
+
     pub fn timings(&self) -> &[StepTiming] {
         &self.done
     }

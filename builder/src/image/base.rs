@@ -7,13 +7,17 @@
 use super::content;
 use super::fsutil;
 use super::tools::{Invocation, Runner, MMDEBSTRAP};
+use crate::cache::Lease;
 use anyhow::{Context, Result};
 use hakube_node_profile::Runtime;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub const SUITE: &str = "trixie";
+/// `<cache>/rootfs/<key>.tar` and `<key>.json` (see [`crate::cache`]).
+pub const CACHE_SUBDIR: &str = "rootfs";
 pub const MIRROR: &str = "http://deb.debian.org/debian";
 
 /// Every role's packages: one OS root serves masters, workers and etcd members.
@@ -135,6 +139,9 @@ pub struct Base {
     pub package_versions: BTreeMap<String, String>,
     #[serde(skip)]
     pub cache_hit: bool,
+    /// Holds the entry against pruning by other builds while this lives.
+    #[serde(skip)]
+    pub lease: Option<Arc<Lease>>,
 }
 
 /// The canonical, sorted manifest of everything that goes into the base.
@@ -184,16 +191,22 @@ pub fn ensure(
     source_date_epoch: Option<i64>,
 ) -> Result<Base> {
     let key = cache_key(runtime, source_date_epoch);
-    let dir = cache_dir.join("rootfs");
+    let dir = cache_dir.join(CACHE_SUBDIR);
     let tar = dir.join(format!("{key}.tar"));
     let meta = dir.join(format!("{key}.json"));
-    if tar.is_file() && meta.is_file() {
+    // The metadata is the entry's marker: a lease on it holds the entry.
+    let lease = match tar.is_file() {
+        true => Lease::take(&meta)?,
+        false => None,
+    };
+    if let Some(lease) = lease.filter(|_| tar.is_file()) {
         let text =
             fs::read_to_string(&meta).with_context(|| format!("reading {}", meta.display()))?;
         let mut base: Base =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", meta.display()))?;
         base.tar = tar;
         base.cache_hit = true;
+        base.lease = Some(Arc::new(lease));
         return Ok(base);
     }
     runner.require(&[MMDEBSTRAP])?;
@@ -269,14 +282,21 @@ pub fn ensure(
         packages: packages(runtime).iter().map(|s| s.to_string()).collect(),
         package_versions,
         cache_hit: false,
+        lease: None,
     };
     let meta_tmp = work.path().join("meta.json");
     fs::write(&meta_tmp, serde_json::to_vec_pretty(&base)?)
         .with_context(|| format!("writing {}", meta_tmp.display()))?;
+    // Held from before it is published, so no pruner can take it between.
+    let lease = Lease::take(&meta_tmp)?
+        .with_context(|| format!("{} vanished", meta_tmp.display()))?;
     // Tar first, metadata last: an entry counts only when its metadata exists.
     fsutil::commit(&out, &tar)?;
     fsutil::commit(&meta_tmp, &meta)?;
-    Ok(base)
+    Ok(Base {
+        lease: Some(Arc::new(lease.held_at(&meta)?)),
+        ..base
+    })
 }
 
 /// Parses `dpkg-query -W -f '${Package}\t${Version}\n'` output.

@@ -11,10 +11,15 @@ use super::base::Base;
 use super::fsutil;
 use super::tools::{Invocation, Runner, MKFS_EROFS, TAR};
 use crate::artifacts::Resolved;
+use crate::cache::Lease;
 use anyhow::{bail, Context, Result};
 use hakube_os_layout::{self as layout, ImageVersion};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// `<cache>/osroot/<key>/` (see [`crate::cache`]).
+pub const CACHE_SUBDIR: &str = "osroot";
 
 /// Inputs of the OS root besides the base.
 pub struct Inputs<'a> {
@@ -40,6 +45,9 @@ pub struct OsRoot {
     pub dir: PathBuf,
     #[serde(skip)]
     pub cache_hit: bool,
+    /// Holds the entry against pruning by other builds while this lives.
+    #[serde(skip)]
+    pub lease: Option<Arc<Lease>>,
 }
 
 impl OsRoot {
@@ -75,6 +83,7 @@ impl OsRoot {
             version: ImageVersion::from_epoch(source_date_epoch)?.to_string(),
             dir: dir.to_path_buf(),
             cache_hit: false,
+            lease: None,
         })
     }
 }
@@ -95,16 +104,17 @@ pub fn cache_key(inputs: &Inputs, firstboot_sha256: &str) -> String {
 pub fn ensure(runner: &dyn Runner, cache_dir: &Path, inputs: &Inputs) -> Result<OsRoot> {
     let firstboot_sha256 = fsutil::sha256_file(inputs.firstboot_bin)?;
     let key = cache_key(inputs, &firstboot_sha256);
-    let parent = cache_dir.join("osroot");
+    let parent = cache_dir.join(CACHE_SUBDIR);
     let dir = parent.join(&key);
     let meta = dir.join("meta.json");
-    if meta.is_file() {
+    if let Some(lease) = Lease::take(&dir)?.filter(|_| meta.is_file()) {
         let text =
             fs::read_to_string(&meta).with_context(|| format!("reading {}", meta.display()))?;
         let mut os: OsRoot =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", meta.display()))?;
         os.dir = dir;
         os.cache_hit = true;
+        os.lease = Some(Arc::new(lease));
         return Ok(os);
     }
     fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
@@ -190,16 +200,22 @@ pub fn ensure(runner: &dyn Runner, cache_dir: &Path, inputs: &Inputs) -> Result<
         version: version.to_string(),
         dir: dir.clone(),
         cache_hit: false,
+        lease: None,
     };
     fs::write(out.join("meta.json"), serde_json::to_vec_pretty(&os)?)
         .context("writing the OS root metadata")?;
+    // Held from before it is published, so no pruner can take it between.
+    let lease = Lease::take(&out)?.with_context(|| format!("{} vanished", out.display()))?;
     // Another build may have finished the same entry meanwhile: same content.
     if let Err(e) = fs::rename(&out, &dir) {
         if !dir.join("meta.json").is_file() {
             return Err(e).with_context(|| format!("renaming into {}", dir.display()));
         }
     }
-    Ok(os)
+    Ok(OsRoot {
+        lease: Some(Arc::new(lease.held_at(&dir)?)),
+        ..os
+    })
 }
 
 fn install_firstboot(bin: &Path, root: &Path) -> Result<()> {

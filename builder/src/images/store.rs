@@ -23,19 +23,22 @@
 use super::containerd::{self, Binaries, Daemon, Paths, NAMESPACE, SNAPSHOTTER};
 use super::pull::PulledImage;
 use crate::artifacts::ResolvedArtifact;
+use crate::cache::Lease;
 use crate::image::fsutil;
 use crate::image::tools::{Invocation, Runner, CP};
 use crate::private::WorkDir;
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Bumped when what the stage makes changes for the same inputs.
 pub const FORMAT: u32 = 1;
 /// Where the store lands on the var partition: `/var/lib/containerd`, the
 /// node's containerd root (hakube's config.toml keeps the default).
 pub const VAR_DIR: &str = "lib/containerd";
-const CACHE_SUBDIR: &str = "containerd-store";
+/// `<cache>/containerd-store/<key>/` (see [`crate::cache`]).
+pub const CACHE_SUBDIR: &str = "containerd-store";
 const META: &str = "store.json";
 
 /// One image of a store.
@@ -69,6 +72,8 @@ pub struct Store {
     /// The tree that becomes `/var/lib/containerd`.
     pub root: PathBuf,
     pub cache_hit: bool,
+    /// Holds the entry against pruning by other builds while this lives.
+    pub lease: Option<Arc<Lease>>,
 }
 
 /// The canonical, sorted manifest of everything a store is made from.
@@ -142,8 +147,13 @@ pub fn ensure(
     let key = cache_key(containerd, &wanted);
     let dir = cache_dir.join(CACHE_SUBDIR);
     let entry = dir.join(&key);
-    if let Some(store) = load(&entry, &key)? {
-        return Ok(store);
+    if let Some(lease) = Lease::take(&entry)? {
+        if let Some(store) = load(&entry, &key)? {
+            return Ok(Store {
+                lease: Some(Arc::new(lease)),
+                ..store
+            });
+        }
     }
     crate::private::create_dir_all(&dir)?;
     // A build killed from here on leaves its work directory; the next sweeps it.
@@ -154,6 +164,8 @@ pub fn ensure(
     fsutil::commit(&work.join("d/root"), &staged.join("root"))?;
     fs::write(staged.join(META), serde_json::to_vec_pretty(&meta)?)
         .with_context(|| format!("writing {}", staged.join(META).display()))?;
+    // Held from before it is published, so no pruner can take it between.
+    let lease = Lease::take(&staged)?.with_context(|| format!("{} vanished", staged.display()))?;
     // The entry appears whole, by one rename. A concurrent build that made
     // the same entry first wins; ours is dropped with the work directory.
     if let Err(e) = fs::rename(&staged, &entry) {
@@ -162,9 +174,13 @@ pub fn ensure(
                 .with_context(|| format!("renaming {} to {}", staged.display(), entry.display()));
         }
     }
-    let mut store = load(&entry, &key)?.with_context(|| format!("reading {}", entry.display()))?;
-    store.cache_hit = false;
-    Ok(store)
+    let lease = lease.held_at(&entry)?;
+    let store = load(&entry, &key)?.with_context(|| format!("reading {}", entry.display()))?;
+    Ok(Store {
+        cache_hit: false,
+        lease: Some(Arc::new(lease)),
+        ..store
+    })
 }
 
 fn load(entry: &Path, key: &str) -> Result<Option<Store>> {
@@ -187,6 +203,7 @@ fn load(entry: &Path, key: &str) -> Result<Option<Store>> {
         meta,
         root: entry.join("root"),
         cache_hit: true,
+        lease: None,
     }))
 }
 

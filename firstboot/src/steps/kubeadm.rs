@@ -818,7 +818,15 @@ fn wait_stale_node(ctx: &Ctx, config: &Path) -> Result<Option<String>> {
             return if out.combined().contains("NotFound") {
                 Ok(None)
             } else {
-                Err(get.redact(out.combined().trim()))
+                // kubectl's last line says it (client-go's retries before it
+                // repeat the same).
+                let text = out.combined();
+                let last = text
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or_default();
+                Err(get.redact(last.trim()))
             };
         }
         let node = crate::health::read_node(&out.stdout).map_err(|e| format!("{e:#}"))?;
