@@ -34,6 +34,26 @@ pub enum Command {
     /// Boot the other root slot from now on: marks the booted version's entry
     /// bad, so systemd-boot picks the other one, and reboots.
     Rollback(RollbackArgs),
+    /// List the certificates this node holds with their expiry; with
+    /// --renew, renew those due (what hakube-certs.timer runs daily).
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CertsArgs {
+    #[command(flatten)]
+    pub root: RootArg,
+
+    /// On a master: renew every leaf kubeadm manages that has less than a
+    /// third of its lifetime left (`kubeadm certs renew`, keeping subject
+    /// and SANs), then restart the static pods that read them, one at a
+    /// time, each healthy before the next.
+    #[arg(long)]
+    pub renew: bool,
+
+    /// Print JSON instead of a table (without --renew).
+    #[arg(long, conflicts_with = "renew")]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -49,6 +49,19 @@ fn main() {
             &a.source,
             a.no_reboot,
         ),
+        Command::Certs(a) if a.renew => with_env(&a.root.root, Some(0), &|env| {
+            hakube_firstboot::certs::renew(env, &hakube_firstboot::load_profile(&env.root)?)
+        }),
+        Command::Certs(a) => {
+            let held = hakube_firstboot::certs::held(&a.root.root, time::OffsetDateTime::now_utc());
+            if a.json {
+                serde_json::to_string_pretty(&held)
+                    .map(|s| s + "\n")
+                    .map_err(Into::into)
+            } else {
+                Ok(hakube_firstboot::certs::to_text(&held))
+            }
+        }
         Command::Rollback(a) => update::rollback(
             &update::platform(&a.root.root, &runner, &clock),
             a.no_reboot,

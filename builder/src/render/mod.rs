@@ -49,8 +49,8 @@ pub mod paths {
     pub use super::lb::{HAPROXY_CONFIG, KEEPALIVED_CONFIG};
     pub use super::runtime::{CONTAINERD_CONFIG, CRICTL_CONFIG, CRIO_DROPIN};
     pub use super::system::{
-        FIRSTBOOT_UNIT, HOSTNAME, HOSTS, LINK_FILE, LOGIND_DROPIN, MODULES, NETWORK_FILE,
-        RESOLV_CONF, SSHD_DROPIN, SSH_KEYS, SYSCTLS,
+        CERTS_SERVICE, CERTS_TIMER, FIRSTBOOT_UNIT, HOSTNAME, HOSTS, LINK_FILE, LOGIND_DROPIN,
+        MODULES, NETWORK_FILE, RESOLV_CONF, SSHD_DROPIN, SSH_KEYS, SYSCTLS,
     };
     pub use hakube_node_profile::PROFILE_PATH as NODE_PROFILE;
     pub const KUBEADM_INIT: &str = "etc/hakube/kubeadm/init.yaml";

@@ -20,6 +20,37 @@ pub const SSH_KEYS: &str = "etc/ssh/authorized_keys/root";
 pub const SSHD_DROPIN: &str = "etc/ssh/sshd_config.d/hakube.conf";
 pub const RESOLV_CONF: &str = "etc/resolv.conf";
 pub const FIRSTBOOT_UNIT: &str = "etc/systemd/system/hakube-firstboot.service";
+/// Masters: the daily certificate renewal (`hakube-firstboot certs --renew`).
+pub const CERTS_SERVICE: &str = "etc/systemd/system/hakube-certs.service";
+pub const CERTS_TIMER: &str = "etc/systemd/system/hakube-certs.timer";
+
+const CERTS_SERVICE_TEXT: &str = "\
+[Unit]
+Description=hakube: renew this master's certificates before they expire
+# Only once the node is in its cluster; never beside a first boot still
+# forming it (that run renews nothing kubeadm has not written yet).
+After=hakube-firstboot.service
+ConditionPathExists=/etc/kubernetes/kubelet.conf
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/bin/hakube-firstboot certs --renew
+";
+
+const CERTS_TIMER_TEXT: &str = "\
+[Unit]
+Description=hakube: daily certificate renewal check
+
+[Timer]
+OnBootSec=15min
+OnUnitActiveSec=1d
+# Masters built from one spec do not restart their control planes at once.
+RandomizedDelaySec=1h
+Persistent=true
+
+[Install]
+WantedBy=timers.target
+";
 /// The interface name every node's uplink gets (keepalived binds to it).
 pub const IFACE: &str = "lan0";
 
@@ -171,6 +202,11 @@ pub fn add(tree: &mut FileTree, cluster: &Cluster, node: &Node) -> bool {
         );
     }
     tree.add_public(FIRSTBOOT_UNIT, FIRSTBOOT_UNIT_TEXT);
+    if node.role == Role::Master {
+        tree.add_public(CERTS_SERVICE, CERTS_SERVICE_TEXT);
+        tree.add_public(CERTS_TIMER, CERTS_TIMER_TEXT);
+        tree.enable_unit("hakube-certs.timer", "timers.target", false);
+    }
     if cluster.ssh_authorized_keys.is_empty() {
         return false;
     }

@@ -1982,6 +1982,91 @@ fn status_lists_every_certificate_with_its_expiry() {
 }
 
 #[test]
+fn a_master_renews_the_certificates_due_and_restarts_their_readers_one_by_one() {
+    let w = World::new(
+        profile("m2", Role::Master, EtcdTopology::Stacked),
+        FakeCluster::new(&stacked_nodes(), true),
+    );
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/certs");
+    let long = fs::read_to_string(fixtures.join("apiserver.crt")).unwrap();
+    let short = fs::read_to_string(fixtures.join("etcd-server-short.crt")).unwrap();
+    let r = w.root.path().to_path_buf();
+    write(&r, "etc/kubernetes/pki/apiserver.crt", &long);
+    write(&r, "etc/kubernetes/pki/etcd/server.crt", &short);
+    write(&r, "etc/kubernetes/kubelet.conf", KUBECONFIG);
+    {
+        let r2 = r.clone();
+        w.runner
+            .effect_front("kubeadm certs renew etcd-server", move |_| {
+                write(&r2, "etc/kubernetes/pki/etcd/server.crt", &long);
+                Output::ok("certificate for serving etcd renewed\n")
+            });
+    }
+    let ps = "crictl --runtime-endpoint unix:///run/containerd/containerd.sock ps --state Running --name ^etcd$ -q";
+    w.runner.push_front(ps, Output::ok("7e57\n"));
+    w.runner.push_front(ps, Output::ok(""));
+    w.runner.push_front(ps, Output::ok("e7c0\n"));
+    let out = crate::certs::renew(&w.env(), &w.p).unwrap();
+    assert_eq!(
+        out,
+        "renewed etcd-server; restarted etcd; next due: apiserver from 2028-05-24T04:24:52Z\n"
+    );
+    let calls: Vec<String> = w
+        .runner
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("kubeadm") || c.starts_with("crictl"))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            "kubeadm certs renew etcd-server".to_string(),
+            ps.to_string(),
+            "crictl --runtime-endpoint unix:///run/containerd/containerd.sock stop e7c0"
+                .to_string(),
+            ps.to_string(),
+            ps.to_string(),
+        ]
+    );
+    // Renewed: the next run renews nothing.
+    let out = crate::certs::renew(&w.env(), &w.p).unwrap();
+    assert!(
+        out.starts_with("no certificate due for renewal; next due:"),
+        "{out}"
+    );
+}
+
+#[test]
+fn certificates_are_due_once_a_third_of_their_lifetime_is_left() {
+    let t = |h: i64| time::OffsetDateTime::UNIX_EPOCH + time::Duration::hours(h);
+    assert!(!crate::certs::due(t(0), t(24), t(15)));
+    assert!(crate::certs::due(t(0), t(24), t(17)));
+    assert!(crate::certs::due(t(0), t(24), t(30)), "expired");
+    // A year: due in its last four months.
+    assert!(!crate::certs::due(t(0), t(8760), t(5800)));
+    assert!(crate::certs::due(t(0), t(8760), t(5900)));
+}
+
+#[test]
+fn a_worker_or_a_master_not_in_its_cluster_renews_nothing() {
+    let w = World::new(
+        profile("w1", Role::Worker, EtcdTopology::Stacked),
+        FakeCluster::default(),
+    );
+    assert!(crate::certs::renew(&w.env(), &w.p)
+        .unwrap()
+        .contains("the kubelet rotates"));
+    let w = World::new(
+        profile("m2", Role::Master, EtcdTopology::Stacked),
+        FakeCluster::new(&stacked_nodes(), true),
+    );
+    assert!(crate::certs::renew(&w.env(), &w.p)
+        .unwrap()
+        .contains("has not joined"));
+    assert!(w.runner.calls().iter().all(|c| !c.starts_with("kubeadm")));
+}
+
+#[test]
 fn status_json_reports_states_timings_attempts_errors() {
     let w = World::new(
         profile("w1", Role::Worker, EtcdTopology::Stacked),
