@@ -126,10 +126,16 @@ pub struct BuildArgs {
     pub cache_dir: Option<PathBuf>,
 
     /// After a successful build, keep this many entries of each keyed cache
-    /// (base rootfs, OS root, containerd store) besides those the build used,
-    /// the most recently used; older ones are deleted. 0 keeps only this
-    /// build's. Downloads are never pruned.
-    #[arg(long, value_name = "N", default_value_t = crate::cache::DEFAULT_KEEP)]
+    /// (base rootfs, OS root, containerd store) besides the build's own, the
+    /// most recently used; older ones are deleted. 0 keeps only the build's
+    /// own. Downloads are never pruned.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = crate::cache::DEFAULT_KEEP,
+        value_parser = parse_count,
+        allow_negative_numbers = true
+    )]
     pub cache_keep: u32,
 
     /// The hakube-firstboot binary to put in the images [default: next to this
@@ -145,6 +151,12 @@ pub struct BuildArgs {
     /// Print a machine-readable JSON result on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A number of entries: 0, 1, 2, ...
+fn parse_count(s: &str) -> Result<u32, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not a number of entries (0, 1, 2, ...)"))
 }
 
 #[derive(Debug, Clone, Args)]
@@ -220,6 +232,10 @@ mod tests {
         for bad in ["-1", "three", "", "1.5"] {
             let err = keep(&["--cache-keep", bad]).unwrap_err();
             assert_eq!(err.exit_code(), 2, "--cache-keep {bad:?}");
+            assert!(
+                err.to_string().contains("is not a number of entries"),
+                "{err}"
+            );
         }
     }
 }

@@ -195,11 +195,12 @@ pub fn ensure(
     let tar = dir.join(format!("{key}.tar"));
     let meta = dir.join(format!("{key}.json"));
     // The metadata is the entry's marker: a lease on it holds the entry.
-    let lease = match tar.is_file() {
-        true => Lease::take(&meta)?,
-        false => None,
+    let lease = if tar.is_file() {
+        Lease::take(&meta)?
+    } else {
+        None
     };
-    if let Some(lease) = lease.filter(|_| tar.is_file()) {
+    if let Some(lease) = lease {
         let text =
             fs::read_to_string(&meta).with_context(|| format!("reading {}", meta.display()))?;
         let mut base: Base =
@@ -288,8 +289,8 @@ pub fn ensure(
     fs::write(&meta_tmp, serde_json::to_vec_pretty(&base)?)
         .with_context(|| format!("writing {}", meta_tmp.display()))?;
     // Held from before it is published, so no pruner can take it between.
-    let lease = Lease::take(&meta_tmp)?
-        .with_context(|| format!("{} vanished", meta_tmp.display()))?;
+    let lease =
+        Lease::take(&meta_tmp)?.with_context(|| format!("{} vanished", meta_tmp.display()))?;
     // Tar first, metadata last: an entry counts only when its metadata exists.
     fsutil::commit(&out, &tar)?;
     fsutil::commit(&meta_tmp, &meta)?;

@@ -7,7 +7,7 @@
 //! erofs (cached, shared by every node and role) -> per node: render tree ->
 //! containerd image store (made by the node's own containerd, cached; see
 //! [`crate::images::store`]) -> var partition -> ESP -> GPT disk -> qcow2 ->
-//! libvirt XML -> manifest.json.
+//! libvirt XML -> manifest.json -> prune the caches (see [`crate::cache`]).
 //!
 //! Reproducibility: every timestamp is SOURCE_DATE_EPOCH when set, else the
 //! creation time of the cached base root filesystem, so rebuilding with a warm
@@ -27,6 +27,7 @@ pub mod tools;
 pub mod update;
 
 use crate::artifacts::{self, Resolved, Source};
+use crate::cache;
 use crate::cli::BuildArgs;
 use crate::errors::bad_input;
 use crate::images;
@@ -89,6 +90,8 @@ pub struct CacheHits {
     pub os_root: bool,
     pub base_key: String,
     pub os_root_key: String,
+    /// What the build deleted from each keyed cache afterwards.
+    pub pruned: Vec<cache::Pruned>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -115,9 +118,13 @@ struct Plan {
     source: Source,
     images: images::SourceConfig,
     env_epoch: Option<i64>,
+    /// `--cache-keep`: unused entries each keyed cache keeps.
+    cache_keep: usize,
 }
 
 fn build(runner: &dyn Runner, args: &BuildArgs, steps: &mut Steps) -> Result<BuildResult> {
+    // Cache entries used since this instant may belong to a concurrent build.
+    let started = std::time::SystemTime::now();
     let plan = steps.run("resolve spec and inputs", || plan(args))?;
     steps.run("check host tools", || runner.require(tools::ASSEMBLY_TOOLS))?;
     let secrets = steps.run("load cluster secrets", || {
@@ -169,6 +176,9 @@ fn build(runner: &dyn Runner, args: &BuildArgs, steps: &mut Steps) -> Result<Bui
     let os = steps.run("OS root erofs (cached)", || {
         build_os_root(runner, &plan, &base, &resolved, epoch)
     })?;
+    let mut used = cache::Used::default();
+    used.add(cache::Kind::Rootfs, &base.key, base.lease.as_ref());
+    used.add(cache::Kind::Osroot, &os.key, os.lease.as_ref());
 
     let out_dir = plan.out.join(plan.cluster.name.as_str());
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
@@ -189,6 +199,9 @@ fn build(runner: &dyn Runner, args: &BuildArgs, steps: &mut Steps) -> Result<Bui
             .unwrap_or_default();
         let pulled = container_images.for_node(name);
         let store = image_store(steps, &plan, &resolved, name, needed, &pulled, &image_pins)?;
+        if let Some(s) = &store {
+            used.add(cache::Kind::ContainerdStore, &s.meta.key, s.lease.as_ref());
+        }
         let node_images = images::NodeLayout {
             needed,
             pulled,
@@ -233,6 +246,7 @@ fn build(runner: &dyn Runner, args: &BuildArgs, steps: &mut Steps) -> Result<Bui
         make_manifest(&plan, &base, &os, &resolved, entries, update.clone())?
             .merge_and_write(&manifest_path)
     })?;
+    let pruned = prune_caches(steps, &plan, &used, started)?;
     Ok(BuildResult {
         cluster: plan.cluster.name.as_str().into(),
         role: plan.role.as_str().into(),
@@ -246,6 +260,7 @@ fn build(runner: &dyn Runner, args: &BuildArgs, steps: &mut Steps) -> Result<Bui
             os_root: os.cache_hit,
             base_key: base.key.clone(),
             os_root_key: os.key.clone(),
+            pruned,
         },
         timings: steps.timings().to_vec(),
     })
@@ -300,6 +315,7 @@ fn plan(args: &BuildArgs) -> Result<Plan> {
             layout: args.image_layout.clone(),
         },
         env_epoch,
+        cache_keep: usize::try_from(args.cache_keep).unwrap_or(usize::MAX),
     })
 }
 
@@ -424,6 +440,38 @@ fn image_store(
             images::store::ensure(&plan.cache, containerd, pulled)
         })
         .map(Some)
+}
+
+/// Bounds the keyed caches once the images are made: keeps what this build
+/// used and the `--cache-keep` most recently used others of each kind. A
+/// failure is a warning: the build's outputs are complete by now.
+fn prune_caches(
+    steps: &mut Steps,
+    plan: &Plan,
+    used: &cache::Used,
+    started: std::time::SystemTime,
+) -> Result<Vec<cache::Pruned>> {
+    let outcomes = steps.run("prune caches", || {
+        Ok(cache::prune_all(
+            &plan.cache,
+            used,
+            plan.cache_keep,
+            started,
+        ))
+    })?;
+    let mut pruned = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Ok(p) => {
+                steps.note(&p.to_string());
+                pruned.push(p);
+            }
+            Err(e) => eprintln!(
+                "warning: {e:#} (the images are complete; that cache may keep more than --cache-keep entries)"
+            ),
+        }
+    }
+    Ok(pruned)
 }
 
 fn build_os_root(
