@@ -130,6 +130,16 @@ impl Processes {
         self.running.push((name.to_string(), child, log));
     }
 
+    /// Stops `name` (killed, as a container stop ends a static pod's
+    /// process), so that it can be started again.
+    fn stop(&mut self, name: &str) {
+        if let Some(i) = self.running.iter().position(|(n, _, _)| n == name) {
+            let (_, mut child, _) = self.running.remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Fails at once when a process has exited.
     fn all_alive(&mut self) {
         for (name, child, log) in &mut self.running {
@@ -893,6 +903,59 @@ fn master_1s_baked_files_run_a_control_plane_that_kubeadm_discovery_trusts() {
         tree_diff(&before, &hash_tree(&m2root)),
         Vec::<String>::new()
     );
+
+    // Certificate renewal as hakube-certs.timer does it on a master:
+    // `kubeadm certs renew` on the baked apiserver leaf keeps its subject,
+    // SANs and usages, signs it anew for the spec's leafValidity, and the
+    // restarted API server serves it to clients that verify it against the
+    // cluster CA. (On a node kubeadm reads the ClusterConfiguration from the
+    // API, finding its own API server's mirror pod by the host name; this
+    // host is no node, so the same configuration is given as a file.)
+    let crt = root.join("etc/kubernetes/pki/apiserver.crt");
+    let baked_identity = cert_identity(&crt);
+    let baked = std::fs::read(&crt).unwrap();
+    let baked_end = hakube_firstboot::certs::not_after(&baked).unwrap();
+    let out = ns.kubeadm(
+        &root,
+        &[
+            "certs",
+            "renew",
+            "apiserver",
+            "--config",
+            "/tmp/realtools-init.yaml",
+        ],
+    );
+    let t = ok(&out, "kubeadm certs renew apiserver");
+    assert!(!t.contains("Falling back to default configuration"), "{t}");
+    let renewed = std::fs::read(&crt).unwrap();
+    assert_ne!(renewed, baked, "kubeadm wrote no new certificate:\n{t}");
+    assert_eq!(cert_identity(&crt), baked_identity);
+    let (from, to) = hakube_firstboot::certs::validity(&renewed).unwrap();
+    assert!(
+        to >= baked_end,
+        "renewed until {to}, baked until {baked_end}"
+    );
+    assert_eq!(
+        (to - from).whole_days(),
+        i64::from(default_cluster.certificates.leaf_validity.days),
+        "the renewed leaf takes the spec's leafValidity (certificateValidityPeriod)"
+    );
+    procs.stop("kube-apiserver");
+    procs.start(&ns, "kube-apiserver", &apiserver);
+    let readyz = wait_for(
+        &mut procs,
+        "/readyz with the renewed certificate",
+        90,
+        || {
+            let out = kubectl(&ns, &admin, &["get", "--raw", "/readyz"]);
+            if out.status.success() {
+                Ok(text(&out))
+            } else {
+                Err(text(&out))
+            }
+        },
+    );
+    assert_eq!(readyz.trim(), "ok");
 
     procs.all_alive();
     eprintln!(
