@@ -57,9 +57,40 @@ fn open_journal(root: &Path, p: &NodeProfile) -> Result<Journal> {
     Journal::open(root, &p.node_name, p.role, &steps::plan_names(p))
 }
 
+/// Holds `run.lock` beside the journal for as long as it lives: one `run` at
+/// a time on a node (the first-boot unit, hakube-certs.timer's daily run of
+/// the every-boot steps, an operator's), the next one waiting its turn.
+pub fn run_lock(root: &Path) -> Result<std::fs::File> {
+    let journal = Journal::path_under(root);
+    let dir = journal
+        .parent()
+        .context("the journal path has no directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("run.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            steps::log("another hakube-firstboot run is under way; waiting for it to end");
+            f.lock()
+                .with_context(|| format!("locking {}", path.display()))?;
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(anyhow::Error::new(e).context(format!("locking {}", path.display())))
+        }
+    }
+    Ok(f)
+}
+
 /// `run`: every step not yet done.
 pub fn run(env: &steps::Env, retry: Option<&str>) -> Result<()> {
     let profile = load_profile(&env.root)?;
+    let _lock = run_lock(&env.root)?;
     let mut journal = open_journal(&env.root, &profile)?;
     if let Some(name) = retry {
         if journal.step(name).is_none() {

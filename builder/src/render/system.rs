@@ -20,7 +20,8 @@ pub const SSH_KEYS: &str = "etc/ssh/authorized_keys/root";
 pub const SSHD_DROPIN: &str = "etc/ssh/sshd_config.d/hakube.conf";
 pub const RESOLV_CONF: &str = "etc/resolv.conf";
 pub const FIRSTBOOT_UNIT: &str = "etc/systemd/system/hakube-firstboot.service";
-/// Masters: the daily certificate renewal (`hakube-firstboot certs --renew`).
+/// Masters: the daily run of the every-boot steps (the join token) and the
+/// certificate renewal (`hakube-firstboot certs --renew`).
 pub const CERTS_SERVICE: &str = "etc/systemd/system/hakube-certs.service";
 pub const CERTS_TIMER: &str = "etc/systemd/system/hakube-certs.timer";
 
@@ -34,6 +35,10 @@ ConditionPathExists=/etc/kubernetes/kubelet.conf
 
 [Service]
 Type=oneshot
+# The every-boot steps first (the join token pushed out once less than half
+# of its lifetime is left; any first-boot step still failing is retried),
+# one run at a time with the first-boot unit's.
+ExecStart=/usr/local/bin/hakube-firstboot run
 ExecStart=/usr/local/bin/hakube-firstboot certs --renew
 ";
 

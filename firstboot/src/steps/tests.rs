@@ -6,7 +6,7 @@ use crate::fakes::*;
 use crate::journal::JournalData;
 use crate::system::Output;
 use hakube_node_profile::*;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -2034,6 +2034,34 @@ fn a_master_renews_the_certificates_due_and_restarts_their_readers_one_by_one() 
         out.starts_with("no certificate due for renewal; next due:"),
         "{out}"
     );
+}
+
+#[test]
+fn one_run_at_a_time_holds_the_run_lock() {
+    let w = World::new(
+        profile("w1", Role::Worker, EtcdTopology::Stacked),
+        FakeCluster::default(),
+    );
+    let lock = Journal::path_under(w.root.path())
+        .parent()
+        .unwrap()
+        .join("run.lock");
+    // While a step runs, another run could not take the lock.
+    let seen = Rc::new(Cell::new(false));
+    let (l, s) = (lock.clone(), seen.clone());
+    w.runner.effect_front("hostname", move |_| {
+        let other = fs::OpenOptions::new().write(true).open(&l).unwrap();
+        s.set(matches!(
+            other.try_lock(),
+            Err(std::fs::TryLockError::WouldBlock)
+        ));
+        Output::ok("w1\n")
+    });
+    let _ = w.run();
+    assert!(seen.get(), "the run did not hold {}", lock.display());
+    // Released when the run ends.
+    let after = fs::OpenOptions::new().write(true).open(&lock).unwrap();
+    after.try_lock().unwrap();
 }
 
 #[test]
