@@ -243,6 +243,21 @@ pub fn assert_installed_node(h: &mut ClusterHarness, node: &str, other_disks: us
             "{node}: status lists no readable, unexpired {missing} certificate: {certs:?}"
         ));
     }
+    // A master's daily renewal is scheduled, and with year-long leaves
+    // fresh from the build nothing is due (every leaf read, none renewed).
+    if role == Some(hakube_node_profile::Role::Master) {
+        let renew = guest(
+            h,
+            node,
+            "the certificate renewal",
+            "systemctl is-active hakube-certs.timer && hakube-firstboot certs --renew",
+        );
+        if !renew.contains("active\nno certificate due for renewal; next due: ") {
+            h.fail(&format!(
+                "{node}: hakube-certs.timer and `certs --renew`: {renew}"
+            ));
+        }
+    }
     let os = guest(
         h,
         node,
