@@ -370,12 +370,8 @@ fn restart_static_pod(
                     .own_etcd_member()
                     .is_none_or(|m| env.etcd.endpoint_healthy(&m.client_url)),
                 "kube-apiserver" => {
-                    let host = p
-                        .address
-                        .map(|a| a.to_string())
-                        .unwrap_or_else(|| "127.0.0.1".into());
-                    env.probe
-                        .https_answers(&format!("https://{host}:6443/readyz"))
+                    crate::health::api_server_ready(env, p, crate::health::kubelet_kubectl(env, p))
+                        .is_ok()
                 }
                 _ => true,
             };

@@ -105,12 +105,7 @@ fn kubernetes(env: &Env, p: &NodeProfile) -> Result<String> {
     if !env.svc.is_active("kubelet.service") {
         return Err(not_active(env, "kubelet.service"));
     }
-    let kubeconfig = env.path(&p.paths.kubelet_kubeconfig);
-    let kubectl = || {
-        Cmd::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(kubeconfig.to_string_lossy())
-    };
+    let kubectl = || kubelet_kubectl(env, p);
     let mut parts = vec!["kubelet active".to_string()];
     if p.role == Role::Master {
         parts.extend(control_plane(env, p, kubectl())?);
@@ -148,23 +143,7 @@ fn kubernetes(env: &Env, p: &NodeProfile) -> Result<String> {
 /// (`/readyz` of its own address, which fails while its etcd does) and, with
 /// stacked etcd, its own etcd member healthy.
 fn control_plane(env: &Env, p: &NodeProfile, kubectl: Cmd) -> Result<Vec<String>> {
-    let host = p
-        .address
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| "127.0.0.1".into());
-    let server = format!("https://{host}:6443");
-    let cmd = kubectl
-        .arg("--server")
-        .arg(&server)
-        .args(["get", "--raw", "/readyz"]);
-    let out = env.cmd.run(&cmd)?;
-    if !out.success() || out.stdout.trim() != "ok" {
-        anyhow::bail!(
-            "this master's API server at {server} is not ready: {}",
-            out.combined().trim()
-        );
-    }
-    let mut parts = vec![format!("API server {server} ready")];
+    let mut parts = vec![api_server_ready(env, p, kubectl)?];
     if p.etcd_topology == EtcdTopology::Stacked {
         let me = p.own_etcd_member().with_context(|| {
             format!(
@@ -182,6 +161,36 @@ fn control_plane(env: &Env, p: &NodeProfile, kubectl: Cmd) -> Result<Vec<String>
         parts.push(format!("etcd member {} healthy", me.name));
     }
     Ok(parts)
+}
+
+/// This master's own API server answers `/readyz` with `ok` (asked with
+/// `kubectl`, the kubelet's credentials: `/readyz` is public to any
+/// authenticated client). Returns what it found, for messages.
+pub fn api_server_ready(env: &Env, p: &NodeProfile, kubectl: Cmd) -> Result<String> {
+    let host = p
+        .address
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let server = format!("https://{host}:6443");
+    let cmd = kubectl
+        .arg("--server")
+        .arg(&server)
+        .args(["get", "--raw", "/readyz"]);
+    let out = env.cmd.run(&cmd)?;
+    if !out.success() || out.stdout.trim() != "ok" {
+        anyhow::bail!(
+            "this master's API server at {server} is not ready: {}",
+            out.combined().trim()
+        );
+    }
+    Ok(format!("API server {server} ready"))
+}
+
+/// `kubectl --kubeconfig <the kubelet's kubeconfig>` on this node.
+pub fn kubelet_kubectl(env: &Env, p: &NodeProfile) -> Cmd {
+    Cmd::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(env.path(&p.paths.kubelet_kubeconfig).to_string_lossy())
 }
 
 /// What the health check reads of a Node object (kubectl -o json).
