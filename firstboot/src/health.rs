@@ -188,9 +188,7 @@ pub fn api_server_ready(env: &Env, p: &NodeProfile, kubectl: Cmd) -> Result<Stri
 
 /// `kubectl --kubeconfig <the kubelet's kubeconfig>` on this node.
 pub fn kubelet_kubectl(env: &Env, p: &NodeProfile) -> Cmd {
-    Cmd::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(env.path(&p.paths.kubelet_kubeconfig).to_string_lossy())
+    crate::steps::kubectl_with(&env.path(&p.paths.kubelet_kubeconfig))
 }
 
 /// What the health check reads of a Node object (kubectl -o json).

@@ -16,10 +16,16 @@ fn kubectl(ctx: &Ctx) -> Cmd {
 }
 
 /// kubectl with `kubeconfig`'s credentials.
-pub(super) fn kubectl_with(kubeconfig: &std::path::Path) -> Cmd {
-    let mut c = Cmd::new("kubectl")
+pub(crate) fn kubectl_with(kubeconfig: &std::path::Path) -> Cmd {
+    kubectl_bare()
         .arg("--kubeconfig")
-        .arg(kubeconfig.to_string_lossy());
+        .arg(kubeconfig.to_string_lossy())
+}
+
+/// `kubectl` with nothing chosen yet (the caller names server and
+/// credentials).
+pub(crate) fn kubectl_bare() -> Cmd {
+    let mut c = Cmd::new("kubectl");
     // Its discovery cache defaults to $HOME/.kube/cache, on the read-only root.
     c.env
         .push(("KUBECACHEDIR".into(), "/var/cache/kubectl".into()));

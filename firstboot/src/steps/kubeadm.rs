@@ -802,7 +802,7 @@ fn wait_stale_node(ctx: &Ctx, config: &Path) -> Result<Option<String>> {
             return Ok(None);
         }
     };
-    let get = Cmd::new("kubectl")
+    let get = super::cluster::kubectl_bare()
         .arg("--server")
         .arg(format!("https://{endpoint}"))
         .arg("--certificate-authority")

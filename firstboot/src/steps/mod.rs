@@ -8,6 +8,7 @@
 mod cluster;
 mod etcd_member;
 mod images;
+pub(crate) use cluster::kubectl_with;
 pub use etcd_member::UNIT as ETCD_UNIT;
 pub use images::{check_node_images, ready_node_images, ImagesReport};
 mod kubeadm;
