@@ -1925,6 +1925,17 @@ fn go_durations_parse() {
 
 // ---- status, health, bad input ------------------------------------------
 
+/// `hakube-firstboot status` of the world's root, with no boot disk under
+/// it (the OS slots say why) and commands answering nothing.
+fn status_of(w: &World, json: bool) -> String {
+    let (runner, clock) = (
+        crate::fakes::FakeRunner::new(),
+        crate::fakes::FakeClock::default(),
+    );
+    let os = crate::update::platform(w.root.path(), &runner, &clock);
+    crate::status(w.root.path(), json, &os).unwrap()
+}
+
 #[test]
 fn status_lists_every_certificate_with_its_expiry() {
     let w = World::new(
@@ -1952,13 +1963,7 @@ fn status_lists_every_certificate_with_its_expiry() {
         "var/lib/kubelet/pki/kubelet-client-current.pem",
         &client,
     );
-    let (runner, clock) = (
-        crate::fakes::FakeRunner::new(),
-        crate::fakes::FakeClock::default(),
-    );
-    let os = crate::update::platform(w.root.path(), &runner, &clock);
-    let v: serde_json::Value =
-        serde_json::from_str(&crate::status(w.root.path(), true, &os).unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&status_of(&w, true)).unwrap();
     let certs = v["certificates"].as_array().unwrap();
     let find = |name: &str| {
         certs
@@ -1974,7 +1979,7 @@ fn status_lists_every_certificate_with_its_expiry() {
     // The World's CA is a placeholder: named as unreadable, not skipped.
     assert_eq!(find("ca")["ca"], true);
     assert!(find("ca")["error"].is_string());
-    let text = crate::status(w.root.path(), false, &os).unwrap();
+    let text = status_of(&w, false);
     assert!(
         text.contains("apiserver                  2029-02-14T20:24:52Z      761  /etc/kubernetes/pki/apiserver.crt"),
         "{text}"
@@ -2102,13 +2107,7 @@ fn status_json_reports_states_timings_attempts_errors() {
     );
     let _ = w.run();
     // No boot disk under this root: status says why instead of the slots.
-    let (runner, clock) = (
-        crate::fakes::FakeRunner::new(),
-        crate::fakes::FakeClock::default(),
-    );
-    let os = crate::update::platform(w.root.path(), &runner, &clock);
-    let v: serde_json::Value =
-        serde_json::from_str(&crate::status(w.root.path(), true, &os).unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&status_of(&w, true)).unwrap();
     assert!(
         v["os"]["error"]
             .as_str()
@@ -2142,7 +2141,7 @@ fn status_json_reports_states_timings_attempts_errors() {
     assert_eq!(wait["durationMs"], 3601 * 1000); // fake clock: waited to the limit
     let join = steps.iter().find(|s| s["name"] == "kubeadm-join").unwrap();
     assert_eq!(join["state"], "pending");
-    let text = crate::status(w.root.path(), false, &os).unwrap();
+    let text = status_of(&w, false);
     assert!(text.contains("wait-api             failed"), "{text}");
     assert!(text.contains("last error of wait-api"), "{text}");
 }
